@@ -1,0 +1,275 @@
+//! Root context: one per worker VM. Parses the config, and owns token fetching: it dispatches
+//! the Entra callouts (so they outlive any single request), writes results to the shared
+//! slots, and resumes or fails the requests that wait for a token.
+
+use super::http::HttpFilter;
+use super::now_ms;
+use super::tokens::{self, TICK_IDLE_MS, TICK_WHILE_WAITING_MS};
+use super::worker::{LocalToken, WorkerState};
+use crate::config::{resolve_secrets, Config};
+use crate::entra::{self, CalloutRequest, FetchStep, TokenFailure, TokenFetch};
+use crate::errors::FilterError;
+use crate::token_cache::RetryPolicy;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+pub struct FilterRoot {
+    id: u32,
+    state: Option<Rc<RefCell<WorkerState>>>,
+}
+
+impl Context for FilterRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let mut state = state.borrow_mut();
+        let Some((credential, mut fetch)) = state.fetches_in_flight.remove(&token_id) else {
+            return;
+        };
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u32>().ok());
+        let retry_after = self.get_http_call_response_header("retry-after");
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        match fetch.on_response(status, retry_after.as_deref(), &body, now_ms() / 1000) {
+            FetchStep::Next(req) => self.dispatch_step(&mut state, credential, fetch, req),
+            FetchStep::Done(result) => finish_fetch(&mut state, credential, result),
+        }
+    }
+}
+
+impl RootContext for FilterRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("azure-llm-filter: {e}");
+                return false;
+            }
+        };
+        let secrets = match resolve_secrets(&config, |k| std::env::var(k).ok()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("azure-llm-filter: {e}");
+                return false;
+            }
+        };
+        let mut state = WorkerState::new(config, secrets);
+        for key in &state.slot_keys {
+            tokens::ensure_slot(key);
+        }
+        state.tick_period_ms = TICK_IDLE_MS;
+        self.set_tick_period(Duration::from_millis(TICK_IDLE_MS));
+        log::info!(
+            "azure-llm-filter: configured {} backend(s), {} model(s), {} credential(s)",
+            state.config.backends.len(),
+            state.config.models.len(),
+            state.config.credentials.len()
+        );
+        self.state = Some(Rc::new(RefCell::new(state)));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let mut state = state.borrow_mut();
+        let now = now_ms();
+        for credential in 0..state.config.credentials.len() {
+            self.service_credential(&mut state, credential, now);
+        }
+        let timed_out = state.take_expired_waiters(now);
+        if !timed_out.is_empty() {
+            log::warn!(
+                "azure-llm-filter: {} request(s) timed out waiting for an Entra token",
+                timed_out.len()
+            );
+            let err = FilterError::unavailable(
+                "backend_token_timeout",
+                "timed out waiting for a Microsoft Entra ID token for the backend",
+            )
+            .with_retry_after(1);
+            for w in &timed_out {
+                tokens::fail_waiter(w, &err);
+            }
+        }
+        let wanted = if state.waiters.is_empty() {
+            TICK_IDLE_MS
+        } else {
+            TICK_WHILE_WAITING_MS
+        };
+        if state.tick_period_ms != wanted {
+            state.tick_period_ms = wanted;
+            let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id());
+            self.set_tick_period(Duration::from_millis(wanted));
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let state = self.state.clone()?;
+        Some(Box::new(HttpFilter::new(context_id, state)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl FilterRoot {
+    pub fn new(id: u32) -> FilterRoot {
+        FilterRoot { id, state: None }
+    }
+
+    /// The root acts on HTTP contexts' behalf (resuming them), which moves the host's
+    /// effective context; this moves it back before the root's own host calls.
+    fn context_id(&self) -> u32 {
+        self.id
+    }
+
+    /// Looks at one credential's shared slot when this worker has a reason to: requests
+    /// waiting, a fetch asked for, or a refresh due for the token it uses.
+    fn service_credential(&mut self, state: &mut WorkerState, credential: usize, now: u64) {
+        let asked = std::mem::take(&mut state.fetch_wanted[credential]);
+        let local = &state.local_tokens[credential];
+        let refresh_due = !local.token.is_empty() && now >= local.refresh_at_ms;
+        if !asked && !refresh_due && !state.has_waiters(credential) {
+            return;
+        }
+        let key = state.slot_keys[credential].clone();
+        let (slot, _) = tokens::read_slot(&key);
+        if let Some(token) = slot.usable_token(now) {
+            let token = token.to_string();
+            state.local_tokens[credential] = LocalToken::from_slot(&slot);
+            for w in state.take_waiters(credential) {
+                tokens::resume_with_token(&w, &token);
+            }
+        } else if let Some(wait_ms) = slot.cold_backoff_remaining_ms(now) {
+            let err = tokens::token_unavailable(wait_ms);
+            for w in state.take_waiters(credential) {
+                tokens::fail_waiter(&w, &err);
+            }
+        }
+        if state.fetch_in_flight(credential) || !slot.needs_fetch(now) {
+            return;
+        }
+        let timeout_ms = state.config.credentials[credential].timeout_ms;
+        let leased = tokens::update_slot(&key, |s| {
+            s.needs_fetch(now).then(|| s.with_lease(now, timeout_ms))
+        });
+        if leased.is_none() {
+            return; // another worker took the lease
+        }
+        self.start_fetch(state, credential);
+    }
+
+    fn start_fetch(&mut self, state: &mut WorkerState, credential: usize) {
+        let (Some(cred), Some(secret)) = (
+            state.config.credentials.get(credential),
+            state.secrets.get(credential),
+        ) else {
+            return;
+        };
+        match TokenFetch::start(cred, secret, now_ms() / 1000) {
+            Ok((fetch, req)) => self.dispatch_step(state, credential, fetch, req),
+            Err(failure) => finish_fetch(state, credential, Err(failure)),
+        }
+    }
+
+    fn dispatch_step(
+        &mut self,
+        state: &mut WorkerState,
+        credential: usize,
+        fetch: TokenFetch,
+        req: CalloutRequest,
+    ) {
+        let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id());
+        match self.dispatch_http_call(
+            &req.cluster,
+            req.host_headers(),
+            Some(&req.body),
+            vec![],
+            Duration::from_millis(req.timeout_ms),
+        ) {
+            Ok(token_id) => {
+                state
+                    .fetches_in_flight
+                    .insert(token_id, (credential, fetch));
+            }
+            Err(status) => {
+                let failure = TokenFailure::callout_failed(&format!(
+                    "dispatch to cluster {:?} failed ({status:?}); is the cluster defined in Envoy?",
+                    req.cluster
+                ));
+                finish_fetch(state, credential, Err(failure));
+            }
+        }
+    }
+}
+
+/// Stores the outcome of a fetch and lets the waiting requests go on or fail.
+fn finish_fetch(
+    state: &mut WorkerState,
+    credential: usize,
+    result: Result<entra::TokenGrant, TokenFailure>,
+) {
+    let now = now_ms();
+    let key = state.slot_keys[credential].clone();
+    let name = state.config.credentials[credential].name.clone();
+    match result {
+        Ok(grant) => {
+            let expires_in = grant.expires_in_s;
+            let written = tokens::update_slot(&key, |s| {
+                Some(s.on_success(now, grant.access_token.clone(), expires_in))
+            });
+            log::info!("azure-llm-filter: credential {name}: Entra token obtained, expires in {expires_in} s");
+            if let Some(slot) = written {
+                state.local_tokens[credential] = LocalToken::from_slot(&slot);
+            }
+            let token = grant.access_token;
+            for w in state.take_waiters(credential) {
+                tokens::resume_with_token(&w, &token);
+            }
+        }
+        Err(failure) => {
+            log::warn!(
+                "azure-llm-filter: credential {name}: token request failed: {}",
+                failure.summary()
+            );
+            let summary = failure.code.clone();
+            let slot = tokens::update_slot(&key, |s| {
+                Some(s.on_failure(
+                    now,
+                    failure.retry_after_ms,
+                    summary.clone(),
+                    RetryPolicy::default(),
+                ))
+            });
+            let Some(slot) = slot else { return };
+            if let Some(token) = slot.usable_token(now) {
+                let token = token.to_string();
+                for w in state.take_waiters(credential) {
+                    tokens::resume_with_token(&w, &token);
+                }
+            } else {
+                let err = tokens::token_unavailable(slot.retry_at_ms.saturating_sub(now));
+                for w in state.take_waiters(credential) {
+                    tokens::fail_waiter(&w, &err);
+                }
+            }
+        }
+    }
+}

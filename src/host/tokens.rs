@@ -1,0 +1,143 @@
+//! Token slots in Envoy shared data, and handing tokens to paused requests.
+
+use super::worker::{LocalToken, Waiter, WorkerState};
+use crate::errors::FilterError;
+use crate::token_cache::TokenSlot;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{MapType, Status};
+use std::time::Duration;
+
+/// How often the root context looks at the shared slots while requests wait (they may wait
+/// for a token another worker is fetching).
+pub const TICK_WHILE_WAITING_MS: u64 = 10;
+/// Idle tick: expires nothing time-critical, only keeps the fast path honest.
+pub const TICK_IDLE_MS: u64 = 500;
+const CAS_ATTEMPTS: usize = 32;
+
+pub fn read_slot(key: &str) -> (TokenSlot, Option<u32>) {
+    match hostcalls::get_shared_data(key) {
+        Ok((Some(bytes), cas)) => (TokenSlot::decode(&bytes).unwrap_or_default(), cas),
+        Ok((None, cas)) => (TokenSlot::default(), cas),
+        Err(_) => (TokenSlot::default(), None),
+    }
+}
+
+/// Creates the slot if it does not exist yet (at configure time, before any traffic, so no
+/// lease can be lost to this unconditional write).
+pub fn ensure_slot(key: &str) {
+    if let Ok((None, _)) = hostcalls::get_shared_data(key) {
+        let _ = hostcalls::set_shared_data(key, Some(&TokenSlot::default().encode()), None);
+    }
+}
+
+/// Compare-and-swap update: `change` sees the current slot and returns the new one, or `None`
+/// to leave it. Retried on CAS conflicts. Returns the slot written.
+pub fn update_slot(
+    key: &str,
+    change: impl Fn(&TokenSlot) -> Option<TokenSlot>,
+) -> Option<TokenSlot> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (current, cas) = read_slot(key);
+        let next = change(&current)?;
+        match hostcalls::set_shared_data(key, Some(&next.encode()), cas) {
+            Ok(()) => return Some(next),
+            Err(Status::CasMismatch) => continue,
+            Err(e) => {
+                log::error!("azure-llm-filter: shared data write failed for a token slot: {e:?}");
+                return None;
+            }
+        }
+    }
+    log::warn!("azure-llm-filter: token slot stayed contended after {CAS_ATTEMPTS} CAS attempts");
+    None
+}
+
+/// What a request gets when it asks for its credential's token.
+pub enum TokenLookup {
+    Ready(String),
+    /// No token yet: pause, a fetch has been asked for.
+    Wait,
+    Unavailable(FilterError),
+}
+
+pub fn token_for_request(state: &mut WorkerState, credential: usize, now_ms: u64) -> TokenLookup {
+    let Some(local) = state.local_tokens.get(credential) else {
+        return TokenLookup::Unavailable(FilterError::internal(
+            "config_error",
+            "unknown credential",
+        ));
+    };
+    if let Some(t) = local.fresh(now_ms) {
+        return TokenLookup::Ready(t.to_string());
+    }
+    let Some(key) = state.slot_keys.get(credential) else {
+        return TokenLookup::Unavailable(FilterError::internal(
+            "config_error",
+            "unknown credential",
+        ));
+    };
+    let (slot, _) = read_slot(key);
+    if slot.needs_fetch(now_ms) {
+        want_fetch(state, credential);
+    }
+    if let Some(t) = slot.usable_token(now_ms) {
+        let token = t.to_string();
+        if let Some(l) = state.local_tokens.get_mut(credential) {
+            *l = LocalToken::from_slot(&slot);
+        }
+        return TokenLookup::Ready(token);
+    }
+    if let Some(wait_ms) = slot.cold_backoff_remaining_ms(now_ms) {
+        return TokenLookup::Unavailable(token_unavailable(wait_ms));
+    }
+    want_fetch(state, credential);
+    TokenLookup::Wait
+}
+
+/// Asks the root context to start a fetch on its next tick, and makes that tick come now.
+/// (A callout must be dispatched from the root context: one made by an HTTP context dies with
+/// the request that made it, and would strand every other request waiting for the token.)
+pub fn want_fetch(state: &mut WorkerState, credential: usize) {
+    if let Some(w) = state.fetch_wanted.get_mut(credential) {
+        *w = true;
+    }
+    if state.tick_period_ms != 1 {
+        state.tick_period_ms = 1;
+        let _ = hostcalls::set_tick_period(Duration::from_millis(1));
+    }
+}
+
+pub fn token_unavailable(retry_in_ms: u64) -> FilterError {
+    FilterError::unavailable(
+        "backend_token_unavailable",
+        "could not obtain a Microsoft Entra ID token for the backend; retry later",
+    )
+    .with_retry_after(retry_in_ms.div_ceil(1000).max(1))
+}
+
+/// Lets a paused request go on with its token.
+pub fn resume_with_token(waiter: &Waiter, token: &str) {
+    if let Err(e) = hostcalls::set_effective_context(waiter.context_id) {
+        log::debug!("azure-llm-filter: request {} gone before its token came ({e:?})", waiter.context_id);
+        return; // the request is gone (caller disconnected)
+    }
+    let value = format!("Bearer {token}");
+    let set = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", Some(&value));
+    let resumed = hostcalls::resume_http_request();
+    log::debug!("azure-llm-filter: request {} resumed with token ({set:?}, {resumed:?})", waiter.context_id);
+}
+
+/// Answers a paused request with an error.
+pub fn fail_waiter(waiter: &Waiter, error: &FilterError) {
+    if hostcalls::set_effective_context(waiter.context_id).is_err() {
+        return;
+    }
+    send_error(error);
+}
+
+/// Sends a local reply on the current effective context.
+pub fn send_error(error: &FilterError) {
+    let headers = error.headers();
+    let header_refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _ = hostcalls::send_http_response(error.status, header_refs, Some(error.body().as_bytes()));
+}

@@ -1,0 +1,181 @@
+//! State one Envoy worker's VM keeps between callbacks: the validated config, the resolved
+//! secrets, a local copy of each credential's token (so the hot path needs no shared-data
+//! read), the requests waiting for a token and the token fetches this worker has in flight.
+//!
+//! Shared by the root context and its HTTP contexts through `Rc<RefCell<..>>`: one VM runs on
+//! one thread, so no locking is involved.
+
+use crate::config::{Config, ResolvedSecret};
+use crate::entra::TokenFetch;
+use crate::token_cache::TokenSlot;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A worker-local copy of a usable token.
+#[derive(Clone, Default)]
+pub struct LocalToken {
+    pub token: String,
+    pub usable_until_ms: u64,
+    pub refresh_at_ms: u64,
+}
+
+impl LocalToken {
+    pub fn from_slot(slot: &TokenSlot) -> LocalToken {
+        LocalToken {
+            token: slot.token.clone(),
+            usable_until_ms: slot.usable_until_ms,
+            refresh_at_ms: slot.refresh_at_ms,
+        }
+    }
+
+    /// The token, while it may be used and no refresh is due (a due refresh sends the caller
+    /// through the shared slot, which may hold a newer token from another worker).
+    pub fn fresh(&self, now_ms: u64) -> Option<&str> {
+        (!self.token.is_empty() && now_ms < self.usable_until_ms && now_ms < self.refresh_at_ms)
+            .then_some(self.token.as_str())
+    }
+}
+
+/// A request paused until its credential has a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    pub context_id: u32,
+    pub credential: usize,
+    pub deadline_ms: u64,
+}
+
+pub struct WorkerState {
+    pub config: Rc<Config>,
+    pub secrets: Vec<ResolvedSecret>,
+    /// Shared-data key of each credential's slot.
+    pub slot_keys: Vec<String>,
+    pub local_tokens: Vec<LocalToken>,
+    pub waiters: Vec<Waiter>,
+    /// Callout token id -> (credential index, the fetch it belongs to).
+    pub fetches_in_flight: HashMap<u32, (usize, TokenFetch)>,
+    /// Set by an HTTP context that found no token; the root's next tick starts the fetch.
+    pub fetch_wanted: Vec<bool>,
+    /// The root context's current tick period (1 ms = "tick now, a fetch is wanted").
+    pub tick_period_ms: u64,
+}
+
+impl WorkerState {
+    pub fn new(config: Config, secrets: Vec<ResolvedSecret>) -> WorkerState {
+        let n = config.credentials.len();
+        let slot_keys = config
+            .credentials
+            .iter()
+            .map(|c| format!("azure_llm_filter.token.{}.{:016x}", c.name, c.fingerprint()))
+            .collect();
+        WorkerState {
+            config: Rc::new(config),
+            secrets,
+            slot_keys,
+            local_tokens: vec![LocalToken::default(); n],
+            waiters: Vec::new(),
+            fetches_in_flight: HashMap::new(),
+            fetch_wanted: vec![false; n],
+            tick_period_ms: 0,
+        }
+    }
+
+    pub fn fetch_in_flight(&self, credential: usize) -> bool {
+        self.fetches_in_flight
+            .values()
+            .any(|(c, _)| *c == credential)
+    }
+
+    pub fn has_waiters(&self, credential: usize) -> bool {
+        self.waiters.iter().any(|w| w.credential == credential)
+    }
+
+    /// Removes and returns the waiters of one credential.
+    pub fn take_waiters(&mut self, credential: usize) -> Vec<Waiter> {
+        let (taken, kept): (Vec<Waiter>, Vec<Waiter>) = self
+            .waiters
+            .drain(..)
+            .partition(|w| w.credential == credential);
+        self.waiters = kept;
+        taken
+    }
+
+    /// Removes and returns the waiters whose deadline has passed.
+    pub fn take_expired_waiters(&mut self, now_ms: u64) -> Vec<Waiter> {
+        let (expired, kept): (Vec<Waiter>, Vec<Waiter>) = self
+            .waiters
+            .drain(..)
+            .partition(|w| now_ms >= w.deadline_ms);
+        self.waiters = kept;
+        expired
+    }
+
+    pub fn forget_context(&mut self, context_id: u32) {
+        self.waiters.retain(|w| w.context_id != context_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> WorkerState {
+        let v = serde_json::json!({
+            "credentials": {"a": {"kind": "client_secret", "tenant_id": "t", "client_id": "c",
+                                  "client_secret": "s", "token_cluster": "entra"},
+                            "b": {"kind": "client_secret", "tenant_id": "t", "client_id": "d",
+                                  "client_secret": "s", "token_cluster": "entra"}},
+            "backends": {"x": {"kind": "azure_openai", "host": "h", "api_version": "v", "credential": "a"}},
+            "models": {"m": {"backend": "x", "deployment": "d"}}
+        });
+        let c = Config::parse(v.to_string().as_bytes()).unwrap();
+        WorkerState::new(c, vec![])
+    }
+
+    #[test]
+    fn waiters_by_credential_and_deadline() {
+        let mut s = state();
+        s.waiters.push(Waiter {
+            context_id: 1,
+            credential: 0,
+            deadline_ms: 100,
+        });
+        s.waiters.push(Waiter {
+            context_id: 2,
+            credential: 1,
+            deadline_ms: 50,
+        });
+        s.waiters.push(Waiter {
+            context_id: 3,
+            credential: 0,
+            deadline_ms: 200,
+        });
+        assert_eq!(s.take_expired_waiters(60).len(), 1);
+        assert!(s.has_waiters(0));
+        assert!(!s.has_waiters(1));
+        let w = s.take_waiters(0);
+        assert_eq!(
+            w.iter().map(|w| w.context_id).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert!(s.waiters.is_empty());
+    }
+
+    #[test]
+    fn slot_keys_differ_per_credential() {
+        let s = state();
+        assert_ne!(s.slot_keys[0], s.slot_keys[1]);
+        assert!(s.slot_keys[0].starts_with("azure_llm_filter.token.a."));
+    }
+
+    #[test]
+    fn local_token_is_not_fresh_once_refresh_is_due() {
+        let t = LocalToken {
+            token: "t".into(),
+            usable_until_ms: 100,
+            refresh_at_ms: 50,
+        };
+        assert_eq!(t.fresh(10), Some("t"));
+        assert_eq!(t.fresh(50), None);
+        assert_eq!(LocalToken::default().fresh(0), None);
+    }
+}

@@ -1,0 +1,24 @@
+//! azure-llm-filter: a proxy-wasm HTTP filter that puts Azure OpenAI and Azure AI Foundry
+//! behind Envoy. Workloads call it without secrets; it routes each request by model, rewrites
+//! it for Azure and injects a Microsoft Entra ID token it fetches and caches itself.
+//!
+//! `host` is the thin proxy-wasm layer; the other modules decide and are plain Rust.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod config;
+pub mod entra;
+pub mod errors;
+pub mod host;
+pub mod routing;
+pub mod token_cache;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(host::root::FilterRoot::new(context_id))
+    });
+}}
