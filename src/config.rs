@@ -14,6 +14,9 @@ pub const DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 const DEFAULT_TOKEN_WAIT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_TOKEN_FETCH_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+const DEFAULT_BODY_WAIT_TIMEOUT_MS: u64 = 3_000;
+const DEFAULT_FOUNDRY_API_VERSION: &str = "2024-05-01-preview";
+const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 const MAX_TIMEOUT_MS: u64 = 120_000;
 const MAX_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -60,6 +63,12 @@ struct RawConfig {
     token_wait_timeout_ms: Option<u64>,
     #[serde(default)]
     max_body_bytes: Option<usize>,
+    #[serde(default)]
+    routing_mode: Option<RoutingMode>,
+    #[serde(default)]
+    model_header: Option<String>,
+    #[serde(default)]
+    body_wait_timeout_ms: Option<u64>,
     credentials: BTreeMap<String, RawCredential>,
     backends: BTreeMap<String, RawBackend>,
     models: BTreeMap<String, RawModel>,
@@ -92,6 +101,30 @@ enum RawBackend {
         host: String,
         api_version: String,
         credential: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+    AzureOpenaiV1 {
+        host: String,
+        credential: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+    FoundryModels {
+        host: String,
+        #[serde(default)]
+        api_version: Option<String>,
+        credential: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+    FoundryAnthropic {
+        host: String,
+        credential: String,
+        #[serde(default)]
+        anthropic_version: Option<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
     },
 }
 
@@ -100,6 +133,23 @@ enum RawBackend {
 struct RawModel {
     backend: String,
     deployment: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    model_name: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// How the filter finds the model of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingMode {
+    /// Read `model` from the JSON body (needs `allow_on_headers_stop_iteration: true`).
+    Body,
+    /// Use only the path (`/openai/deployments/{name}/...`, `/deployments/{name}/...`) or the
+    /// model header; never pause for the body (works under Istio's WasmPlugin).
+    Header,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -169,6 +219,23 @@ impl Credential {
 pub enum BackendKind {
     /// Azure OpenAI dated API: `/openai/deployments/{deployment}/...?api-version=`.
     AzureOpenai { api_version: String },
+    /// Azure OpenAI v1 API: `/openai/v1/...`, deployment in the body's `model`.
+    AzureOpenaiV1,
+    /// Foundry model inference: `/models/...?api-version=`, deployment in the body's `model`.
+    FoundryModels { api_version: String },
+    /// Claude on Foundry: `/anthropic/v1/messages`, deployment in the body's `model`.
+    FoundryAnthropic { anthropic_version: String },
+}
+
+impl BackendKind {
+    /// The `model.format` Foundry's gateway connections read from `/deployments`.
+    pub fn model_format(&self) -> &'static str {
+        match self {
+            BackendKind::FoundryAnthropic { .. } => "Anthropic",
+            BackendKind::FoundryModels { .. } => "NonOpenAI",
+            _ => "OpenAI",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +245,8 @@ pub struct Backend {
     pub host: String,
     /// Index into `Config::credentials`.
     pub credential: usize,
+    /// Extra request headers for this backend (e.g. `extra-parameters: pass-through`).
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,14 +256,30 @@ pub struct ModelRoute {
     pub deployment: String,
 }
 
+/// A model as discovery endpoints list it (aliases are not listed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub model_name: String,
+    pub version: String,
+    pub backend: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub routing_header: String,
+    pub routing_mode: RoutingMode,
+    /// A request header that names the model (optional; used before the body).
+    pub model_header: Option<String>,
     pub token_wait_timeout_ms: u64,
+    pub body_wait_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub credentials: Vec<Credential>,
     pub backends: Vec<Backend>,
+    /// Every name a caller may use (model names and aliases).
     pub models: HashMap<String, ModelRoute>,
+    /// The configured models, sorted by name, for discovery.
+    pub model_list: Vec<ModelInfo>,
 }
 
 impl Config {
@@ -248,35 +333,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let mut backends = Vec::with_capacity(raw.backends.len());
     for (name, backend) in raw.backends {
-        let field = format!("backends.{name}");
-        check_name(&field, &name)?;
-        let RawBackend::AzureOpenai {
-            host,
-            api_version,
-            credential,
-        } = backend;
-        check_host(&format!("{field}.host"), &host)?;
-        if api_version.is_empty() || !api_version.bytes().all(is_safe_path_byte) {
-            return Err(ConfigError::new(
-                format!("{field}.api_version"),
-                "must be a non-empty version such as 2024-10-21",
-            ));
-        }
-        let credential = credentials
-            .iter()
-            .position(|c| c.name == credential)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    format!("{field}.credential"),
-                    format!("no credential named {credential:?} in credentials"),
-                )
-            })?;
-        backends.push(Backend {
-            name,
-            kind: BackendKind::AzureOpenai { api_version },
-            host,
-            credential,
-        });
+        backends.push(validate_backend(name, backend, &credentials)?);
     }
     if backends.is_empty() {
         return Err(ConfigError::new(
@@ -286,14 +343,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let mut models = HashMap::with_capacity(raw.models.len());
+    let mut model_list = Vec::with_capacity(raw.models.len());
     for (name, model) in raw.models {
         let field = format!("models.{name}");
-        if name.is_empty() || name.len() > 128 || !name.bytes().all(is_safe_path_byte) {
-            return Err(ConfigError::new(
-                field,
-                "model names may use letters, digits, '.', '_', '-' and ':' (1-128 characters)",
-            ));
-        }
+        check_model_name(&field, &name)?;
         let backend = backends
             .iter()
             .position(|b| b.name == model.backend)
@@ -303,41 +356,216 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     format!("no backend named {:?} in backends", model.backend),
                 )
             })?;
-        // The deployment goes into the upstream path: allow only what Azure allows in a
-        // deployment name, so a config can never produce a path with '/', '..' or '?'.
-        if model.deployment.is_empty()
-            || model.deployment.len() > 64
-            || !model
-                .deployment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            || model.deployment.starts_with('.')
-        {
-            return Err(ConfigError::new(
-                format!("{field}.deployment"),
-                "must be 1-64 characters of letters, digits, '-', '_', '.'",
-            ));
+        check_deployment(&format!("{field}.deployment"), &model.deployment)?;
+        let route = ModelRoute {
+            backend,
+            deployment: model.deployment.clone(),
+        };
+        for (i, alias) in model.aliases.iter().enumerate() {
+            check_model_name(&format!("{field}.aliases[{i}]"), alias)?;
         }
-        models.insert(
+        for caller_name in std::iter::once(&name).chain(model.aliases.iter()) {
+            if models.insert(caller_name.clone(), route.clone()).is_some() {
+                return Err(ConfigError::new(
+                    field.clone(),
+                    format!("the name {caller_name:?} is used by more than one model or alias"),
+                ));
+            }
+        }
+        model_list.push(ModelInfo {
+            model_name: model.model_name.unwrap_or_else(|| name.clone()),
+            version: model.version.unwrap_or_default(),
             name,
-            ModelRoute {
-                backend,
-                deployment: model.deployment,
-            },
-        );
+            backend,
+        });
     }
     if models.is_empty() {
         return Err(ConfigError::new("models", "at least one model is needed"));
     }
+    let routing_mode = raw.routing_mode.unwrap_or(RoutingMode::Body);
+    let model_header = raw.model_header;
+    if let Some(h) = &model_header {
+        if !is_header_name(h) {
+            return Err(ConfigError::new(
+                "model_header",
+                "must be a lowercase HTTP header name (letters, digits, '-')",
+            ));
+        }
+    }
+    let body_wait_timeout_ms = raw
+        .body_wait_timeout_ms
+        .unwrap_or(DEFAULT_BODY_WAIT_TIMEOUT_MS);
+    check_range(
+        "body_wait_timeout_ms",
+        body_wait_timeout_ms,
+        1,
+        MAX_TIMEOUT_MS,
+    )?;
 
     Ok(Config {
         routing_header,
+        routing_mode,
+        model_header,
         token_wait_timeout_ms,
+        body_wait_timeout_ms,
         max_body_bytes,
         credentials,
         backends,
         models,
+        model_list,
     })
+}
+
+fn validate_backend(
+    name: String,
+    backend: RawBackend,
+    credentials: &[Credential],
+) -> Result<Backend, ConfigError> {
+    let field = format!("backends.{name}");
+    check_name(&field, &name)?;
+    let (host, credential, headers, kind) = match backend {
+        RawBackend::AzureOpenai {
+            host,
+            api_version,
+            credential,
+            headers,
+        } => {
+            check_api_version(&format!("{field}.api_version"), &api_version)?;
+            (
+                host,
+                credential,
+                headers,
+                BackendKind::AzureOpenai { api_version },
+            )
+        }
+        RawBackend::AzureOpenaiV1 {
+            host,
+            credential,
+            headers,
+        } => (host, credential, headers, BackendKind::AzureOpenaiV1),
+        RawBackend::FoundryModels {
+            host,
+            api_version,
+            credential,
+            headers,
+        } => {
+            let api_version =
+                api_version.unwrap_or_else(|| DEFAULT_FOUNDRY_API_VERSION.to_string());
+            check_api_version(&format!("{field}.api_version"), &api_version)?;
+            (
+                host,
+                credential,
+                headers,
+                BackendKind::FoundryModels { api_version },
+            )
+        }
+        RawBackend::FoundryAnthropic {
+            host,
+            credential,
+            anthropic_version,
+            headers,
+        } => {
+            let anthropic_version =
+                anthropic_version.unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_string());
+            check_api_version(&format!("{field}.anthropic_version"), &anthropic_version)?;
+            (
+                host,
+                credential,
+                headers,
+                BackendKind::FoundryAnthropic { anthropic_version },
+            )
+        }
+    };
+    check_host(&format!("{field}.host"), &host)?;
+    let credential = credentials
+        .iter()
+        .position(|c| c.name == credential)
+        .ok_or_else(|| {
+            ConfigError::new(
+                format!("{field}.credential"),
+                format!("no credential named {credential:?} in credentials"),
+            )
+        })?;
+    let mut extra = Vec::with_capacity(headers.len());
+    for (k, v) in headers {
+        let hfield = format!("{field}.headers.{k}");
+        if !is_header_name(&k) || RESERVED_HEADERS.contains(&k.as_str()) {
+            return Err(ConfigError::new(
+                hfield,
+                "must be a lowercase header name other than authorization, api-key, host or the routing header",
+            ));
+        }
+        if v.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(ConfigError::new(
+                hfield,
+                "header values may not contain control characters",
+            ));
+        }
+        extra.push((k, v));
+    }
+    Ok(Backend {
+        name,
+        kind,
+        host,
+        credential,
+        headers: extra,
+    })
+}
+
+/// Headers a backend's `headers` may not set: the filter owns them.
+const RESERVED_HEADERS: [&str; 6] = [
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "host",
+    "content-length",
+    "transfer-encoding",
+];
+
+fn check_api_version(field: &str, v: &str) -> Result<(), ConfigError> {
+    if v.is_empty() || v.len() > 64 || !v.bytes().all(is_safe_path_byte) {
+        return Err(ConfigError::new(
+            field,
+            "must be a non-empty version such as 2024-10-21",
+        ));
+    }
+    Ok(())
+}
+
+/// Model names reach paths and error messages: letters, digits and a few separators only.
+pub fn is_valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(is_safe_path_byte)
+        && !name.starts_with('.')
+}
+
+fn check_model_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if !is_valid_model_name(name) {
+        return Err(ConfigError::new(
+            field,
+            "model names may use letters, digits, '.', '_', '-' and ':' (1-128 characters, not starting with '.')",
+        ));
+    }
+    Ok(())
+}
+
+/// The deployment goes into the upstream path: allow only what Azure allows in a deployment
+/// name, so a config can never produce a path with '/', '..' or '?'.
+fn check_deployment(field: &str, deployment: &str) -> Result<(), ConfigError> {
+    if deployment.is_empty()
+        || deployment.len() > 64
+        || !deployment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || deployment.starts_with('.')
+    {
+        return Err(ConfigError::new(
+            field,
+            "must be 1-64 characters of letters, digits, '-', '_', '.'",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_credential(name: String, cred: RawCredential) -> Result<Credential, ConfigError> {

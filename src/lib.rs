@@ -9,6 +9,7 @@
 )]
 
 pub mod config;
+pub mod discovery;
 pub mod entra;
 pub mod errors;
 pub mod host;

@@ -1,56 +1,178 @@
-//! Which API a caller asked for, which backend serves the model, and the Azure path to call.
+//! Which API a caller asked for, which backend serves the model, the Azure path to call and
+//! the changes the request body needs on the way.
 
-use crate::config::{Backend, BackendKind, Config, ModelRoute};
+use crate::config::{is_valid_model_name, Backend, BackendKind, Config, ModelRoute};
 use crate::errors::FilterError;
 use serde::Deserialize;
+use std::borrow::Cow;
 
-/// The OpenAI-style inbound APIs the filter routes by the `model` in the request body.
+/// The inference operations the filter routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InboundApi {
+pub enum Operation {
     ChatCompletions,
     Completions,
     Embeddings,
+    Responses,
     ImageGenerations,
+    AudioSpeech,
+    AudioTranscriptions,
+    AudioTranslations,
+    /// Anthropic Messages.
+    Messages,
 }
 
-impl InboundApi {
-    /// The operation's path below `/openai/deployments/{deployment}/`.
-    fn azure_operation(self) -> &'static str {
+impl Operation {
+    fn from_suffix(suffix: &str) -> Option<Operation> {
+        Some(match suffix {
+            "chat/completions" => Operation::ChatCompletions,
+            "completions" => Operation::Completions,
+            "embeddings" => Operation::Embeddings,
+            "responses" => Operation::Responses,
+            "images/generations" => Operation::ImageGenerations,
+            "audio/speech" => Operation::AudioSpeech,
+            "audio/transcriptions" => Operation::AudioTranscriptions,
+            "audio/translations" => Operation::AudioTranslations,
+            "messages" => Operation::Messages,
+            _ => return None,
+        })
+    }
+
+    /// The path suffix of the operation in OpenAI-style APIs.
+    pub fn suffix(self) -> &'static str {
         match self {
-            InboundApi::ChatCompletions => "chat/completions",
-            InboundApi::Completions => "completions",
-            InboundApi::Embeddings => "embeddings",
-            InboundApi::ImageGenerations => "images/generations",
+            Operation::ChatCompletions => "chat/completions",
+            Operation::Completions => "completions",
+            Operation::Embeddings => "embeddings",
+            Operation::Responses => "responses",
+            Operation::ImageGenerations => "images/generations",
+            Operation::AudioSpeech => "audio/speech",
+            Operation::AudioTranscriptions => "audio/transcriptions",
+            Operation::AudioTranslations => "audio/translations",
+            Operation::Messages => "messages",
         }
     }
+
+    /// Operations whose body is multipart/form-data rather than JSON.
+    pub fn is_multipart(self) -> bool {
+        matches!(
+            self,
+            Operation::AudioTranscriptions | Operation::AudioTranslations
+        )
+    }
 }
 
-/// Classifies a request by method and path (query ignored). `None`: not an API the filter
-/// handles; the request goes on unrouted and Envoy's fall-through route answers it.
-pub fn classify(method: &str, path: &str) -> Option<InboundApi> {
-    if method != "POST" {
-        return None;
-    }
+/// What a request is, as far as the filter is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// An inference call; `path_model` is the model or deployment named in the path, if any.
+    Api {
+        op: Operation,
+        path_model: Option<String>,
+    },
+    /// `GET /v1/models` (OpenAI format).
+    ListModels,
+    /// `GET /deployments` (AzureOpenAI format, read by Foundry gateway connections).
+    ListDeployments,
+    /// `GET /deployments/{name}`.
+    GetDeployment(String),
+}
+
+/// Classifies a request by method and path (the query is ignored: the backend's own
+/// api-version replaces whatever the caller sent). `Ok(None)`: not a path the filter serves;
+/// the request goes on unrouted to Envoy's fall-through route.
+pub fn classify(method: &str, path: &str) -> Result<Option<Inbound>, FilterError> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let path = path.strip_suffix('/').unwrap_or(path);
-    match path {
-        "/v1/chat/completions" => Some(InboundApi::ChatCompletions),
-        "/v1/completions" => Some(InboundApi::Completions),
-        "/v1/embeddings" => Some(InboundApi::Embeddings),
-        "/v1/images/generations" => Some(InboundApi::ImageGenerations),
-        _ => None,
+    if method == "GET" {
+        return Ok(match path {
+            "/v1/models" | "/openai/v1/models" | "/models" => Some(Inbound::ListModels),
+            "/deployments" | "/openai/deployments" => Some(Inbound::ListDeployments),
+            _ => match path
+                .strip_prefix("/deployments/")
+                .or_else(|| path.strip_prefix("/openai/deployments/"))
+            {
+                Some(name) if !name.contains('/') => {
+                    Some(Inbound::GetDeployment(checked_path_model(name)?))
+                }
+                _ => None,
+            },
+        });
     }
+    if method != "POST" {
+        return Ok(None);
+    }
+    let api = |op: Option<Operation>, path_model: Option<String>| {
+        op.map(|op| Inbound::Api { op, path_model })
+    };
+    // OpenAI-style and Azure v1-style: the model is in the body.
+    if let Some(suffix) = path
+        .strip_prefix("/v1/")
+        .or_else(|| path.strip_prefix("/openai/v1/"))
+        .or_else(|| path.strip_prefix("/anthropic/v1/"))
+    {
+        return Ok(api(Operation::from_suffix(suffix), None));
+    }
+    // Azure dated API and Foundry gateway connections with the deployment in the path.
+    if let Some(rest) = path
+        .strip_prefix("/openai/deployments/")
+        .or_else(|| path.strip_prefix("/deployments/"))
+    {
+        let Some((name, suffix)) = rest.split_once('/') else {
+            return Ok(None);
+        };
+        let name = checked_path_model(name)?;
+        return Ok(api(Operation::from_suffix(suffix), Some(name)));
+    }
+    // Foundry model inference (`/models/...`) and gateway connections without the deployment
+    // in the path (`/chat/completions`).
+    let suffix = path
+        .strip_prefix("/models/")
+        .or_else(|| path.strip_prefix('/'))
+        .unwrap_or(path);
+    Ok(match Operation::from_suffix(suffix) {
+        Some(op) if op != Operation::Messages => api(Some(op), None),
+        _ => None,
+    })
+}
+
+fn checked_path_model(name: &str) -> Result<String, FilterError> {
+    if is_valid_model_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err(FilterError::bad_request(
+            "invalid_model",
+            "the model or deployment name in the path has characters that are not allowed",
+        ))
+    }
+}
+
+/// The parts of a JSON request body the filter looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyInfo {
+    pub model: Option<String>,
+    pub stream: bool,
+    pub include_usage: bool,
 }
 
 #[derive(Deserialize)]
-struct ModelField<'a> {
-    #[serde(borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
+struct BodyFields<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
 }
 
-/// Reads `model` from a JSON request body.
-pub fn model_from_body(body: &[u8]) -> Result<String, FilterError> {
-    let parsed: ModelField = serde_json::from_slice(body).map_err(|e| {
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// Reads `model`, `stream` and `stream_options.include_usage` from a JSON body.
+pub fn read_body(body: &[u8]) -> Result<BodyInfo, FilterError> {
+    let parsed: BodyFields = serde_json::from_slice(body).map_err(|e| {
         FilterError::bad_request(
             "invalid_json",
             format!(
@@ -60,33 +182,63 @@ pub fn model_from_body(body: &[u8]) -> Result<String, FilterError> {
             ),
         )
     })?;
-    match parsed.model {
-        Some(m) if !m.is_empty() => Ok(m.into_owned()),
-        _ => Err(FilterError::bad_request(
-            "missing_model",
-            "request body must name a `model`",
-        )),
-    }
+    Ok(BodyInfo {
+        model: parsed.model.map(Cow::into_owned),
+        stream: parsed.stream.unwrap_or(false),
+        include_usage: parsed
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+    })
 }
 
-/// Where a request goes.
+/// Reads the `model` field of a multipart/form-data body (audio transcriptions).
+pub fn multipart_model(content_type: &str, body: &[u8]) -> Option<String> {
+    let boundary = content_type
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("boundary="))
+        .next()?
+        .trim_matches('"');
+    if boundary.is_empty() || boundary.len() > 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(body);
+    let delimiter = format!("--{boundary}");
+    for part in text.split(delimiter.as_str()) {
+        let Some((head, value)) = part
+            .split_once("\r\n\r\n")
+            .or_else(|| part.split_once("\n\n"))
+        else {
+            continue;
+        };
+        let is_model = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("content-disposition:")
+                && (l.contains("name=\"model\"") || l.contains("name=model;"))
+        });
+        if is_model {
+            let v = value.trim_end_matches(['\r', '\n']).trim();
+            return (!v.is_empty()).then(|| v.to_string());
+        }
+    }
+    None
+}
+
+/// Where a request goes and what changes on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteDecision<'c> {
+pub struct RoutePlan<'c> {
     pub backend: &'c Backend,
     pub backend_index: usize,
     pub deployment: &'c str,
     pub path: String,
+    /// The body's `model` must be this (backends that take the deployment from the body).
+    pub body_model: Option<&'c str>,
+    /// Headers to add when the caller did not send them.
+    pub default_headers: Vec<(&'static str, &'c str)>,
 }
 
-pub fn route<'c>(
-    config: &'c Config,
-    api: InboundApi,
-    model: &str,
-) -> Result<RouteDecision<'c>, FilterError> {
-    let ModelRoute {
-        backend: backend_index,
-        deployment,
-    } = config.models.get(model).ok_or_else(|| {
+pub fn lookup<'c>(config: &'c Config, model: &str) -> Result<&'c ModelRoute, FilterError> {
+    config.models.get(model).ok_or_else(|| {
         FilterError::not_found(
             "model_not_found",
             format!(
@@ -94,22 +246,118 @@ pub fn route<'c>(
                 printable(model)
             ),
         )
-    })?;
-    let backend = config.backends.get(*backend_index).ok_or_else(|| {
+    })
+}
+
+pub fn plan<'c>(
+    config: &'c Config,
+    op: Operation,
+    model: &str,
+) -> Result<RoutePlan<'c>, FilterError> {
+    let route = lookup(config, model)?;
+    let backend = config.backends.get(route.backend).ok_or_else(|| {
         FilterError::internal("config_error", "model refers to a missing backend")
     })?;
-    let path = match &backend.kind {
-        BackendKind::AzureOpenai { api_version } => format!(
-            "/openai/deployments/{deployment}/{}?api-version={api_version}",
-            api.azure_operation()
-        ),
+    let deployment = route.deployment.as_str();
+    let unsupported = || {
+        FilterError::bad_request(
+            "unsupported_api",
+            format!(
+                "the model `{}` does not support the {} API",
+                printable(model),
+                op.suffix()
+            ),
+        )
     };
-    Ok(RouteDecision {
+    let mut default_headers = Vec::new();
+    let (path, body_model) = match &backend.kind {
+        BackendKind::AzureOpenai { api_version } => match op {
+            Operation::Messages => return Err(unsupported()),
+            // The dated Responses API takes the deployment from the body.
+            Operation::Responses => (
+                format!("/openai/responses?api-version={api_version}"),
+                Some(deployment),
+            ),
+            _ => (
+                format!(
+                    "/openai/deployments/{deployment}/{}?api-version={api_version}",
+                    op.suffix()
+                ),
+                None,
+            ),
+        },
+        BackendKind::AzureOpenaiV1 => match op {
+            Operation::Messages => return Err(unsupported()),
+            _ => (format!("/openai/v1/{}", op.suffix()), Some(deployment)),
+        },
+        BackendKind::FoundryModels { api_version } => match op {
+            Operation::ChatCompletions | Operation::Embeddings | Operation::Completions => (
+                format!("/models/{}?api-version={api_version}", op.suffix()),
+                Some(deployment),
+            ),
+            _ => return Err(unsupported()),
+        },
+        BackendKind::FoundryAnthropic { anthropic_version } => match op {
+            Operation::Messages => {
+                default_headers.push(("anthropic-version", anthropic_version.as_str()));
+                ("/anthropic/v1/messages".to_string(), Some(deployment))
+            }
+            _ => return Err(unsupported()),
+        },
+    };
+    Ok(RoutePlan {
         backend,
-        backend_index: *backend_index,
+        backend_index: route.backend,
         deployment,
         path,
+        body_model,
+        default_headers,
     })
+}
+
+/// Whether the filter should ask for usage in a stream (so tokens can be counted).
+pub fn wants_include_usage(op: Operation, backend: &Backend, info: &BodyInfo) -> bool {
+    info.stream
+        && !info.include_usage
+        && matches!(op, Operation::ChatCompletions | Operation::Completions)
+        && !matches!(backend.kind, BackendKind::FoundryAnthropic { .. })
+}
+
+/// Rewrites a JSON body: sets `model` and/or turns on `stream_options.include_usage`.
+/// `Ok(None)` when nothing needs to change.
+pub fn rewrite_body(
+    body: &[u8],
+    set_model: Option<&str>,
+    include_usage: bool,
+) -> Result<Option<Vec<u8>>, FilterError> {
+    let bad = || FilterError::bad_request("invalid_json", "request body is not a JSON object");
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad())?;
+    let obj = value.as_object_mut().ok_or_else(bad)?;
+    let mut changed = false;
+    if let Some(model) = set_model {
+        if obj.get("model").and_then(|m| m.as_str()) != Some(model) {
+            obj.insert("model".into(), serde_json::Value::from(model));
+            changed = true;
+        }
+    }
+    if include_usage {
+        let options = obj
+            .entry("stream_options")
+            .or_insert_with(|| serde_json::json!({}));
+        if !options.is_object() {
+            *options = serde_json::json!({});
+        }
+        if let Some(o) = options.as_object_mut() {
+            o.insert("include_usage".into(), serde_json::Value::Bool(true));
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    serde_json::to_vec(&value)
+        .map(Some)
+        .map_err(|_| FilterError::internal("rewrite_failed", "could not rewrite the request body"))
 }
 
 /// A caller-supplied name, cut short and stripped of control characters, for error messages.
@@ -126,74 +374,230 @@ mod tests {
         let v = json!({
             "credentials": {"main": {"kind": "client_secret", "tenant_id": "t", "client_id": "c",
                                      "client_secret": "s", "token_cluster": "entra"}},
-            "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com",
-                                  "api_version": "2024-10-21", "credential": "main"}},
-            "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"},
-                       "emb": {"backend": "aoai", "deployment": "text-embedding-3-small"}}
+            "backends": {
+                "aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"},
+                "v1": {"kind": "azure_openai_v1", "host": "r2.openai.azure.com", "credential": "main"},
+                "fm": {"kind": "foundry_models", "host": "f.services.ai.azure.com", "credential": "main",
+                       "headers": {"extra-parameters": "pass-through"}},
+                "claude": {"kind": "foundry_anthropic", "host": "f.services.ai.azure.com", "credential": "main"}
+            },
+            "models": {
+                "gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod", "aliases": ["gpt4o"]},
+                "gpt-4.1": {"backend": "v1", "deployment": "gpt-41-dep"},
+                "mistral": {"backend": "fm", "deployment": "mistral-large"},
+                "claude-opus-4-5": {"backend": "claude", "deployment": "claude-opus-4-5"}
+            }
         });
         Config::parse(v.to_string().as_bytes()).unwrap()
     }
 
-    #[test]
-    fn classify_paths() {
-        assert_eq!(
-            classify("POST", "/v1/chat/completions"),
-            Some(InboundApi::ChatCompletions)
-        );
-        assert_eq!(
-            classify("POST", "/v1/chat/completions?x=1"),
-            Some(InboundApi::ChatCompletions)
-        );
-        assert_eq!(
-            classify("POST", "/v1/embeddings/"),
-            Some(InboundApi::Embeddings)
-        );
-        assert_eq!(classify("GET", "/v1/chat/completions"), None);
-        assert_eq!(classify("POST", "/v1/chat/completions/../x"), None);
-        assert_eq!(classify("POST", "/other"), None);
+    fn api(op: Operation, m: Option<&str>) -> Option<Inbound> {
+        Some(Inbound::Api {
+            op,
+            path_model: m.map(String::from),
+        })
     }
 
     #[test]
-    fn routes_model_to_deployment_path() {
-        let c = config();
-        let r = route(&c, InboundApi::ChatCompletions, "gpt-4o").unwrap();
+    fn classify_inbound_forms() {
+        use Operation::*;
+        let c = |m, p| classify(m, p).unwrap();
         assert_eq!(
-            r.path,
+            c("POST", "/v1/chat/completions"),
+            api(ChatCompletions, None)
+        );
+        assert_eq!(
+            c("POST", "/v1/chat/completions?x=1"),
+            api(ChatCompletions, None)
+        );
+        assert_eq!(c("POST", "/v1/embeddings/"), api(Embeddings, None));
+        assert_eq!(c("POST", "/v1/responses"), api(Responses, None));
+        assert_eq!(c("POST", "/v1/messages"), api(Messages, None));
+        assert_eq!(c("POST", "/anthropic/v1/messages"), api(Messages, None));
+        assert_eq!(
+            c("POST", "/v1/audio/transcriptions"),
+            api(AudioTranscriptions, None)
+        );
+        assert_eq!(
+            c("POST", "/openai/v1/chat/completions"),
+            api(ChatCompletions, None)
+        );
+        assert_eq!(
+            c(
+                "POST",
+                "/openai/deployments/gpt-4o/chat/completions?api-version=x"
+            ),
+            api(ChatCompletions, Some("gpt-4o"))
+        );
+        assert_eq!(
+            c("POST", "/deployments/gpt-4o/chat/completions"),
+            api(ChatCompletions, Some("gpt-4o"))
+        );
+        assert_eq!(c("POST", "/chat/completions"), api(ChatCompletions, None));
+        assert_eq!(
+            c("POST", "/models/chat/completions"),
+            api(ChatCompletions, None)
+        );
+        assert_eq!(c("GET", "/v1/models"), Some(Inbound::ListModels));
+        assert_eq!(c("GET", "/deployments"), Some(Inbound::ListDeployments));
+        assert_eq!(
+            c("GET", "/deployments/gpt-4o"),
+            Some(Inbound::GetDeployment("gpt-4o".into()))
+        );
+        assert_eq!(c("GET", "/v1/chat/completions"), None);
+        assert_eq!(c("DELETE", "/v1/models"), None);
+        assert_eq!(c("POST", "/v1/chat/completions/../x"), None);
+        assert_eq!(c("POST", "/other"), None);
+        assert_eq!(c("POST", "/messages"), None);
+    }
+
+    #[test]
+    fn path_injection_in_model_is_refused() {
+        for p in [
+            "/openai/deployments/../secrets/chat/completions",
+            "/openai/deployments/a%2fb/chat/completions",
+            "/deployments/a\r\nx/chat/completions",
+            "/openai/deployments/.hidden/chat/completions",
+        ] {
+            let e = classify("POST", p).unwrap_err();
+            assert_eq!(e.code, "invalid_model", "{p}");
+        }
+        assert!(classify("GET", "/deployments/..").is_err());
+    }
+
+    #[test]
+    fn plans_per_backend_kind() {
+        let c = config();
+        let p = plan(&c, Operation::ChatCompletions, "gpt-4o").unwrap();
+        assert_eq!(
+            p.path,
             "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
         );
-        assert_eq!(r.backend.host, "r.openai.azure.com");
-        let r = route(&c, InboundApi::Embeddings, "emb").unwrap();
+        assert_eq!(p.body_model, None);
+        let p = plan(&c, Operation::ChatCompletions, "gpt4o").unwrap();
+        assert_eq!(p.deployment, "gpt-4o-prod", "alias");
+        let p = plan(&c, Operation::Responses, "gpt-4o").unwrap();
+        assert_eq!(p.path, "/openai/responses?api-version=2024-10-21");
+        assert_eq!(p.body_model, Some("gpt-4o-prod"));
+        let p = plan(&c, Operation::Responses, "gpt-4.1").unwrap();
+        assert_eq!(p.path, "/openai/v1/responses");
+        assert_eq!(p.body_model, Some("gpt-41-dep"));
+        let p = plan(&c, Operation::ChatCompletions, "mistral").unwrap();
         assert_eq!(
-            r.path,
-            "/openai/deployments/text-embedding-3-small/embeddings?api-version=2024-10-21"
+            p.path,
+            "/models/chat/completions?api-version=2024-05-01-preview"
+        );
+        assert_eq!(
+            p.backend.headers,
+            vec![("extra-parameters".to_string(), "pass-through".to_string())]
+        );
+        let p = plan(&c, Operation::Messages, "claude-opus-4-5").unwrap();
+        assert_eq!(p.path, "/anthropic/v1/messages");
+        assert_eq!(p.default_headers, vec![("anthropic-version", "2023-06-01")]);
+        assert_eq!(
+            plan(&c, Operation::ChatCompletions, "claude-opus-4-5")
+                .unwrap_err()
+                .code,
+            "unsupported_api"
+        );
+        assert_eq!(
+            plan(&c, Operation::Messages, "gpt-4o").unwrap_err().code,
+            "unsupported_api"
         );
     }
 
     #[test]
     fn unknown_model_is_404_without_control_chars() {
-        let e = route(&config(), InboundApi::ChatCompletions, "nope\r\nx: y").unwrap_err();
+        let e = plan(&config(), Operation::ChatCompletions, "nope\r\nx: y").unwrap_err();
         assert_eq!(e.status, 404);
         assert_eq!(e.code, "model_not_found");
         assert!(!e.message.contains('\r'));
     }
 
     #[test]
-    fn model_from_body_errors() {
+    fn body_reading() {
+        let i = read_body(br#"{"model":"gpt-4o","messages":[],"stream":true}"#).unwrap();
+        assert_eq!(i.model.as_deref(), Some("gpt-4o"));
+        assert!(i.stream && !i.include_usage);
+        let i =
+            read_body(br#"{"model":"g\u0070t","stream_options":{"include_usage":true}}"#).unwrap();
+        assert_eq!(i.model.as_deref(), Some("gpt"));
+        assert!(i.include_usage);
+        assert_eq!(read_body(b"{oops").unwrap_err().code, "invalid_json");
+        assert_eq!(read_body(b"[1,2]").unwrap_err().code, "invalid_json");
+        assert_eq!(read_body(b"{}").unwrap().model, None);
         assert_eq!(
-            model_from_body(br#"{"model":"gpt-4o","messages":[]}"#).unwrap(),
-            "gpt-4o"
-        );
-        assert_eq!(model_from_body(br#"{"model":"g\u0070t"}"#).unwrap(), "gpt");
-        assert_eq!(model_from_body(b"{oops").unwrap_err().code, "invalid_json");
-        assert_eq!(model_from_body(b"[1,2]").unwrap_err().code, "invalid_json");
-        assert_eq!(model_from_body(b"{}").unwrap_err().code, "missing_model");
-        assert_eq!(
-            model_from_body(br#"{"model":""}"#).unwrap_err().code,
-            "missing_model"
-        );
-        assert_eq!(
-            model_from_body(br#"{"model":5}"#).unwrap_err().code,
+            read_body(br#"{"model":5}"#).unwrap_err().code,
             "invalid_json"
+        );
+    }
+
+    #[test]
+    fn body_rewrites() {
+        let out = rewrite_body(br#"{"model":"alias","stream":true}"#, Some("dep"), true)
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "dep");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(
+            rewrite_body(br#"{"model":"dep"}"#, Some("dep"), false).unwrap(),
+            None
+        );
+        let out = rewrite_body(br#"{"stream_options":5}"#, None, true)
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn include_usage_only_for_openai_streams() {
+        let c = config();
+        let streaming = BodyInfo {
+            model: None,
+            stream: true,
+            include_usage: false,
+        };
+        let aoai = &c.backends[c.models["gpt-4o"].backend];
+        let claude = &c.backends[c.models["claude-opus-4-5"].backend];
+        assert!(wants_include_usage(
+            Operation::ChatCompletions,
+            aoai,
+            &streaming
+        ));
+        assert!(!wants_include_usage(
+            Operation::Embeddings,
+            aoai,
+            &streaming
+        ));
+        assert!(!wants_include_usage(
+            Operation::Messages,
+            claude,
+            &streaming
+        ));
+        let done = BodyInfo {
+            include_usage: true,
+            ..streaming.clone()
+        };
+        assert!(!wants_include_usage(
+            Operation::ChatCompletions,
+            aoai,
+            &done
+        ));
+    }
+
+    #[test]
+    fn multipart_model_field() {
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF....\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n";
+        assert_eq!(
+            multipart_model("multipart/form-data; boundary=XyZ", body).as_deref(),
+            Some("whisper")
+        );
+        assert_eq!(multipart_model("multipart/form-data", body), None);
+        assert_eq!(
+            multipart_model("multipart/form-data; boundary=other", body),
+            None
         );
     }
 }

@@ -1,12 +1,15 @@
-//! HTTP context: one per request. Strips caller credentials, reads the model from the body,
-//! rewrites `:authority` / `:path` / the routing header and adds the backend's Entra token,
-//! pausing the request while the token is fetched.
+//! HTTP context: one per request. Strips caller credentials, answers discovery, finds the
+//! model (path, header or body), rewrites `:authority` / `:path` / the routing header (and the
+//! body where the backend needs it) and adds the backend's Entra token, pausing the request
+//! while the token is fetched.
 
 use super::now_ms;
 use super::tokens::{self, TokenLookup};
 use super::worker::{Waiter, WorkerState};
+use crate::config::{Config, RoutingMode};
+use crate::discovery;
 use crate::errors::FilterError;
-use crate::routing::{self, InboundApi};
+use crate::routing::{self, Inbound, Operation, RoutePlan};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -15,10 +18,17 @@ use std::rc::Rc;
 /// Caller credentials that must never reach Azure: the filter authenticates to Azure itself.
 const CALLER_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
 
+/// A request waiting for its body.
+struct PendingBody {
+    op: Operation,
+    /// Model named by the path or the model header, which wins over the body's.
+    known_model: Option<String>,
+}
+
 pub struct HttpFilter {
     context_id: u32,
     state: Rc<RefCell<WorkerState>>,
-    api: Option<InboundApi>,
+    pending: Option<PendingBody>,
     /// Set once the filter answered the request itself.
     answered: bool,
 }
@@ -28,12 +38,12 @@ impl HttpFilter {
         HttpFilter {
             context_id,
             state,
-            api: None,
+            pending: None,
             answered: false,
         }
     }
 
-    fn reply(&mut self, error: &FilterError) -> Action {
+    fn reply_error(&mut self, error: &FilterError) -> Action {
         self.answered = true;
         log::debug!(
             "azure-llm-filter: answering {} ({})",
@@ -44,25 +54,62 @@ impl HttpFilter {
         Action::Pause
     }
 
-    /// Routes a complete request body and attaches the token (or pauses for it).
-    fn route_body(&mut self, api: InboundApi, body: &[u8]) -> Result<Action, FilterError> {
-        let model = routing::model_from_body(body)?;
-        let state_rc = self.state.clone();
-        let mut state = state_rc.borrow_mut();
-        let config = state.config.clone();
-        let decision = routing::route(&config, api, &model)?;
-        self.set_http_request_header(":authority", Some(&decision.backend.host));
-        self.set_http_request_header(":path", Some(&decision.path));
-        self.set_http_request_header(&config.routing_header, Some(&decision.backend.name));
-        let credential = decision.backend.credential;
+    fn reply_json(&mut self, body: &str) -> Action {
+        self.answered = true;
+        self.send_http_response(
+            200,
+            vec![("content-type", "application/json")],
+            Some(body.as_bytes()),
+        );
+        Action::Pause
+    }
+
+    fn discovery(&mut self, config: &Config, inbound: &Inbound) -> Action {
+        match inbound {
+            Inbound::ListModels => self.reply_json(&discovery::list_models(config)),
+            Inbound::ListDeployments => self.reply_json(&discovery::list_deployments(config)),
+            Inbound::GetDeployment(name) => match discovery::get_deployment(config, name) {
+                Ok(body) => self.reply_json(&body),
+                Err(e) => self.reply_error(&e),
+            },
+            Inbound::Api { .. } => Action::Continue,
+        }
+    }
+
+    fn header_model(&self, config: &Config) -> Option<String> {
+        let name = config.model_header.as_deref()?;
+        self.get_http_request_header(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Sets the upstream headers of a plan and attaches the token (or pauses for it).
+    fn dispatch(&mut self, config: &Config, plan: &RoutePlan) -> Result<Action, FilterError> {
+        self.set_http_request_header(":authority", Some(&plan.backend.host));
+        self.set_http_request_header(":path", Some(&plan.path));
+        self.set_http_request_header(&config.routing_header, Some(&plan.backend.name));
+        for (name, value) in &plan.backend.headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        for (name, value) in &plan.default_headers {
+            if self.get_http_request_header(name).is_none() {
+                self.set_http_request_header(name, Some(value));
+            }
+        }
+        let credential = plan.backend.credential;
         let now = now_ms();
+        let mut state = self.state.borrow_mut();
         match tokens::token_for_request(&mut state, credential, now) {
             TokenLookup::Ready(token) => {
+                drop(state);
                 self.set_http_request_header("authorization", Some(&format!("Bearer {token}")));
                 Ok(Action::Continue)
             }
             TokenLookup::Wait => {
-                log::debug!("azure-llm-filter: request {} waits for a token", self.context_id);
+                log::debug!(
+                    "azure-llm-filter: request {} waits for a token",
+                    self.context_id
+                );
                 state.waiters.push(Waiter {
                     context_id: self.context_id,
                     credential,
@@ -73,62 +120,145 @@ impl HttpFilter {
             TokenLookup::Unavailable(e) => Err(e),
         }
     }
+
+    /// Header-phase routing: the model is in the path or the model header.
+    fn route_without_body(
+        &mut self,
+        config: &Config,
+        op: Operation,
+        model: &str,
+    ) -> Result<Action, FilterError> {
+        let plan = routing::plan(config, op, model)?;
+        if let Some(deployment) = plan.body_model {
+            // The body cannot be rewritten without reading it: the name the caller uses must
+            // already be the deployment name.
+            if deployment != model {
+                return Err(FilterError::bad_request(
+                    "alias_needs_body_routing",
+                    format!(
+                        "in header routing mode call this model by its deployment name `{deployment}`"
+                    ),
+                ));
+            }
+        }
+        self.dispatch(config, &plan)
+    }
+
+    /// Body-phase routing: reads the model from the body, rewrites the body if the backend
+    /// needs it, then dispatches.
+    fn route_with_body(
+        &mut self,
+        config: &Config,
+        pending: &PendingBody,
+        body: &[u8],
+    ) -> Result<Action, FilterError> {
+        let op = pending.op;
+        if op.is_multipart() {
+            let content_type = self
+                .get_http_request_header("content-type")
+                .unwrap_or_default();
+            let model = pending
+                .known_model
+                .clone()
+                .or_else(|| routing::multipart_model(&content_type, body))
+                .ok_or_else(missing_model)?;
+            return self.route_without_body(config, op, &model);
+        }
+        let info = routing::read_body(body)?;
+        let model = pending
+            .known_model
+            .clone()
+            .or(info.model.clone())
+            .ok_or_else(missing_model)?;
+        let plan = routing::plan(config, op, &model)?;
+        let include_usage = routing::wants_include_usage(op, plan.backend, &info);
+        if let Some(new_body) = routing::rewrite_body(body, plan.body_model, include_usage)? {
+            self.set_http_request_body(0, body.len(), &new_body);
+            // Headers are still held, so the length can be corrected before they leave.
+            self.set_http_request_header("content-length", Some(&new_body.len().to_string()));
+        }
+        self.dispatch(config, &plan)
+    }
+}
+
+fn missing_model() -> FilterError {
+    FilterError::bad_request("missing_model", "the request must name a `model`")
 }
 
 impl Context for HttpFilter {}
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let routing_header = self.state.borrow().config.routing_header.clone();
+        let config = self.state.borrow().config.clone();
         // Whatever happens next, neither the caller's credentials nor a routing decision the
         // caller made up go any further.
         for name in CALLER_CREDENTIAL_HEADERS {
             self.set_http_request_header(name, None);
         }
-        self.set_http_request_header(&routing_header, None);
+        self.set_http_request_header(&config.routing_header, None);
 
         let method = self.get_http_request_header(":method").unwrap_or_default();
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        let Some(api) = routing::classify(&method, &path) else {
-            return Action::Continue;
+        let inbound = match routing::classify(&method, &path) {
+            Ok(Some(i)) => i,
+            Ok(None) => return Action::Continue,
+            Err(e) => return self.reply_error(&e),
         };
-        if end_of_stream {
-            return self.reply(&FilterError::bad_request(
-                "missing_body",
-                "this API needs a JSON request body naming a `model`",
-            ));
+        let Inbound::Api { op, path_model } = inbound else {
+            return self.discovery(&config, &inbound);
+        };
+        let known_model = path_model.or_else(|| self.header_model(&config));
+        if config.routing_mode == RoutingMode::Header || end_of_stream {
+            let result = match &known_model {
+                Some(model) => self.route_without_body(&config, op, model),
+                None if end_of_stream => Err(FilterError::bad_request(
+                    "missing_body",
+                    "this API needs a JSON request body naming a `model`",
+                )),
+                None => Err(FilterError::bad_request(
+                    "missing_model",
+                    "header routing mode needs the model in the path (/openai/deployments/{name}/...) or in the model header",
+                )),
+            };
+            return result.unwrap_or_else(|e| self.reply_error(&e));
         }
-        let limit = self.state.borrow().config.max_body_bytes;
+        let limit = config.max_body_bytes;
         let declared = self
             .get_http_request_header("content-length")
             .and_then(|v| v.trim().parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return self.reply(&FilterError::too_large(limit));
+            return self.reply_error(&FilterError::too_large(limit));
         }
-        self.api = Some(api);
+        self.pending = Some(PendingBody { op, known_model });
+        self.state
+            .borrow_mut()
+            .watch_body(self.context_id, now_ms() + config.body_wait_timeout_ms);
         // The model, hence the backend, is in the body: hold the headers until it is read.
-        // This needs `allow_on_headers_stop_iteration: true` in the Wasm filter config.
+        // This needs `allow_on_headers_stop_iteration: true` in the Wasm plugin config; the
+        // body watch answers 500 if the body never comes because it is missing.
         Action::Pause
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(api) = self.api else {
-            return Action::Continue;
-        };
         if self.answered {
             return Action::Pause;
         }
-        let limit = self.state.borrow().config.max_body_bytes;
-        if body_size > limit {
-            return self.reply(&FilterError::too_large(limit));
+        let Some(pending) = self.pending.take() else {
+            return Action::Continue;
+        };
+        self.state.borrow_mut().body_arrived(self.context_id);
+        let config = self.state.borrow().config.clone();
+        if body_size > config.max_body_bytes {
+            return self.reply_error(&FilterError::too_large(config.max_body_bytes));
         }
         if !end_of_stream {
+            self.pending = Some(pending);
             return Action::Pause; // buffer until the whole body is here
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        match self.route_body(api, &body) {
+        match self.route_with_body(&config, &pending, &body) {
             Ok(action) => action,
-            Err(e) => self.reply(&e),
+            Err(e) => self.reply_error(&e),
         }
     }
 }

@@ -107,7 +107,26 @@ impl RootContext for FilterRoot {
                 tokens::fail_waiter(w, &err);
             }
         }
-        let wanted = if state.waiters.is_empty() {
+        let stuck = state.take_expired_body_watches(now);
+        if !stuck.is_empty() {
+            log::error!(
+                "azure-llm-filter: {} request(s) got no body callback: set \
+                 allow_on_headers_stop_iteration: true in the Wasm plugin config \
+                 (or use routing_mode \"header\")",
+                stuck.len()
+            );
+            let err = FilterError::internal(
+                "filter_misconfigured",
+                "the proxy did not pass the request body to the azure-llm-filter: \
+                 the Wasm plugin needs allow_on_headers_stop_iteration: true",
+            );
+            for context_id in stuck {
+                if proxy_wasm::hostcalls::set_effective_context(context_id).is_ok() {
+                    tokens::send_error(&err);
+                }
+            }
+        }
+        let wanted = if state.waiters.is_empty() && state.body_watch.is_empty() {
             TICK_IDLE_MS
         } else {
             TICK_WHILE_WAITING_MS

@@ -118,13 +118,19 @@ pub fn token_unavailable(retry_in_ms: u64) -> FilterError {
 /// Lets a paused request go on with its token.
 pub fn resume_with_token(waiter: &Waiter, token: &str) {
     if let Err(e) = hostcalls::set_effective_context(waiter.context_id) {
-        log::debug!("azure-llm-filter: request {} gone before its token came ({e:?})", waiter.context_id);
+        log::debug!(
+            "azure-llm-filter: request {} gone before its token came ({e:?})",
+            waiter.context_id
+        );
         return; // the request is gone (caller disconnected)
     }
     let value = format!("Bearer {token}");
     let set = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", Some(&value));
     let resumed = hostcalls::resume_http_request();
-    log::debug!("azure-llm-filter: request {} resumed with token ({set:?}, {resumed:?})", waiter.context_id);
+    log::debug!(
+        "azure-llm-filter: request {} resumed with token ({set:?}, {resumed:?})",
+        waiter.context_id
+    );
 }
 
 /// Answers a paused request with an error.

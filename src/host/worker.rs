@@ -57,6 +57,11 @@ pub struct WorkerState {
     pub fetch_wanted: Vec<bool>,
     /// The root context's current tick period (1 ms = "tick now, a fetch is wanted").
     pub tick_period_ms: u64,
+    /// Requests paused in the header phase for their body: (context id, deadline). Without
+    /// `allow_on_headers_stop_iteration` the body never comes and they would hang.
+    pub body_watch: Vec<(u32, u64)>,
+    /// A body callback followed a header pause once: the option is set, stop watching.
+    pub body_callbacks_seen: bool,
 }
 
 impl WorkerState {
@@ -76,6 +81,8 @@ impl WorkerState {
             fetches_in_flight: HashMap::new(),
             fetch_wanted: vec![false; n],
             tick_period_ms: 0,
+            body_watch: Vec::new(),
+            body_callbacks_seen: false,
         }
     }
 
@@ -111,6 +118,28 @@ impl WorkerState {
 
     pub fn forget_context(&mut self, context_id: u32) {
         self.waiters.retain(|w| w.context_id != context_id);
+        self.body_watch.retain(|(id, _)| *id != context_id);
+    }
+
+    pub fn watch_body(&mut self, context_id: u32, deadline_ms: u64) {
+        if !self.body_callbacks_seen {
+            self.body_watch.push((context_id, deadline_ms));
+        }
+    }
+
+    pub fn body_arrived(&mut self, context_id: u32) {
+        self.body_callbacks_seen = true;
+        self.body_watch.retain(|(id, _)| *id != context_id);
+    }
+
+    /// Requests whose body did not come in time.
+    pub fn take_expired_body_watches(&mut self, now_ms: u64) -> Vec<u32> {
+        let (expired, kept): (Vec<(u32, u64)>, Vec<(u32, u64)>) = self
+            .body_watch
+            .drain(..)
+            .partition(|(_, deadline)| now_ms >= *deadline);
+        self.body_watch = kept;
+        expired.into_iter().map(|(id, _)| id).collect()
     }
 }
 
@@ -158,6 +187,18 @@ mod tests {
             vec![1, 3]
         );
         assert!(s.waiters.is_empty());
+    }
+
+    #[test]
+    fn body_watch_stops_once_a_body_was_seen() {
+        let mut s = state();
+        s.watch_body(1, 100);
+        s.watch_body(2, 300);
+        assert_eq!(s.take_expired_body_watches(200), vec![1]);
+        s.body_arrived(2);
+        assert!(s.body_watch.is_empty());
+        s.watch_body(3, 100);
+        assert!(s.body_watch.is_empty(), "option known to be set");
     }
 
     #[test]
