@@ -13,8 +13,10 @@ pub mod discovery;
 pub mod entra;
 pub mod errors;
 pub mod host;
+pub mod ratelimit;
 pub mod routing;
 pub mod token_cache;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

@@ -1,0 +1,340 @@
+//! Token usage read from Azure's answers: whole JSON bodies, and server-sent event streams
+//! scanned chunk by chunk as they pass (nothing is held back from the caller).
+//!
+//! Shapes (../shared/AZURE-WIRE.md section 4): Chat Completions / Embeddings
+//! `usage.{prompt_tokens,completion_tokens,total_tokens}`; Responses API
+//! `usage.{input_tokens,output_tokens,total_tokens}` (streamed in `response.completed` as
+//! `response.usage`); Anthropic `usage.{input_tokens,output_tokens,cache_*}` (streamed in
+//! `message_start` as `message.usage` and in `message_delta` as `usage`, output cumulative).
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RawUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl RawUsage {
+    fn to_usage(&self) -> Usage {
+        let prompt = self
+            .prompt_tokens
+            .or(self.input_tokens)
+            .unwrap_or(0)
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
+        let completion = self
+            .completion_tokens
+            .or(self.output_tokens)
+            .or_else(|| self.total_tokens.map(|t| t.saturating_sub(prompt)))
+            .unwrap_or(0);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<RawUsage>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    response: Option<Box<WithUsage>>,
+    #[serde(default)]
+    message: Option<Box<WithUsage>>,
+}
+
+/// Usage of a non-streamed JSON answer, if it reports one.
+pub fn from_json(body: &[u8]) -> Option<Usage> {
+    let parsed: WithUsage = serde_json::from_slice(body).ok()?;
+    parsed.usage.map(|u| u.to_usage())
+}
+
+/// Longest SSE line kept while waiting for its end. Usage events are small; a longer line is a
+/// content chunk and is skipped.
+const MAX_LINE: usize = 256 * 1024;
+
+/// Scans an SSE stream for usage, one chunk at a time.
+#[derive(Debug, Default)]
+pub struct SseUsageScanner {
+    partial: Vec<u8>,
+    skipping_long_line: bool,
+    usage: Option<Usage>,
+    /// Anthropic reports input in `message_start` and output in `message_delta`.
+    anthropic_input: Option<u64>,
+    anthropic_output: Option<u64>,
+}
+
+impl SseUsageScanner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        while let Some(pos) = chunk.iter().position(|&b| b == b'\n') {
+            let (line, rest) = chunk.split_at(pos);
+            chunk = rest.get(1..).unwrap_or_default();
+            if self.skipping_long_line {
+                self.skipping_long_line = false;
+                self.partial.clear();
+                continue;
+            }
+            if self.partial.is_empty() {
+                self.line(line);
+            } else {
+                let mut full = std::mem::take(&mut self.partial);
+                full.extend_from_slice(line);
+                self.line(&full);
+            }
+        }
+        if self.skipping_long_line {
+            return;
+        }
+        if self.partial.len() + chunk.len() > MAX_LINE {
+            self.partial.clear();
+            self.skipping_long_line = true;
+        } else {
+            self.partial.extend_from_slice(chunk);
+        }
+    }
+
+    /// The usage seen so far (the final figures once the stream ended).
+    pub fn usage(&self) -> Option<Usage> {
+        if self.anthropic_input.is_some() || self.anthropic_output.is_some() {
+            return Some(Usage {
+                prompt_tokens: self.anthropic_input.unwrap_or(0),
+                completion_tokens: self.anthropic_output.unwrap_or(0),
+            });
+        }
+        self.usage
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        // Cheap filter: most chunks carry content, not usage.
+        if !contains(data, b"\"usage\"") {
+            return;
+        }
+        let Ok(event) = serde_json::from_slice::<WithUsage>(data) else {
+            return;
+        };
+        match event.kind.as_deref() {
+            Some("message_start") => {
+                if let Some(u) = event.message.and_then(|m| m.usage) {
+                    let usage = u.to_usage();
+                    self.anthropic_input = Some(usage.prompt_tokens);
+                    if usage.completion_tokens > 0 {
+                        self.anthropic_output = Some(usage.completion_tokens);
+                    }
+                }
+            }
+            Some("message_delta") => {
+                if let Some(u) = event.usage {
+                    if let Some(out) = u.output_tokens {
+                        self.anthropic_output = Some(out);
+                    }
+                    // Newer Anthropic streams also repeat input figures here.
+                    if let Some(inp) = u.input_tokens {
+                        let cached = u.cache_read_input_tokens.unwrap_or(0)
+                            + u.cache_creation_input_tokens.unwrap_or(0);
+                        self.anthropic_input = Some(inp.saturating_add(cached));
+                    }
+                }
+            }
+            Some("response.completed") | Some("response.incomplete") | Some("response.failed") => {
+                if let Some(u) = event.response.and_then(|r| r.usage) {
+                    self.usage = Some(u.to_usage());
+                }
+            }
+            _ => {
+                if let Some(u) = event.usage {
+                    self.usage = Some(u.to_usage());
+                }
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shapes() {
+        let chat = br#"{"object":"chat.completion","usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;
+        assert_eq!(
+            from_json(chat),
+            Some(Usage {
+                prompt_tokens: 11,
+                completion_tokens: 7
+            })
+        );
+        let emb = br#"{"object":"list","usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+        assert_eq!(
+            from_json(emb),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 0
+            })
+        );
+        let resp = br#"{"object":"response","usage":{"input_tokens":9,"output_tokens":3,"total_tokens":12}}"#;
+        assert_eq!(
+            from_json(resp),
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 3
+            })
+        );
+        let claude = br#"{"type":"message","usage":{"input_tokens":10,"output_tokens":4,"cache_read_input_tokens":2,"cache_creation_input_tokens":1}}"#;
+        assert_eq!(
+            from_json(claude),
+            Some(Usage {
+                prompt_tokens: 13,
+                completion_tokens: 4
+            })
+        );
+        assert_eq!(from_json(br#"{"error":{"code":"429"}}"#), None);
+        assert_eq!(from_json(b"garbage"), None);
+        assert_eq!(from_json(br#"{"usage":null}"#), None);
+    }
+
+    fn scan(chunks: &[&[u8]]) -> Option<Usage> {
+        let mut s = SseUsageScanner::new();
+        for c in chunks {
+            s.feed(c);
+        }
+        s.usage()
+    }
+
+    #[test]
+    fn chat_stream_usage_chunk_split_anywhere() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":12,\"total_tokens\":33}}\n\ndata: [DONE]\n\n";
+        let want = Some(Usage {
+            prompt_tokens: 21,
+            completion_tokens: 12,
+        });
+        assert_eq!(scan(&[stream]), want);
+        for split in 0..stream.len() {
+            let (a, b) = stream.split_at(split);
+            assert_eq!(scan(&[a, b]), want, "split at {split}");
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(scan(&bytes), want);
+    }
+
+    #[test]
+    fn crlf_and_no_usage() {
+        let s = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\r\n\r\n";
+        assert_eq!(
+            scan(&[s]),
+            Some(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2
+            })
+        );
+        assert_eq!(scan(&[b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n"]), None);
+    }
+
+    #[test]
+    fn responses_api_completed_event() {
+        let s = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"usage\":{\"input_tokens\":8,\"output_tokens\":5,\"total_tokens\":13}}}\n\n";
+        assert_eq!(
+            scan(&[s]),
+            Some(Usage {
+                prompt_tokens: 8,
+                completion_tokens: 5
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_start_and_delta() {
+        let s = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"usage\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
+        assert_eq!(
+            scan(&[s]),
+            Some(Usage {
+                prompt_tokens: 25,
+                completion_tokens: 15
+            })
+        );
+        // A stream cut after message_start still charges what was reported.
+        let cut = b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n";
+        assert_eq!(
+            scan(&[cut]),
+            Some(Usage {
+                prompt_tokens: 25,
+                completion_tokens: 1
+            })
+        );
+    }
+
+    #[test]
+    fn long_lines_are_skipped_not_buffered() {
+        let mut s = SseUsageScanner::new();
+        let big = vec![b'a'; MAX_LINE + 10];
+        s.feed(b"data: ");
+        s.feed(&big);
+        assert!(s.partial.len() <= MAX_LINE);
+        s.feed(b"\ndata: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n");
+        assert_eq!(
+            s.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let mut s = SseUsageScanner::new();
+            let mut buf = Vec::new();
+            for _ in 0..64 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let pick = b"data: {\"usage\":{\"prompt_tokens\":\n\r}[]\"x9-";
+                buf.push(pick[(seed % pick.len() as u64) as usize]);
+            }
+            s.feed(&buf);
+            let _ = s.usage();
+            let _ = from_json(&buf);
+        }
+    }
+}
