@@ -69,6 +69,8 @@ struct RawConfig {
     model_header: Option<String>,
     #[serde(default)]
     body_wait_timeout_ms: Option<u64>,
+    #[serde(default)]
+    rate_limits: Option<crate::ratelimit::RawRateLimits>,
     credentials: BTreeMap<String, RawCredential>,
     backends: BTreeMap<String, RawBackend>,
     models: BTreeMap<String, RawModel>,
@@ -251,6 +253,8 @@ pub struct Backend {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelRoute {
+    /// The model's configured name (an alias resolves to it).
+    pub name: String,
     /// Index into `Config::backends`.
     pub backend: usize,
     pub deployment: String,
@@ -280,6 +284,7 @@ pub struct Config {
     pub models: HashMap<String, ModelRoute>,
     /// The configured models, sorted by name, for discovery.
     pub model_list: Vec<ModelInfo>,
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 impl Config {
@@ -358,6 +363,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             })?;
         check_deployment(&format!("{field}.deployment"), &model.deployment)?;
         let route = ModelRoute {
+            name: name.clone(),
             backend,
             deployment: model.deployment.clone(),
         };
@@ -402,7 +408,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         MAX_TIMEOUT_MS,
     )?;
 
+    let rate_limits = match &raw.rate_limits {
+        Some(r) => crate::ratelimit::RateLimits::from_raw(r, |m| models.contains_key(m))?,
+        None => crate::ratelimit::RateLimits::default(),
+    };
     Ok(Config {
+        rate_limits,
         routing_header,
         routing_mode,
         model_header,

@@ -13,6 +13,8 @@ pub struct FilterError {
     pub message: String,
     /// Seconds, for 429/503 answers.
     pub retry_after_s: Option<u64>,
+    /// More response headers (rate-limit figures, WWW-Authenticate).
+    pub extra_headers: Vec<(&'static str, String)>,
 }
 
 impl FilterError {
@@ -28,6 +30,7 @@ impl FilterError {
             code,
             message: message.into(),
             retry_after_s: None,
+            extra_headers: Vec::new(),
         }
     }
 
@@ -72,6 +75,7 @@ impl FilterError {
         if let Some(s) = self.retry_after_s {
             h.push(("retry-after", s.to_string()));
         }
+        h.extend(self.extra_headers.iter().cloned());
         h
     }
 }

@@ -229,6 +229,8 @@ pub fn multipart_model(content_type: &str, body: &[u8]) -> Option<String> {
 pub struct RoutePlan<'c> {
     pub backend: &'c Backend,
     pub backend_index: usize,
+    /// The model's configured name (aliases resolved).
+    pub model: &'c str,
     pub deployment: &'c str,
     pub path: String,
     /// The body's `model` must be this (backends that take the deployment from the body).
@@ -308,6 +310,7 @@ pub fn plan<'c>(
     Ok(RoutePlan {
         backend,
         backend_index: route.backend,
+        model: route.name.as_str(),
         deployment,
         path,
         body_model,

@@ -3,13 +3,16 @@
 //! body where the backend needs it) and adds the backend's Entra token, pausing the request
 //! while the token is fetched.
 
+use super::limits;
 use super::now_ms;
 use super::tokens::{self, TokenLookup};
 use super::worker::{Waiter, WorkerState};
 use crate::config::{Config, RoutingMode};
 use crate::discovery;
 use crate::errors::FilterError;
+use crate::ratelimit::{self, Counter, Standing};
 use crate::routing::{self, Inbound, Operation, RoutePlan};
+use crate::usage::{self, SseUsageScanner, Usage};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -25,12 +28,34 @@ struct PendingBody {
     known_model: Option<String>,
 }
 
+/// How the response's usage is read.
+enum UsageReader {
+    None,
+    /// A JSON answer, copied as it passes (bounded) and parsed at its end.
+    Json(Vec<u8>),
+    /// A server-sent event stream, scanned chunk by chunk.
+    Sse(SseUsageScanner),
+}
+
+/// Largest JSON answer whose usage is read (bigger answers are embeddings of huge batches;
+/// their usage is then not charged, and a warning says so).
+const MAX_JSON_USAGE_BODY: usize = 8 * 1024 * 1024;
+
+/// Who is calling, until caller authentication names workloads.
+const ANONYMOUS_WORKLOAD: &str = "anonymous";
+
 pub struct HttpFilter {
     context_id: u32,
     state: Rc<RefCell<WorkerState>>,
     pending: Option<PendingBody>,
     /// Set once the filter answered the request itself.
     answered: bool,
+    workload: String,
+    /// Rate-limit counters of this request and their standing at admission.
+    counters: Vec<Counter>,
+    standings: Vec<Standing>,
+    usage: UsageReader,
+    charged: bool,
 }
 
 impl HttpFilter {
@@ -40,6 +65,11 @@ impl HttpFilter {
             state,
             pending: None,
             answered: false,
+            workload: ANONYMOUS_WORKLOAD.to_string(),
+            counters: Vec::new(),
+            standings: Vec::new(),
+            usage: UsageReader::None,
+            charged: false,
         }
     }
 
@@ -83,8 +113,57 @@ impl HttpFilter {
             .filter(|v| !v.is_empty())
     }
 
+    /// Admits the request against its workload's limits (429 rate / 403 quota).
+    fn admit(
+        &mut self,
+        config: &Config,
+        plan: &RoutePlan,
+        body_len: usize,
+    ) -> Result<(), FilterError> {
+        let counters = config.rate_limits.applicable(&self.workload, plan.model);
+        if counters.is_empty() {
+            return Ok(());
+        }
+        let now_s = now_ms() / 1000;
+        let standings = limits::standings(&counters, now_s);
+        let estimate = config
+            .rate_limits
+            .estimate_prompt_tokens
+            .then_some(body_len as u64 / 4);
+        if let Err(refusal) = ratelimit::admit(&standings, now_s, estimate) {
+            let (code, what) = if refusal.status() == 429 {
+                ("rate_limit_exceeded", "rate limit")
+            } else {
+                ("quota_exceeded", "quota")
+            };
+            let mut e = FilterError::new(
+                refusal.status(),
+                "rate_limit_error",
+                code,
+                format!(
+                    "the {} {what} of workload `{}` is spent; retry after {} seconds",
+                    refusal.limit.window.name(),
+                    self.workload,
+                    refusal.retry_after_s
+                ),
+            )
+            .with_retry_after(refusal.retry_after_s);
+            e.extra_headers = ratelimit::headers(&standings, now_s);
+            return Err(e);
+        }
+        self.counters = counters;
+        self.standings = standings;
+        Ok(())
+    }
+
     /// Sets the upstream headers of a plan and attaches the token (or pauses for it).
-    fn dispatch(&mut self, config: &Config, plan: &RoutePlan) -> Result<Action, FilterError> {
+    fn dispatch(
+        &mut self,
+        config: &Config,
+        plan: &RoutePlan,
+        body_len: usize,
+    ) -> Result<Action, FilterError> {
+        self.admit(config, plan, body_len)?;
         self.set_http_request_header(":authority", Some(&plan.backend.host));
         self.set_http_request_header(":path", Some(&plan.path));
         self.set_http_request_header(&config.routing_header, Some(&plan.backend.name));
@@ -127,6 +206,7 @@ impl HttpFilter {
         config: &Config,
         op: Operation,
         model: &str,
+        body_len: usize,
     ) -> Result<Action, FilterError> {
         let plan = routing::plan(config, op, model)?;
         if let Some(deployment) = plan.body_model {
@@ -141,7 +221,7 @@ impl HttpFilter {
                 ));
             }
         }
-        self.dispatch(config, &plan)
+        self.dispatch(config, &plan, body_len)
     }
 
     /// Body-phase routing: reads the model from the body, rewrites the body if the backend
@@ -162,7 +242,7 @@ impl HttpFilter {
                 .clone()
                 .or_else(|| routing::multipart_model(&content_type, body))
                 .ok_or_else(missing_model)?;
-            return self.route_without_body(config, op, &model);
+            return self.route_without_body(config, op, &model, body.len());
         }
         let info = routing::read_body(body)?;
         let model = pending
@@ -177,7 +257,7 @@ impl HttpFilter {
             // Headers are still held, so the length can be corrected before they leave.
             self.set_http_request_header("content-length", Some(&new_body.len().to_string()));
         }
-        self.dispatch(config, &plan)
+        self.dispatch(config, &plan, body.len())
     }
 }
 
@@ -210,7 +290,7 @@ impl HttpContext for HttpFilter {
         let known_model = path_model.or_else(|| self.header_model(&config));
         if config.routing_mode == RoutingMode::Header || end_of_stream {
             let result = match &known_model {
-                Some(model) => self.route_without_body(&config, op, model),
+                Some(model) => self.route_without_body(&config, op, model, 0),
                 None if end_of_stream => Err(FilterError::bad_request(
                     "missing_body",
                     "this API needs a JSON request body naming a `model`",
@@ -239,6 +319,57 @@ impl HttpContext for HttpFilter {
         Action::Pause
     }
 
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.answered || self.counters.is_empty() {
+            return Action::Continue;
+        }
+        for (name, value) in ratelimit::headers(&self.standings, now_ms() / 1000) {
+            self.set_http_response_header(name, Some(&value));
+        }
+        let content_type = self
+            .get_http_response_header("content-type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        self.usage = if content_type.starts_with("text/event-stream") {
+            UsageReader::Sse(SseUsageScanner::new())
+        } else if content_type.contains("json") {
+            UsageReader::Json(Vec::new())
+        } else {
+            UsageReader::None
+        };
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if body_size > 0 && !matches!(self.usage, UsageReader::None) {
+            // With Continue, the buffer holds just this chunk: read it as it passes.
+            let chunk = self
+                .get_http_response_body(0, body_size)
+                .unwrap_or_default();
+            match &mut self.usage {
+                UsageReader::Json(body) => {
+                    if body.len() + chunk.len() <= MAX_JSON_USAGE_BODY {
+                        body.extend_from_slice(&chunk);
+                    } else {
+                        log::warn!("azure-llm-filter: answer too large to read its usage");
+                        self.usage = UsageReader::None;
+                    }
+                }
+                UsageReader::Sse(scanner) => scanner.feed(&chunk),
+                UsageReader::None => {}
+            }
+        }
+        if end_of_stream {
+            self.charge();
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // A stream cut short still pays for what it reported.
+        self.charge();
+    }
+
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.answered {
             return Action::Pause;
@@ -259,6 +390,23 @@ impl HttpContext for HttpFilter {
         match self.route_with_body(&config, &pending, &body) {
             Ok(action) => action,
             Err(e) => self.reply_error(&e),
+        }
+    }
+}
+
+impl HttpFilter {
+    fn charge(&mut self) {
+        if self.charged || self.counters.is_empty() {
+            return;
+        }
+        self.charged = true;
+        let usage: Option<Usage> = match &self.usage {
+            UsageReader::None => None,
+            UsageReader::Json(body) => usage::from_json(body),
+            UsageReader::Sse(scanner) => scanner.usage(),
+        };
+        if let Some(u) = usage {
+            limits::charge_tokens(&self.counters, now_ms() / 1000, u.total());
         }
     }
 }

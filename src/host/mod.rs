@@ -2,6 +2,7 @@
 //! that decides lives in the plain modules beside this one and is unit-tested natively.
 
 pub mod http;
+pub mod limits;
 pub mod root;
 pub mod tokens;
 pub mod worker;
