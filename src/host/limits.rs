@@ -7,6 +7,11 @@ use proxy_wasm::types::Status;
 
 const CAS_ATTEMPTS: usize = 64;
 
+/// Envoy ignores the CAS when it creates a key, and compares it when the key exists. Its CAS
+/// values count up from 1, so this one never matches: a write with it creates a missing key
+/// and fails (CasMismatch) if another worker created the key first. Create-if-absent.
+pub const CREATE_ONLY_CAS: u32 = u32::MAX;
+
 fn read(key: &str) -> (Slot, Option<u32>) {
     match hostcalls::get_shared_data(key) {
         Ok((Some(bytes), cas)) => (Slot::decode(&bytes), cas),
@@ -22,10 +27,13 @@ fn add(counter: &Counter, now_s: u64, amount: u64) -> u64 {
     for _ in 0..CAS_ATTEMPTS {
         let (slot, cas) = read(&key);
         if cas.is_none() {
-            // A missing slot has no CAS to compare against: create it empty, then add under
-            // CAS. (Two workers creating the same slot at the same instant is the one race
-            // left; it can lose one first amount, once per counter.)
-            let _ = hostcalls::set_shared_data(&key, Some(&Slot::default().encode()), None);
+            // A missing slot has no CAS: create it empty with create-if-absent semantics
+            // (see CREATE_ONLY_CAS), then add under CAS like any other update.
+            let _ = hostcalls::set_shared_data(
+                &key,
+                Some(&Slot::default().encode()),
+                Some(CREATE_ONLY_CAS),
+            );
             continue;
         }
         let next = slot.add(window, now_s, amount);

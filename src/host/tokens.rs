@@ -22,11 +22,15 @@ pub fn read_slot(key: &str) -> (TokenSlot, Option<u32>) {
     }
 }
 
-/// Creates the slot if it does not exist yet (at configure time, before any traffic, so no
-/// lease can be lost to this unconditional write).
+/// Creates the slot if it does not exist yet (create-if-absent, so a lease another worker
+/// already wrote is never lost).
 pub fn ensure_slot(key: &str) {
     if let Ok((None, _)) = hostcalls::get_shared_data(key) {
-        let _ = hostcalls::set_shared_data(key, Some(&TokenSlot::default().encode()), None);
+        let _ = hostcalls::set_shared_data(
+            key,
+            Some(&TokenSlot::default().encode()),
+            Some(super::limits::CREATE_ONLY_CAS),
+        );
     }
 }
 
@@ -38,6 +42,10 @@ pub fn update_slot(
 ) -> Option<TokenSlot> {
     for _ in 0..CAS_ATTEMPTS {
         let (current, cas) = read_slot(key);
+        if cas.is_none() {
+            ensure_slot(key);
+            continue;
+        }
         let next = change(&current)?;
         match hostcalls::set_shared_data(key, Some(&next.encode()), cas) {
             Ok(()) => return Some(next),

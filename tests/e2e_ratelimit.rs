@@ -1,0 +1,160 @@
+//! Issue 6 (local mode), end to end: budgets spent by real usage (JSON and streamed), 429
+//! with Retry-After and x-ratelimit-* headers, other budgets unaffected, exact counting on two
+//! workers.
+
+mod common;
+
+use azure_standin::{EndpointKind, StandIn, StandInConfig};
+use common::{client, Cluster, Envoy, EnvoyOptions};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+fn plugin_config(standin: &StandIn, rate_limits: Value) -> Value {
+    json!({
+        "credentials": {"main": {
+            "kind": "client_secret",
+            "tenant_id": standin.tenant_id(),
+            "client_id": "22222222-2222-2222-2222-222222222222",
+            "client_secret": "standin-secret",
+            "token_cluster": "entra"
+        }},
+        "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"}},
+        "models": {
+            "gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"},
+            "gpt-4o-mini": {"backend": "aoai", "deployment": "gpt-4o-prod"}
+        },
+        "rate_limits": rate_limits
+    })
+}
+
+async fn setup(rate_limits: Value, concurrency: u32) -> (StandIn, Envoy) {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let mut o = EnvoyOptions::new(plugin_config(&standin, rate_limits));
+    o.clusters = vec![
+        Cluster { name: "entra".into(), port: standin.port() },
+        Cluster { name: "aoai".into(), port: standin.port() },
+    ];
+    o.backend_routes = vec!["aoai".into()];
+    o.concurrency = concurrency;
+    let envoy = Envoy::start(o).await;
+    (standin, envoy)
+}
+
+/// Counters use fixed minute windows: start a test early in a minute so that it does not
+/// straddle a window boundary.
+async fn early_in_a_minute() {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if secs % 60 > 40 {
+        tokio::time::sleep(std::time::Duration::from_secs(61 - secs % 60)).await;
+    }
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<u64> {
+    resp.headers().get(name)?.to_str().ok()?.trim_end_matches('s').parse().ok()
+}
+
+async fn ask(envoy: &Envoy, model: &str) -> reqwest::Response {
+    client()
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "count my tokens please"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn spent_budget_gets_429_with_retry_after_and_other_budgets_are_unaffected() {
+    let (standin, envoy) = setup(json!({"models": {"gpt-4o": {"tokens_per_minute": 60}}}), 1).await;
+    early_in_a_minute().await;
+    let mut charged = 0;
+    let mut refused = None;
+    for _ in 0..20 {
+        let resp = ask(&envoy, "gpt-4o").await;
+        if resp.status() == 429 {
+            refused = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "x-ratelimit-limit-tokens"), Some(60));
+        assert_eq!(header(&resp, "x-ratelimit-remaining-tokens"), Some(60u64.saturating_sub(charged)));
+        let body: Value = resp.json().await.unwrap();
+        charged += body["usage"]["total_tokens"].as_u64().unwrap();
+    }
+    let refused = refused.expect("the budget ran out");
+    assert!(charged >= 60, "refused only once the real usage reached the budget ({charged})");
+    let retry_after = header(&refused, "retry-after").unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(header(&refused, "x-ratelimit-remaining-tokens"), Some(0));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    let served = standin.count(EndpointKind::DataPlane);
+
+    // Another model's budget (here: none) is unaffected.
+    let resp = ask(&envoy, "gpt-4o-mini").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(standin.count(EndpointKind::DataPlane), served + 1);
+}
+
+#[tokio::test]
+async fn streamed_usage_is_charged_exactly() {
+    let (_standin, envoy) = setup(json!({"default": {"tokens_per_minute": 100000}}), 1).await;
+    early_in_a_minute().await;
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "one two three four"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(c) = stream.next().await {
+        body.extend_from_slice(&c.unwrap());
+    }
+    let text = String::from_utf8(body).unwrap();
+    let usage_line = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .expect("usage chunk");
+    let total = usage_line["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(total > 0);
+    // The next request sees exactly that much gone.
+    let resp = ask(&envoy, "gpt-4o").await;
+    assert_eq!(header(&resp, "x-ratelimit-remaining-tokens"), Some(100000 - total));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_per_minute_are_exact_across_two_workers() {
+    let (standin, envoy) = setup(json!({"default": {"requests_per_minute": 30}}), 2).await;
+    early_in_a_minute().await;
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let url = envoy.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            client()
+                .post(url)
+                .json(&json!({"model": "gpt-4o", "messages": []}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ok, 30, "exactly the budget, across both workers");
+    assert_eq!(ok + limited, 60);
+    assert_eq!(standin.count(EndpointKind::DataPlane), ok);
+}
