@@ -27,8 +27,14 @@ fn plugin_config(standin: &StandIn) -> Value {
 fn options(standin: &StandIn, plugin: Value) -> EnvoyOptions {
     let mut o = EnvoyOptions::new(plugin);
     o.clusters = vec![
-        Cluster { name: "entra".into(), port: standin.port() },
-        Cluster { name: "aoai".into(), port: standin.port() },
+        Cluster {
+            name: "entra".into(),
+            port: standin.port(),
+        },
+        Cluster {
+            name: "aoai".into(),
+            port: standin.port(),
+        },
     ];
     o.backend_routes = vec!["aoai".into()];
     o
@@ -72,7 +78,10 @@ async fn chat_completion_reaches_the_deployment_with_a_verified_entra_token() {
     assert_eq!(r.header("host"), Some(HOST));
     assert_eq!(r.header_count("authorization"), 1);
     let auth = r.header("authorization").unwrap();
-    assert!(auth.starts_with("Bearer ey"), "an Entra JWT, not the caller's token");
+    assert!(
+        auth.starts_with("Bearer ey"),
+        "an Entra JWT, not the caller's token"
+    );
     assert_eq!(r.header("api-key"), None);
     assert_eq!(r.header("x-api-key"), None);
     assert_eq!(r.header("x-azure-llm-backend"), Some("aoai"));
@@ -81,12 +90,22 @@ async fn chat_completion_reaches_the_deployment_with_a_verified_entra_token() {
     assert_eq!(token_requests.len(), 1);
     let form = token_requests[0].form();
     assert!(form.contains(&("grant_type".into(), "client_credentials".into())));
-    assert!(form.contains(&("scope".into(), "https://cognitiveservices.azure.com/.default".into())));
-    assert_eq!(token_requests[0].header("host"), Some("login.microsoftonline.com"));
+    assert!(form.contains(&(
+        "scope".into(),
+        "https://cognitiveservices.azure.com/.default".into()
+    )));
+    assert_eq!(
+        token_requests[0].header("host"),
+        Some("login.microsoftonline.com")
+    );
 
     // The token is cached: more requests, no more token fetches.
     for _ in 0..5 {
-        let resp = chat(&envoy, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "again"}]})).await;
+        let resp = chat(
+            &envoy,
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "again"}]}),
+        )
+        .await;
         assert_eq!(resp.status(), 200);
     }
     assert_eq!(standin.count(EndpointKind::Token), 1);
@@ -135,7 +154,11 @@ async fn secret_from_the_vm_environment() {
     let mut opts = options(&standin, plugin);
     opts.env_vars = vec![("AZURE_CLIENT_SECRET".into(), "standin-secret".into())];
     let envoy = Envoy::start(opts).await;
-    let resp = chat(&envoy, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})).await;
+    let resp = chat(
+        &envoy,
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(resp.status(), 200, "{}", envoy.logs());
 }
 
@@ -175,7 +198,10 @@ async fn entra_refusal_is_a_clean_503_and_logs_the_code_not_the_secret() {
     assert_eq!(body["error"]["code"], "backend_token_unavailable");
     let logs = envoy.logs();
     assert!(logs.contains("AADSTS7000215"), "{logs}");
-    assert!(!logs.contains("wrong-secret-value-123"), "secret leaked into logs");
+    assert!(
+        !logs.contains("wrong-secret-value-123"),
+        "secret leaked into logs"
+    );
     assert_eq!(standin.count(EndpointKind::DataPlane), 0);
 
     // While Entra keeps refusing, the filter backs off instead of asking on every request.

@@ -31,8 +31,14 @@ async fn setup(rate_limits: Value, concurrency: u32) -> (StandIn, Envoy) {
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
     let mut o = EnvoyOptions::new(plugin_config(&standin, rate_limits));
     o.clusters = vec![
-        Cluster { name: "entra".into(), port: standin.port() },
-        Cluster { name: "aoai".into(), port: standin.port() },
+        Cluster {
+            name: "entra".into(),
+            port: standin.port(),
+        },
+        Cluster {
+            name: "aoai".into(),
+            port: standin.port(),
+        },
     ];
     o.backend_routes = vec!["aoai".into()];
     o.concurrency = concurrency;
@@ -53,7 +59,13 @@ async fn early_in_a_minute() {
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<u64> {
-    resp.headers().get(name)?.to_str().ok()?.trim_end_matches('s').parse().ok()
+    resp.headers()
+        .get(name)?
+        .to_str()
+        .ok()?
+        .trim_end_matches('s')
+        .parse()
+        .ok()
 }
 
 async fn ask(envoy: &Envoy, model: &str) -> reqwest::Response {
@@ -79,12 +91,18 @@ async fn spent_budget_gets_429_with_retry_after_and_other_budgets_are_unaffected
         }
         assert_eq!(resp.status(), 200);
         assert_eq!(header(&resp, "x-ratelimit-limit-tokens"), Some(60));
-        assert_eq!(header(&resp, "x-ratelimit-remaining-tokens"), Some(60u64.saturating_sub(charged)));
+        assert_eq!(
+            header(&resp, "x-ratelimit-remaining-tokens"),
+            Some(60u64.saturating_sub(charged))
+        );
         let body: Value = resp.json().await.unwrap();
         charged += body["usage"]["total_tokens"].as_u64().unwrap();
     }
     let refused = refused.expect("the budget ran out");
-    assert!(charged >= 60, "refused only once the real usage reached the budget ({charged})");
+    assert!(
+        charged >= 60,
+        "refused only once the real usage reached the budget ({charged})"
+    );
     let retry_after = header(&refused, "retry-after").unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(header(&refused, "x-ratelimit-remaining-tokens"), Some(0));
@@ -125,7 +143,10 @@ async fn streamed_usage_is_charged_exactly() {
     assert!(total > 0);
     // The next request sees exactly that much gone.
     let resp = ask(&envoy, "gpt-4o").await;
-    assert_eq!(header(&resp, "x-ratelimit-remaining-tokens"), Some(100000 - total));
+    assert_eq!(
+        header(&resp, "x-ratelimit-remaining-tokens"),
+        Some(100000 - total)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

