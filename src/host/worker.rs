@@ -134,12 +134,15 @@ impl WorkerState {
 
     /// Requests whose body did not come in time.
     pub fn take_expired_body_watches(&mut self, now_ms: u64) -> Vec<u32> {
-        let (expired, kept): (Vec<(u32, u64)>, Vec<(u32, u64)>) = self
-            .body_watch
-            .drain(..)
-            .partition(|(_, deadline)| now_ms >= *deadline);
-        self.body_watch = kept;
-        expired.into_iter().map(|(id, _)| id).collect()
+        let mut expired = Vec::new();
+        self.body_watch.retain(|&(id, deadline)| {
+            let over = now_ms >= deadline;
+            if over {
+                expired.push(id);
+            }
+            !over
+        });
+        expired
     }
 }
 
