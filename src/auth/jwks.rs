@@ -106,7 +106,7 @@ pub struct Jwk {
 
 impl Jwk {
     pub fn accepts(&self, alg: Alg) -> bool {
-        self.key.fits(alg) && self.alg.map_or(true, |a| a == alg)
+        self.key.fits(alg) && self.alg.is_none_or(|a| a == alg)
     }
 }
 

@@ -7,6 +7,7 @@ use super::limits;
 use super::now_ms;
 use super::tokens::{self, TokenLookup};
 use super::worker::{Waiter, WorkerState};
+use crate::auth::AuthError;
 use crate::config::{Config, RoutingMode};
 use crate::discovery;
 use crate::errors::FilterError;
@@ -103,6 +104,43 @@ impl HttpFilter {
                 Err(e) => self.reply_error(&e),
             },
             Inbound::Api { .. } => Action::Continue,
+        }
+    }
+
+    /// Checks the caller's credential. `Ok(None)`: anonymous (authentication optional).
+    fn authenticate(&mut self) -> Result<Option<String>, FilterError> {
+        let headers = self.get_http_request_headers();
+        let values = |name: &str| -> Vec<&str> {
+            headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        let authorization = values("authorization");
+        let mut api_keys = values("api-key");
+        api_keys.extend(values("x-api-key"));
+        let state_rc = self.state.clone();
+        let mut state = state_rc.borrow_mut();
+        let Some(authn) = state.auth.as_mut() else {
+            return Ok(None);
+        };
+        match authn.authenticate(&authorization, &api_keys, now_ms()) {
+            Ok(caller) => Ok(caller.map(|c| c.workload)),
+            Err(e) => {
+                log::debug!("azure-llm-filter: caller refused: {}", e.code());
+                if let AuthError::UnknownKid { provider } = e {
+                    if let Some(flag) = state.jwks_unknown_kid.get_mut(provider) {
+                        *flag = true;
+                    }
+                    tokens::request_tick_now(&mut state);
+                }
+                let mut err = e.to_filter_error();
+                if let Some(v) = e.www_authenticate() {
+                    err.extra_headers.push(("www-authenticate", v));
+                }
+                Err(err)
+            }
         }
     }
 
@@ -270,6 +308,14 @@ impl Context for HttpFilter {}
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = self.state.borrow().config.clone();
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let classified = routing::classify(&method, &path);
+        // Authenticate what the filter serves, before the credentials are removed.
+        let authenticated = match &classified {
+            Ok(Some(_)) if config.auth.is_some() => Some(self.authenticate()),
+            _ => None,
+        };
         // Whatever happens next, neither the caller's credentials nor a routing decision the
         // caller made up go any further.
         for name in CALLER_CREDENTIAL_HEADERS {
@@ -277,13 +323,16 @@ impl HttpContext for HttpFilter {
         }
         self.set_http_request_header(&config.routing_header, None);
 
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let inbound = match routing::classify(&method, &path) {
+        let inbound = match classified {
             Ok(Some(i)) => i,
             Ok(None) => return Action::Continue,
             Err(e) => return self.reply_error(&e),
         };
+        match authenticated {
+            Some(Err(e)) => return self.reply_error(&e),
+            Some(Ok(Some(workload))) => self.workload = workload,
+            _ => {}
+        }
         let Inbound::Api { op, path_model } = inbound else {
             return self.discovery(&config, &inbound);
         };

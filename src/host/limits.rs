@@ -7,11 +7,6 @@ use proxy_wasm::types::Status;
 
 const CAS_ATTEMPTS: usize = 64;
 
-/// Envoy ignores the CAS when it creates a key, and compares it when the key exists. Its CAS
-/// values count up from 1, so this one never matches: a write with it creates a missing key
-/// and fails (CasMismatch) if another worker created the key first. Create-if-absent.
-pub const CREATE_ONLY_CAS: u32 = u32::MAX;
-
 fn read(key: &str) -> (Slot, Option<u32>) {
     match hostcalls::get_shared_data(key) {
         Ok((Some(bytes), cas)) => (Slot::decode(&bytes), cas),
@@ -32,7 +27,7 @@ fn add(counter: &Counter, now_s: u64, amount: u64) -> u64 {
             let _ = hostcalls::set_shared_data(
                 &key,
                 Some(&Slot::default().encode()),
-                Some(CREATE_ONLY_CAS),
+                Some(super::shared::CREATE_ONLY_CAS),
             );
             continue;
         }

@@ -2,8 +2,10 @@
 //! that decides lives in the plain modules beside this one and is unit-tested natively.
 
 pub mod http;
+pub mod keys;
 pub mod limits;
 pub mod root;
+pub mod shared;
 pub mod tokens;
 pub mod worker;
 

@@ -3,6 +3,7 @@
 //! slots, and resumes or fails the requests that wait for a token.
 
 use super::http::HttpFilter;
+use super::keys;
 use super::now_ms;
 use super::tokens::{self, TICK_IDLE_MS, TICK_WHILE_WAITING_MS};
 use super::worker::{LocalToken, WorkerState};
@@ -33,12 +34,23 @@ impl Context for FilterRoot {
             return;
         };
         let mut state = state.borrow_mut();
-        let Some((credential, mut fetch)) = state.fetches_in_flight.remove(&token_id) else {
-            return;
-        };
         let status = self
             .get_http_call_response_header(":status")
             .and_then(|s| s.parse::<u32>().ok());
+        if let Some(fetch) = state.jwks_in_flight.remove(&token_id) {
+            let body = self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default();
+            if let keys::Next::Fetch(next, req) =
+                keys::finish(&mut state, fetch, status, &body, now_ms())
+            {
+                self.dispatch_jwks(&mut state, next, &req);
+            }
+            return;
+        }
+        let Some((credential, mut fetch)) = state.fetches_in_flight.remove(&token_id) else {
+            return;
+        };
         let retry_after = self.get_http_call_response_header("retry-after");
         let body = self
             .get_http_call_response_body(0, body_size)
@@ -71,8 +83,14 @@ impl RootContext for FilterRoot {
         for key in &state.slot_keys {
             tokens::ensure_slot(key);
         }
-        state.tick_period_ms = TICK_IDLE_MS;
-        self.set_tick_period(Duration::from_millis(TICK_IDLE_MS));
+        // With remote JWT providers, tick at once to fetch their keys before traffic comes.
+        let first_tick = if state.auth.is_some() {
+            1
+        } else {
+            TICK_IDLE_MS
+        };
+        state.tick_period_ms = first_tick;
+        self.set_tick_period(Duration::from_millis(first_tick));
         log::info!(
             "azure-llm-filter: configured {} backend(s), {} model(s), {} credential(s)",
             state.config.backends.len(),
@@ -91,6 +109,9 @@ impl RootContext for FilterRoot {
         let now = now_ms();
         for credential in 0..state.config.credentials.len() {
             self.service_credential(&mut state, credential, now);
+        }
+        for (fetch, req) in keys::service(&mut state, now) {
+            self.dispatch_jwks(&mut state, fetch, &req);
         }
         let timed_out = state.take_expired_waiters(now);
         if !timed_out.is_empty() {
@@ -185,7 +206,7 @@ impl FilterRoot {
         if state.fetch_in_flight(credential) || !slot.needs_fetch(now) {
             return;
         }
-        let timeout_ms = state.config.credentials[credential].timeout_ms;
+        let timeout_ms = state.config.credentials[credential].fetch_budget_ms();
         let leased = tokens::update_slot(&key, |s| {
             s.needs_fetch(now).then(|| s.with_lease(now, timeout_ms))
         });
@@ -193,6 +214,39 @@ impl FilterRoot {
             return; // another worker took the lease
         }
         self.start_fetch(state, credential);
+    }
+
+    fn dispatch_jwks(
+        &mut self,
+        state: &mut WorkerState,
+        fetch: keys::JwksFetch,
+        req: &crate::auth::JwksRequest,
+    ) {
+        let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id());
+        let headers = vec![
+            (":method", "GET"),
+            (":path", req.path.as_str()),
+            (":authority", req.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        match self.dispatch_http_call(
+            &req.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(req.timeout_ms),
+        ) {
+            Ok(token_id) => {
+                state.jwks_in_flight.insert(token_id, fetch);
+            }
+            Err(status) => {
+                log::warn!(
+                    "azure-llm-filter: JWKS dispatch to cluster {:?} failed ({status:?}); is the cluster defined in Envoy?",
+                    req.cluster
+                );
+                keys::finish(state, fetch, None, &[], now_ms());
+            }
+        }
     }
 
     fn start_fetch(&mut self, state: &mut WorkerState, credential: usize) {

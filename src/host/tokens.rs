@@ -1,10 +1,11 @@
 //! Token slots in Envoy shared data, and handing tokens to paused requests.
 
+use super::shared;
 use super::worker::{LocalToken, Waiter, WorkerState};
 use crate::errors::FilterError;
 use crate::token_cache::TokenSlot;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{MapType, Status};
+use proxy_wasm::types::MapType;
 use std::time::Duration;
 
 /// How often the root context looks at the shared slots while requests wait (they may wait
@@ -12,52 +13,33 @@ use std::time::Duration;
 pub const TICK_WHILE_WAITING_MS: u64 = 10;
 /// Idle tick: expires nothing time-critical, only keeps the fast path honest.
 pub const TICK_IDLE_MS: u64 = 500;
-const CAS_ATTEMPTS: usize = 32;
 
 pub fn read_slot(key: &str) -> (TokenSlot, Option<u32>) {
-    match hostcalls::get_shared_data(key) {
-        Ok((Some(bytes), cas)) => (TokenSlot::decode(&bytes).unwrap_or_default(), cas),
-        Ok((None, cas)) => (TokenSlot::default(), cas),
-        Err(_) => (TokenSlot::default(), None),
-    }
+    let (bytes, cas) = shared::read(key);
+    (
+        bytes
+            .and_then(|b| TokenSlot::decode(&b))
+            .unwrap_or_default(),
+        cas,
+    )
 }
 
 /// Creates the slot if it does not exist yet (create-if-absent, so a lease another worker
 /// already wrote is never lost).
 pub fn ensure_slot(key: &str) {
-    if let Ok((None, _)) = hostcalls::get_shared_data(key) {
-        let _ = hostcalls::set_shared_data(
-            key,
-            Some(&TokenSlot::default().encode()),
-            Some(super::limits::CREATE_ONLY_CAS),
-        );
-    }
+    shared::create(key, &TokenSlot::default().encode());
 }
 
 /// Compare-and-swap update: `change` sees the current slot and returns the new one, or `None`
-/// to leave it. Retried on CAS conflicts. Returns the slot written.
+/// to leave it. Returns the slot written.
 pub fn update_slot(
     key: &str,
     change: impl Fn(&TokenSlot) -> Option<TokenSlot>,
 ) -> Option<TokenSlot> {
-    for _ in 0..CAS_ATTEMPTS {
-        let (current, cas) = read_slot(key);
-        if cas.is_none() {
-            ensure_slot(key);
-            continue;
-        }
-        let next = change(&current)?;
-        match hostcalls::set_shared_data(key, Some(&next.encode()), cas) {
-            Ok(()) => return Some(next),
-            Err(Status::CasMismatch) => continue,
-            Err(e) => {
-                log::error!("azure-llm-filter: shared data write failed for a token slot: {e:?}");
-                return None;
-            }
-        }
-    }
-    log::warn!("azure-llm-filter: token slot stayed contended after {CAS_ATTEMPTS} CAS attempts");
-    None
+    let written = shared::update(key, &TokenSlot::default().encode(), |bytes| {
+        change(&TokenSlot::decode(bytes).unwrap_or_default()).map(|s| s.encode())
+    })?;
+    TokenSlot::decode(&written)
 }
 
 /// What a request gets when it asks for its credential's token.
@@ -109,6 +91,11 @@ pub fn want_fetch(state: &mut WorkerState, credential: usize) {
     if let Some(w) = state.fetch_wanted.get_mut(credential) {
         *w = true;
     }
+    request_tick_now(state);
+}
+
+/// Makes the root context's next tick come now (it resets the period itself).
+pub fn request_tick_now(state: &mut WorkerState) {
     if state.tick_period_ms != 1 {
         state.tick_period_ms = 1;
         let _ = hostcalls::set_tick_period(Duration::from_millis(1));

@@ -5,6 +5,8 @@
 //! Shared by the root context and its HTTP contexts through `Rc<RefCell<..>>`: one VM runs on
 //! one thread, so no locking is involved.
 
+use super::keys::JwksFetch;
+use crate::auth::Authenticator;
 use crate::config::{Config, ResolvedSecret};
 use crate::entra::TokenFetch;
 use crate::token_cache::TokenSlot;
@@ -62,11 +64,19 @@ pub struct WorkerState {
     pub body_watch: Vec<(u32, u64)>,
     /// A body callback followed a header pause once: the option is set, stop watching.
     pub body_callbacks_seen: bool,
+    /// Caller authentication (None when the config has no `auth`).
+    pub auth: Option<Authenticator>,
+    /// JWKS callouts in flight, by callout token id.
+    pub jwks_in_flight: HashMap<u32, JwksFetch>,
+    /// Per provider: a request presented an unknown `kid` (a refetch may be due).
+    pub jwks_unknown_kid: Vec<bool>,
 }
 
 impl WorkerState {
     pub fn new(config: Config, secrets: Vec<ResolvedSecret>) -> WorkerState {
         let n = config.credentials.len();
+        let auth = config.auth.clone().map(Authenticator::new);
+        let providers = config.auth.as_ref().map_or(0, |a| a.providers.len());
         let slot_keys = config
             .credentials
             .iter()
@@ -83,6 +93,9 @@ impl WorkerState {
             tick_period_ms: 0,
             body_watch: Vec::new(),
             body_callbacks_seen: false,
+            jwks_unknown_kid: vec![false; providers],
+            auth,
+            jwks_in_flight: HashMap::new(),
         }
     }
 
