@@ -427,6 +427,8 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager");
     let _ = writeln!(w, "                stat_prefix: llm_ingress");
     let _ = writeln!(w, "                codec_type: AUTO");
+    // Room for large caller tokens, so the filter (not Envoy's 60 KiB default) refuses them.
+    let _ = writeln!(w, "                max_request_headers_kb: 96");
     let _ = writeln!(w, "                access_log:");
     let _ = writeln!(w, "                  - name: envoy.access_loggers.stdout");
     let _ = writeln!(w, "                    typed_config:");
