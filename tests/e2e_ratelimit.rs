@@ -159,7 +159,7 @@ async fn requests_per_minute_are_exact_across_two_workers() {
         tasks.push(tokio::spawn(async move {
             client()
                 .post(url)
-                .json(&json!({"model": "gpt-4o", "messages": []}))
+                .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
                 .send()
                 .await
                 .map(|r| r.status().as_u16())
