@@ -16,7 +16,10 @@ const AUDIENCE: &str = "api://llm-gateway";
 const GATEWAY_KEY: &str = "foundry-connection-key-1";
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn v2_issuer(tenant: &str) -> String {
@@ -58,8 +61,14 @@ async fn setup(rate_limits: Value) -> (StandIn, Envoy) {
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
     let mut o = EnvoyOptions::new(plugin_config(&standin, rate_limits));
     o.clusters = vec![
-        Cluster { name: "entra".into(), port: standin.port() },
-        Cluster { name: "aoai".into(), port: standin.port() },
+        Cluster {
+            name: "entra".into(),
+            port: standin.port(),
+        },
+        Cluster {
+            name: "aoai".into(),
+            port: standin.port(),
+        },
     ];
     o.backend_routes = vec!["aoai".into()];
     let envoy = Envoy::start(o).await;
@@ -71,7 +80,11 @@ async fn setup(rate_limits: Value) -> (StandIn, Envoy) {
         if status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "JWKS never loaded: {}", envoy.logs());
+        assert!(
+            Instant::now() < deadline,
+            "JWKS never loaded: {}",
+            envoy.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     standin.clear_requests();
@@ -113,12 +126,16 @@ async fn chat(envoy: &Envoy, headers: &[(&str, String)]) -> (u16, reqwest::Respo
 }
 
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
-    let mut k = if key.len() > 64 { Sha256::digest(key).to_vec() } else { key.to_vec() };
+    let mut k = if key.len() > 64 {
+        Sha256::digest(key).to_vec()
+    } else {
+        key.to_vec()
+    };
     k.resize(64, 0);
     let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
     let inner = Sha256::digest([ipad.as_slice(), msg].concat());
-    Sha256::digest([opad.as_slice(), inner.as_slice()].concat()).to_vec()
+    Sha256::digest([opad.as_slice(), &inner[..]].concat()).to_vec()
 }
 
 fn with_header(token: &str, header: Value) -> String {
@@ -134,7 +151,10 @@ async fn valid_callers_pass_and_their_credentials_never_reach_azure() {
     assert_eq!(status, 200, "{}", envoy.logs());
     drop(resp);
     let r = standin.requests_of(EndpointKind::DataPlane).pop().unwrap();
-    assert_ne!(r.header("authorization"), Some(format!("Bearer {token}").as_str()));
+    assert_ne!(
+        r.header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
     assert_eq!(r.outcome_status, 200);
 
     let (status, _) = chat(&envoy, &[("api-key", GATEWAY_KEY.to_string())]).await;
@@ -162,48 +182,101 @@ async fn hostile_and_wrong_tokens_get_401_and_reach_nothing() {
     let good = caller_token(&standin, "app-a", json!({}));
     let (h, p, s) = {
         let mut it = good.split('.');
-        (it.next().unwrap().to_string(), it.next().unwrap().to_string(), it.next().unwrap().to_string())
+        (
+            it.next().unwrap().to_string(),
+            it.next().unwrap().to_string(),
+            it.next().unwrap().to_string(),
+        )
     };
     let mut payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&p).unwrap()).unwrap();
     payload["azp"] = json!("someone-else");
     let tampered = format!("{h}.{}.{s}", URL_SAFE_NO_PAD.encode(payload.to_string()));
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&h).unwrap()).unwrap();
-    let none_alg = format!("{}.{p}.", URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT"}).to_string()));
-    let hs_header = URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "typ": "JWT", "kid": header["kid"]}).to_string());
+    let none_alg = format!(
+        "{}.{p}.",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT"}).to_string())
+    );
+    let hs_header = URL_SAFE_NO_PAD
+        .encode(json!({"alg": "HS256", "typ": "JWT", "kid": header["kid"]}).to_string());
     let hs_input = format!("{hs_header}.{p}");
-    let hs_sig = hmac_sha256(standin.jwks_json().to_string().as_bytes(), hs_input.as_bytes());
+    let hs_sig = hmac_sha256(
+        standin.jwks_json().to_string().as_bytes(),
+        hs_input.as_bytes(),
+    );
     let confused = format!("{hs_input}.{}", URL_SAFE_NO_PAD.encode(hs_sig));
-    let unknown_kid = with_header(&good, json!({"alg": "RS256", "typ": "JWT", "kid": "not-a-known-kid"}));
+    let unknown_kid = with_header(
+        &good,
+        json!({"alg": "RS256", "typ": "JWT", "kid": "not-a-known-kid"}),
+    );
 
     let cases: Vec<(&str, String)> = vec![
         ("alg none", none_alg),
         ("HS256 with the RSA key", confused),
-        ("expired", caller_token(&standin, "a", json!({"exp": now() - 3600, "nbf": now() - 7200}))),
-        ("not yet valid", caller_token(&standin, "a", json!({"nbf": now() + 3600, "exp": now() + 7200}))),
-        ("wrong issuer", caller_token(&standin, "a", json!({"iss": "https://evil.example/"}))),
-        ("wrong audience", caller_token(&standin, "a", json!({"aud": "api://other"}))),
+        (
+            "expired",
+            caller_token(
+                &standin,
+                "a",
+                json!({"exp": now() - 3600, "nbf": now() - 7200}),
+            ),
+        ),
+        (
+            "not yet valid",
+            caller_token(
+                &standin,
+                "a",
+                json!({"nbf": now() + 3600, "exp": now() + 7200}),
+            ),
+        ),
+        (
+            "wrong issuer",
+            caller_token(&standin, "a", json!({"iss": "https://evil.example/"})),
+        ),
+        (
+            "wrong audience",
+            caller_token(&standin, "a", json!({"aud": "api://other"})),
+        ),
         ("unknown kid", unknown_kid),
         ("tampered payload", tampered),
         ("bad base64", format!("{h}.!!!not-base64!!!.{s}")),
         ("truncated", good[..good.len() / 2].to_string()),
         ("64 KB token", format!("{h}.{}.{s}", "A".repeat(64 * 1024))),
-        ("another tenant", caller_token(&standin, "a", json!({"tid": "99999999-9999-9999-9999-999999999999",
-            "iss": v2_issuer("99999999-9999-9999-9999-999999999999")}))),
+        (
+            "another tenant",
+            caller_token(
+                &standin,
+                "a",
+                json!({"tid": "99999999-9999-9999-9999-999999999999",
+            "iss": v2_issuer("99999999-9999-9999-9999-999999999999")}),
+            ),
+        ),
         ("garbage", "x".to_string()),
     ];
     for (name, token) in cases {
         let (status, resp) = chat(&envoy, &[("authorization", format!("Bearer {token}"))]).await;
         assert_eq!(status, 401, "{name}");
-        let www = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+        let www = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
         assert!(www.unwrap_or_default().starts_with("Bearer"), "{name}");
         let body: Value = resp.json().await.unwrap();
-        let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
-        assert!(!message.contains(&token[..token.len().min(40)]) || token.len() < 8, "{name}: token echoed");
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !message.contains(&token[..token.len().min(40)]) || token.len() < 8,
+            "{name}: token echoed"
+        );
     }
     // Two Authorization headers, and no credential at all.
     let (status, _) = chat(
         &envoy,
-        &[("authorization", format!("Bearer {good}")), ("authorization", format!("Bearer {good}"))],
+        &[
+            ("authorization", format!("Bearer {good}")),
+            ("authorization", format!("Bearer {good}")),
+        ],
     )
     .await;
     assert_eq!(status, 401, "two Authorization headers");
@@ -216,11 +289,18 @@ async fn hostile_and_wrong_tokens_get_401_and_reach_nothing() {
     let (status, _) = chat(&envoy, &[("authorization", format!("Bearer {no_role}"))]).await;
     assert_eq!(status, 403);
 
-    assert_eq!(standin.count(EndpointKind::DataPlane), 0, "nothing reached Azure");
+    assert_eq!(
+        standin.count(EndpointKind::DataPlane),
+        0,
+        "nothing reached Azure"
+    );
     // The filter is still healthy after all that.
     let (status, _) = chat(&envoy, &[("authorization", format!("Bearer {good}"))]).await;
     assert_eq!(status, 200);
-    assert!(!envoy.logs().contains(&s), "a token signature appeared in the logs");
+    assert!(
+        !envoy.logs().contains(&s),
+        "a token signature appeared in the logs"
+    );
 }
 
 #[tokio::test]
@@ -238,7 +318,11 @@ async fn one_workload_spends_its_budget_while_another_is_unaffected() {
         assert_eq!(status, 200);
     }
     let refused = refused.expect("app-a ran out of budget");
-    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry_after));
     let body: Value = refused.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("app-a"));
