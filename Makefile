@@ -4,7 +4,7 @@
 #   make build        build the Wasm filter (release) and the Azure/Entra stand-in server
 #   make run          tools + build, then start the stand-in and Envoy (envoy/run-demo.sh)
 #   make test         tools + wasm build, then `cargo test --workspace` against a real Envoy
-#   make bench        benchmarks (not written yet)
+#   make bench        benchmarks (caller authentication cost inside Envoy)
 #   make lint         rustfmt check + clippy (host and wasm32-wasip1)
 #   make check-envoy  `envoy --mode validate` on every Envoy config under envoy/
 #   make clean        remove build output, e2e logs and tool stamps (keeps .venv; see clean-all)
@@ -124,8 +124,10 @@ test: tools wasm
 	@echo "test: AZURE_LLM_FILTER_WASM=$(WASM)"
 	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" $(CARGO) test --workspace
 
-bench:
-	@echo "bench: benchmarks are not written yet (nothing to run)."
+# Benchmarks measure, they never assert timings. So far: caller authentication inside Envoy.
+bench: tools wasm
+	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" \
+	  $(CARGO) test --release --test bench_auth -- --ignored --nocapture --test-threads 1
 
 # ---------------------------------------------------------------------------------------------
 # lint

@@ -126,6 +126,20 @@ impl Cluster {
     }
 }
 
+/// A failover pool (see `EnvoyOptions::pools`).
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub members: Vec<PoolMember>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolMember {
+    pub port: u16,
+    /// The Azure host of this member; Envoy sets `Host` to it on each attempt.
+    pub hostname: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct EnvoyOptions {
     /// The plugin configuration (docs/plugin-config.md), serialised into the StringValue.
@@ -147,6 +161,9 @@ pub struct EnvoyOptions {
     /// Envoy's `-l` level.
     pub log_level: String,
     pub route_timeout_secs: u64,
+    /// Failover pools: one cluster per pool, members at increasing priority, with a route
+    /// that retries 429/5xx on the next member.
+    pub pools: Vec<Pool>,
 }
 
 impl EnvoyOptions {
@@ -163,6 +180,7 @@ impl EnvoyOptions {
             extra_http_filters_yaml: None,
             log_level: "info".to_string(),
             route_timeout_secs: 30,
+            pools: Vec::new(),
         }
     }
 
@@ -439,6 +457,57 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                    - name: llm");
     let _ = writeln!(w, "                      domains: [\"*\"]");
     let _ = writeln!(w, "                      routes:");
+    for pool in &opts.pools {
+        // A failover pool: members in priority order, Host set per attempt from the member's
+        // hostname, 429 and 5xx retried on the next priority (like APIM backend pools).
+        let _ = writeln!(w, "                        - match:");
+        let _ = writeln!(w, "                            prefix: \"/\"");
+        let _ = writeln!(w, "                            headers:");
+        let _ = writeln!(
+            w,
+            "                              - name: {}",
+            q(&opts.routing_header)
+        );
+        let _ = writeln!(
+            w,
+            "                                string_match: {{ exact: {} }}",
+            q(&pool.name)
+        );
+        let _ = writeln!(w, "                          route:");
+        let _ = writeln!(w, "                            cluster: {}", q(&pool.name));
+        let _ = writeln!(
+            w,
+            "                            timeout: {}s",
+            opts.route_timeout_secs
+        );
+        let _ = writeln!(w, "                            auto_host_rewrite: true");
+        let _ = writeln!(w, "                            retry_policy:");
+        let _ = writeln!(w, "                              retry_on: \"5xx,reset,connect-failure,retriable-status-codes\"");
+        let _ = writeln!(
+            w,
+            "                              retriable_status_codes: [429]"
+        );
+        let _ = writeln!(
+            w,
+            "                              num_retries: {}",
+            pool.members.len().saturating_sub(1).max(1)
+        );
+        let _ = writeln!(w, "                              retry_priority:");
+        let _ = writeln!(
+            w,
+            "                                name: envoy.retry_priorities.previous_priorities"
+        );
+        let _ = writeln!(w, "                                typed_config:");
+        let _ = writeln!(w, "                                  \"@type\": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig");
+        let _ = writeln!(w, "                                  update_frequency: 1");
+        let _ = writeln!(w, "                              retry_host_predicate:");
+        let _ = writeln!(
+            w,
+            "                                - name: envoy.retry_host_predicates.previous_hosts"
+        );
+        let _ = writeln!(w, "                                  typed_config:");
+        let _ = writeln!(w, "                                    \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate");
+    }
     for name in &opts.backend_routes {
         let _ = writeln!(w, "                        - match:");
         let _ = writeln!(w, "                            prefix: \"/\"");
@@ -533,10 +602,30 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                  - name: envoy.filters.http.router");
     let _ = writeln!(w, "                    typed_config:");
     let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router");
-    if opts.clusters.is_empty() {
+    if opts.clusters.is_empty() && opts.pools.is_empty() {
         let _ = writeln!(w, "  clusters: []");
     } else {
         let _ = writeln!(w, "  clusters:");
+    }
+    for pool in &opts.pools {
+        let _ = writeln!(w, "    - name: {}", q(&pool.name));
+        let _ = writeln!(w, "      type: STATIC");
+        let _ = writeln!(w, "      connect_timeout: 1s");
+        let _ = writeln!(w, "      load_assignment:");
+        let _ = writeln!(w, "        cluster_name: {}", q(&pool.name));
+        let _ = writeln!(w, "        endpoints:");
+        for (priority, m) in pool.members.iter().enumerate() {
+            let _ = writeln!(w, "          - priority: {priority}");
+            let _ = writeln!(w, "            lb_endpoints:");
+            let _ = writeln!(w, "              - endpoint:");
+            let _ = writeln!(w, "                  hostname: {}", q(&m.hostname));
+            let _ = writeln!(w, "                  address:");
+            let _ = writeln!(
+                w,
+                "                    socket_address: {{ address: 127.0.0.1, port_value: {} }}",
+                m.port
+            );
+        }
     }
     for c in &opts.clusters {
         let _ = writeln!(w, "    - name: {}", q(&c.name));
