@@ -58,8 +58,21 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 async fn setup(rate_limits: Value) -> (StandIn, Envoy) {
+    setup_with(rate_limits, json!({}), 1).await
+}
+
+async fn setup_with(
+    rate_limits: Value,
+    provider_extra: Value,
+    concurrency: u32,
+) -> (StandIn, Envoy) {
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
-    let mut o = EnvoyOptions::new(plugin_config(&standin, rate_limits));
+    let mut plugin = plugin_config(&standin, rate_limits);
+    for (k, v) in provider_extra.as_object().unwrap() {
+        plugin["auth"]["jwt_providers"]["entra"][k] = v.clone();
+    }
+    let mut o = EnvoyOptions::new(plugin);
+    o.concurrency = concurrency;
     o.clusters = vec![
         Cluster {
             name: "entra".into(),
@@ -331,4 +344,66 @@ async fn one_workload_spends_its_budget_while_another_is_unaffected() {
         let (status, _) = chat(&envoy, &[("authorization", format!("Bearer {b}"))]).await;
         assert_eq!(status, 200);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_is_fetched_once_for_all_workers_and_kept_when_its_endpoint_fails() {
+    let (standin, envoy) = setup_with(json!({}), json!({"jwks_min_refetch_s": 1}), 2).await;
+    // setup() cleared the record after the JWKS was loaded: look at the stand-in's log of
+    // fetches through the Envoy log instead of its record.
+    let loaded = envoy
+        .logs()
+        .matches("JWKS of provider entra loaded")
+        .count();
+    assert_eq!(loaded, 1, "one fetch serves both workers: {}", envoy.logs());
+
+    standin.set_fault(
+        EndpointKind::Jwks,
+        Some(azure_standin::Fault::Status {
+            status: 500,
+            body: "{}".into(),
+        }),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // An unknown kid makes the filter refetch (rate-limited); the endpoint fails.
+    let good = caller_token(&standin, "app-a", json!({}));
+    let unknown = with_header(
+        &good,
+        json!({"alg": "RS256", "typ": "JWT", "kid": "rotated-key"}),
+    );
+    let (status, _) = chat(&envoy, &[("authorization", format!("Bearer {unknown}"))]).await;
+    assert_eq!(status, 401);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while standin.count(EndpointKind::Jwks) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no refetch on unknown kid: {}",
+            envoy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        envoy
+            .logs()
+            .contains("JWKS fetch for provider entra failed"),
+        "{}",
+        envoy.logs()
+    );
+    // The last good keys are still used: fresh tokens (not in any cache) verify.
+    for app in ["app-x", "app-y", "app-z"] {
+        let t = caller_token(&standin, app, json!({}));
+        let (status, _) = chat(&envoy, &[("authorization", format!("Bearer {t}"))]).await;
+        assert_eq!(status, 200, "{app}");
+    }
+    // Unknown kids do not turn into a fetch per request.
+    for _ in 0..10 {
+        let (status, _) = chat(&envoy, &[("authorization", format!("Bearer {unknown}"))]).await;
+        assert_eq!(status, 401);
+    }
+    assert!(
+        standin.count(EndpointKind::Jwks) <= 2,
+        "{}",
+        standin.count(EndpointKind::Jwks)
+    );
 }
