@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod entra;
 pub mod errors;
 pub mod host;
+pub mod metrics;
 pub mod ratelimit;
 pub mod routing;
 pub mod token_cache;

@@ -11,6 +11,7 @@ use crate::auth::AuthError;
 use crate::config::{Config, RoutingMode};
 use crate::discovery;
 use crate::errors::FilterError;
+use crate::metrics;
 use crate::ratelimit::{self, Counter, Standing};
 use crate::routing::{self, Inbound, Operation, RoutePlan};
 use crate::usage::{self, SseUsageScanner, Usage};
@@ -57,6 +58,8 @@ pub struct HttpFilter {
     standings: Vec<Standing>,
     usage: UsageReader,
     charged: bool,
+    /// (model, backend) of a routed request, for metrics and access-log properties.
+    routed: Option<(String, String)>,
 }
 
 impl HttpFilter {
@@ -71,11 +74,13 @@ impl HttpFilter {
             standings: Vec::new(),
             usage: UsageReader::None,
             charged: false,
+            routed: None,
         }
     }
 
     fn reply_error(&mut self, error: &FilterError) -> Action {
         self.answered = true;
+        self.count(metrics::requests(error.code));
         log::debug!(
             "azure-llm-filter: answering {} ({})",
             error.status,
@@ -87,6 +92,7 @@ impl HttpFilter {
 
     fn reply_json(&mut self, body: &str) -> Action {
         self.answered = true;
+        self.count(metrics::requests("discovery"));
         self.send_http_response(
             200,
             vec![("content-type", "application/json")],
@@ -129,6 +135,7 @@ impl HttpFilter {
             Ok(caller) => Ok(caller.map(|c| c.workload)),
             Err(e) => {
                 log::debug!("azure-llm-filter: caller refused: {}", e.code());
+                state.metrics.count(metrics::jwt_rejections(e.code()), 1);
                 if let AuthError::UnknownKid { provider } = e {
                     if let Some(flag) = state.jwks_unknown_kid.get_mut(provider) {
                         *flag = true;
@@ -174,6 +181,8 @@ impl HttpFilter {
             } else {
                 ("quota_exceeded", "quota")
             };
+            self.count(metrics::ratelimit(code));
+            self.set_property(vec!["azure_llm_ratelimit"], Some(code.as_bytes()));
             let mut e = FilterError::new(
                 refusal.status(),
                 "rate_limit_error",
@@ -191,6 +200,8 @@ impl HttpFilter {
         }
         self.counters = counters;
         self.standings = standings;
+        self.count(metrics::ratelimit("allowed"));
+        self.set_property(vec!["azure_llm_ratelimit"], Some(b"allowed"));
         Ok(())
     }
 
@@ -202,6 +213,17 @@ impl HttpFilter {
         body_len: usize,
     ) -> Result<Action, FilterError> {
         self.admit(config, plan, body_len)?;
+        self.routed = Some((plan.model.to_string(), plan.backend.name.clone()));
+        // Per-request data for access logs: %FILTER_STATE(wasm.azure_llm_<name>:PLAIN)%.
+        for (name, value) in [
+            ("azure_llm_workload", self.workload.as_str()),
+            ("azure_llm_model", plan.model),
+            ("azure_llm_backend", plan.backend.name.as_str()),
+            ("azure_llm_deployment", plan.deployment),
+        ] {
+            self.set_property(vec![name], Some(value.as_bytes()));
+        }
+        self.count(metrics::requests("routed"));
         self.set_http_request_header(":authority", Some(&plan.backend.host));
         self.set_http_request_header(":path", Some(&plan.path));
         self.set_http_request_header(&config.routing_header, Some(&plan.backend.name));
@@ -369,7 +391,7 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.answered || self.counters.is_empty() {
+        if self.answered || self.routed.is_none() {
             return Action::Continue;
         }
         for (name, value) in ratelimit::headers(&self.standings, now_ms() / 1000) {
@@ -444,8 +466,16 @@ impl HttpContext for HttpFilter {
 }
 
 impl HttpFilter {
+    fn count(&self, name: String) {
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.metrics.count(name, 1);
+        }
+    }
+
+    /// Charges the answer's usage to the rate-limit counters, and records it in metrics and
+    /// access-log properties. Once per request.
     fn charge(&mut self) {
-        if self.charged || self.counters.is_empty() {
+        if self.charged || self.routed.is_none() {
             return;
         }
         self.charged = true;
@@ -454,8 +484,28 @@ impl HttpFilter {
             UsageReader::Json(body) => usage::from_json(body),
             UsageReader::Sse(scanner) => scanner.usage(),
         };
-        if let Some(u) = usage {
+        let Some(u) = usage else { return };
+        if !self.counters.is_empty() {
             limits::charge_tokens(&self.counters, now_ms() / 1000, u.total());
+        }
+        self.set_property(
+            vec!["azure_llm_prompt_tokens"],
+            Some(u.prompt_tokens.to_string().as_bytes()),
+        );
+        self.set_property(
+            vec!["azure_llm_completion_tokens"],
+            Some(u.completion_tokens.to_string().as_bytes()),
+        );
+        if let (Some((model, backend)), Ok(mut s)) = (&self.routed, self.state.try_borrow_mut()) {
+            let workload = s.metrics.workloads.label(&self.workload).to_string();
+            s.metrics.count(
+                metrics::tokens(&workload, model, backend, "prompt"),
+                u.prompt_tokens,
+            );
+            s.metrics.count(
+                metrics::tokens(&workload, model, backend, "completion"),
+                u.completion_tokens,
+            );
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod http;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod root;
 pub mod shared;
 pub mod tokens;

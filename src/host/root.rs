@@ -10,6 +10,7 @@ use super::worker::{LocalToken, WorkerState};
 use crate::config::{resolve_secrets, Config};
 use crate::entra::{self, CalloutRequest, FetchStep, TokenFailure, TokenFetch};
 use crate::errors::FilterError;
+use crate::metrics;
 use crate::token_cache::RetryPolicy;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -112,6 +113,16 @@ impl RootContext for FilterRoot {
         }
         for (fetch, req) in keys::service(&mut state, now) {
             self.dispatch_jwks(&mut state, fetch, &req);
+        }
+        let ages: Vec<(String, u64)> = state
+            .local_tokens
+            .iter()
+            .zip(state.config.credentials.iter())
+            .filter(|(t, _)| !t.token.is_empty())
+            .map(|(t, c)| (c.name.clone(), t.usable_until_ms.saturating_sub(now) / 1000))
+            .collect();
+        for (name, left) in ages {
+            state.metrics.gauge(metrics::token_expires_in(&name), left);
         }
         let timed_out = state.take_expired_waiters(now);
         if !timed_out.is_empty() {
@@ -309,6 +320,10 @@ fn finish_fetch(
                 Some(s.on_success(now, grant.access_token.clone(), expires_in))
             });
             log::info!("azure-llm-filter: credential {name}: Entra token obtained, expires in {expires_in} s");
+            state.metrics.count(metrics::token_fetches(&name, "ok"), 1);
+            state
+                .metrics
+                .gauge(metrics::token_expires_in(&name), expires_in);
             if let Some(slot) = written {
                 state.local_tokens[credential] = LocalToken::from_slot(&slot);
             }
@@ -323,6 +338,9 @@ fn finish_fetch(
                 failure.summary()
             );
             let summary = failure.code.clone();
+            state
+                .metrics
+                .count(metrics::token_fetches(&name, &failure.code), 1);
             let slot = tokens::update_slot(&key, |s| {
                 Some(s.on_failure(
                     now,

@@ -6,6 +6,7 @@
 //! one thread, so no locking is involved.
 
 use super::keys::JwksFetch;
+use super::metrics::Metrics;
 use crate::auth::Authenticator;
 use crate::config::{Config, ResolvedSecret};
 use crate::entra::TokenFetch;
@@ -70,6 +71,7 @@ pub struct WorkerState {
     pub jwks_in_flight: HashMap<u32, JwksFetch>,
     /// Per provider: a request presented an unknown `kid` (a refetch may be due).
     pub jwks_unknown_kid: Vec<bool>,
+    pub metrics: Metrics,
 }
 
 impl WorkerState {
@@ -96,6 +98,7 @@ impl WorkerState {
             jwks_unknown_kid: vec![false; providers],
             auth,
             jwks_in_flight: HashMap::new(),
+            metrics: Metrics::default(),
         }
     }
 

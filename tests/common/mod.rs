@@ -416,6 +416,23 @@ fn q(s: &str) -> String {
     serde_json::to_string(s).expect("string serialises")
 }
 
+/// Labels the filter's metric names carry as `.<label>.<value>` (see src/metrics.rs); the
+/// bootstrap's `stats_tags` turn them into Prometheus labels, as in envoy/envoy.yaml.
+pub const STATS_TAGS: [&str; 9] = [
+    "workload",
+    "model",
+    "backend",
+    "kind",
+    "credential",
+    "result",
+    "outcome",
+    "reason",
+    "decision",
+];
+
+/// The access-log line of the harness: the filter's per-request data from filter state.
+pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% workload=%FILTER_STATE(wasm.azure_llm_workload:PLAIN)% model=%FILTER_STATE(wasm.azure_llm_model:PLAIN)% backend=%FILTER_STATE(wasm.azure_llm_backend:PLAIN)% deployment=%FILTER_STATE(wasm.azure_llm_deployment:PLAIN)% prompt_tokens=%FILTER_STATE(wasm.azure_llm_prompt_tokens:PLAIN)% completion_tokens=%FILTER_STATE(wasm.azure_llm_completion_tokens:PLAIN)% ratelimit=%FILTER_STATE(wasm.azure_llm_ratelimit:PLAIN)%\n";
+
 /// Renders the Envoy bootstrap for `opts` (pure: same input, same YAML).
 pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -> String {
     let mut y = String::new();
@@ -427,6 +444,18 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
         w,
         "    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}"
     );
+    let _ = writeln!(w, "stats_config:");
+    let _ = writeln!(w, "  stats_tags:");
+    for tag in STATS_TAGS {
+        let _ = writeln!(w, "    - tag_name: {tag}");
+        let _ = writeln!(
+            w,
+            "      regex: {}",
+            q(&format!(
+                r"^wasmcustom\.azure_llm\.\w+(?:\.[\w-]+\.[\w-]+)*?(\.{tag}\.([\w-]+))"
+            ))
+        );
+    }
     let _ = writeln!(w, "static_resources:");
     let _ = writeln!(w, "  listeners:");
     let _ = writeln!(w, "    - name: llm_ingress");
@@ -451,6 +480,13 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                  - name: envoy.access_loggers.stdout");
     let _ = writeln!(w, "                    typed_config:");
     let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
+    let _ = writeln!(w, "                      log_format:");
+    let _ = writeln!(w, "                        text_format_source:");
+    let _ = writeln!(
+        w,
+        "                          inline_string: {}",
+        q(ACCESS_LOG_FORMAT)
+    );
     let _ = writeln!(w, "                route_config:");
     let _ = writeln!(w, "                  name: llm_routes");
     let _ = writeln!(w, "                  virtual_hosts:");

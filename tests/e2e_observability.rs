@@ -1,0 +1,93 @@
+//! Issue 7, end to end: the filter's metrics scraped from Envoy's admin `/stats/prometheus`
+//! with their labels, and its per-request data in Envoy's access log.
+
+mod common;
+
+use azure_standin::{StandIn, StandInConfig};
+use common::{client, Cluster, Envoy, EnvoyOptions};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test]
+async fn metrics_and_access_log_fields() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let plugin = json!({
+        "credentials": {"main": {"kind": "client_secret", "tenant_id": standin.tenant_id(),
+            "client_id": "22222222-2222-2222-2222-222222222222", "client_secret": "standin-secret", "token_cluster": "entra"}},
+        "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"}},
+        "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}},
+        "rate_limits": {"default": {"tokens_per_minute": 1000000}}
+    });
+    let mut o = EnvoyOptions::new(plugin);
+    o.clusters = vec![
+        Cluster::new("entra", standin.port()),
+        Cluster::new("aoai", standin.port()),
+    ];
+    o.backend_routes = vec!["aoai".into()];
+    let envoy = Envoy::start(o).await;
+
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "count these four words"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    let completion = body["usage"]["completion_tokens"].as_u64().unwrap();
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&json!({"model": "nope", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let prom = client()
+        .get(envoy.admin_url("/stats/prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let has = |line: &str| prom.lines().any(|l| l == line);
+    for line in [
+        format!("azure_llm_tokens{{workload=\"anonymous\",model=\"gpt-4o\",backend=\"aoai\",kind=\"prompt\"}} {prompt}"),
+        format!("azure_llm_tokens{{workload=\"anonymous\",model=\"gpt-4o\",backend=\"aoai\",kind=\"completion\"}} {completion}"),
+        "azure_llm_requests{outcome=\"routed\"} 1".to_string(),
+        "azure_llm_requests{outcome=\"model_not_found\"} 1".to_string(),
+        "azure_llm_token_fetches{credential=\"main\",result=\"ok\"} 1".to_string(),
+        "azure_llm_ratelimit{decision=\"allowed\"} 1".to_string(),
+    ] {
+        assert!(has(&line), "missing `{line}` in:\n{prom}");
+    }
+    let expires = prom
+        .lines()
+        .find_map(|l| l.strip_prefix("azure_llm_token_expires_in_seconds{credential=\"main\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("token expiry gauge");
+    assert!(expires > 3000 && expires < 3600, "{expires}");
+    // No secret or token value leaks into the stats.
+    assert!(!prom.contains("standin-secret"));
+    assert!(!prom.contains("eyJ"));
+
+    let logs = envoy.logs();
+    let routed_line = logs
+        .lines()
+        .find(|l| l.contains("workload=anonymous"))
+        .unwrap_or_else(|| panic!("access log line: {logs}"));
+    assert!(
+        routed_line.contains("model=gpt-4o backend=aoai deployment=gpt-4o-prod"),
+        "{routed_line}"
+    );
+    assert!(
+        routed_line.contains(&format!(
+            "prompt_tokens={prompt} completion_tokens={completion}"
+        )),
+        "{routed_line}"
+    );
+    assert!(routed_line.contains("ratelimit=allowed"), "{routed_line}");
+}
