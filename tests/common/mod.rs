@@ -155,6 +155,9 @@ pub struct EnvoyOptions {
     pub with_filter: bool,
     /// `vm_config.environment_variables.key_values`.
     pub env_vars: Vec<(String, String)>,
+    /// Environment variables of the Envoy process, passed to the VM with `host_env_keys`
+    /// (so their values never appear in Envoy's config, nor in its debug logs).
+    pub host_env: Vec<(String, String)>,
     /// Extra HTTP filters: a YAML list of filter entries (`- name: ...`) written at indentation
     /// 0; they are placed before the Wasm filter (so they see the request first).
     pub extra_http_filters_yaml: Option<String>,
@@ -177,6 +180,7 @@ impl EnvoyOptions {
             allow_on_headers_stop_iteration: true,
             with_filter: true,
             env_vars: Vec::new(),
+            host_env: Vec::new(),
             extra_http_filters_yaml: None,
             log_level: "info".to_string(),
             route_timeout_secs: 30,
@@ -283,6 +287,7 @@ impl Envoy {
             // Several Envoys run in parallel in one test binary: no shared memory, no base-id clash.
             .arg("--disable-hot-restart")
             .current_dir(workspace_root())
+            .envs(opts.host_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
@@ -621,11 +626,19 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
             "                              filename: {}",
             q(&wasm_path().to_string_lossy())
         );
-        if !opts.env_vars.is_empty() {
+        if !opts.env_vars.is_empty() || !opts.host_env.is_empty() {
             let _ = writeln!(w, "                          environment_variables:");
+        }
+        if !opts.env_vars.is_empty() {
             let _ = writeln!(w, "                            key_values:");
             for (k, v) in &opts.env_vars {
                 let _ = writeln!(w, "                              {}: {}", q(k), q(v));
+            }
+        }
+        if !opts.host_env.is_empty() {
+            let _ = writeln!(w, "                            host_env_keys:");
+            for (k, _) in &opts.host_env {
+                let _ = writeln!(w, "                              - {}", q(k));
             }
         }
         let _ = writeln!(w, "                        configuration:");
