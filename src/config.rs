@@ -60,33 +60,131 @@ impl fmt::Display for ConfigError {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(
+        title = "azure-llm-filter plugin configuration",
+        description = "The JSON in the Wasm filter's `configuration` (google.protobuf.StringValue). \
+                       Reference: README.md \"Configuration\", docs/plugin-config.md, docs/auth-config.md."
+    )
+)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Header the filter sets to the backend name for Envoy's route table \
+                           (default x-azure-llm-backend); a caller's value is always removed.",
+            pattern(r"^[a-z0-9-]{1,128}$")
+        )
+    )]
     #[serde(default)]
     routing_header: Option<String>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "How long a request may wait for a token fetch before a 503 (default 5000).",
+            range(min = 1, max = 120_000)
+        )
+    )]
     #[serde(default)]
     token_wait_timeout_ms: Option<u64>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Larger request bodies get 413 (default 1048576).",
+            range(min = 1, max = 67_108_864)
+        )
+    )]
     #[serde(default)]
     max_body_bytes: Option<usize>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "body (default): read `model` from the JSON body (needs \
+                           allow_on_headers_stop_iteration: true); header: model only from the \
+                           path or model_header, never waits for the body (Istio WasmPlugin)."
+        )
+    )]
     #[serde(default)]
     routing_mode: Option<RoutingMode>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "A request header naming the model (e.g. x-model), used before the body.",
+            pattern(r"^[a-z0-9-]{1,128}$")
+        )
+    )]
     #[serde(default)]
     model_header: Option<String>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "How long a request may wait for its body before the filter concludes \
+                           that allow_on_headers_stop_iteration is missing (default 3000).",
+            range(min = 1, max = 120_000)
+        )
+    )]
     #[serde(default)]
     body_wait_timeout_ms: Option<u64>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(description = "Per-workload and per-model token and request limits.")
+    )]
     #[serde(default)]
     rate_limits: Option<crate::ratelimit::RawRateLimits>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Caller authentication (docs/auth-config.md); without it every caller \
+                           is the workload `anonymous`."
+        )
+    )]
     #[serde(default)]
     auth: Option<crate::auth::RawAuthConfig>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Named Microsoft Entra ID credentials; each backend names one.",
+            extend("propertyNames" = {"pattern": r"^[A-Za-z0-9._-]{1,64}$"})
+        )
+    )]
     credentials: BTreeMap<String, RawCredential>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Named Azure resources (at least one). The Envoy route table maps the \
+                           routing header (the backend name) to the backend's cluster.",
+            extend("propertyNames" = {"pattern": r"^[A-Za-z0-9._-]{1,64}$"}, "minProperties" = 1)
+        )
+    )]
     backends: BTreeMap<String, RawBackend>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "The model names callers use (at least one).",
+            extend(
+                "propertyNames" = {"pattern": r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$"},
+                "minProperties" = 1
+            )
+        )
+    )]
     models: BTreeMap<String, RawModel>,
 }
 
 /// A credential as written. Field names and meanings: docs/plugin-config.md, "Credentials".
 #[derive(Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum RawCredential {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Client credentials with a client secret (inline, or from an \
+                           environment variable of the Wasm VM)."
+        )
+    )]
     ClientSecret {
         tenant_id: String,
         client_id: String,
@@ -99,9 +197,17 @@ enum RawCredential {
         authority_host: Option<String>,
         #[serde(default)]
         scope: Option<String>,
+        #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 120_000)))]
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Client credentials with a certificate: the filter signs the client \
+                           assertion (PS256 or RS256)."
+        )
+    )]
     ClientCertificate {
         tenant_id: String,
         client_id: String,
@@ -115,6 +221,7 @@ enum RawCredential {
         certificate_thumbprint_sha1: Option<String>,
         #[serde(default)]
         certificate_pem: Option<String>,
+        #[cfg_attr(feature = "schema", schemars(with = "Option<SigningAlgorithm>"))]
         #[serde(default)]
         algorithm: Option<String>,
         token_cluster: String,
@@ -122,10 +229,19 @@ enum RawCredential {
         authority_host: Option<String>,
         #[serde(default)]
         scope: Option<String>,
+        #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 120_000)))]
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "A managed identity token from IMDS (default) or the App Service / \
+                           Container Apps identity endpoint."
+        )
+    )]
     ManagedIdentity {
+        #[cfg_attr(feature = "schema", schemars(with = "Option<ManagedIdentityEndpoint>"))]
         #[serde(default)]
         endpoint: Option<String>,
         #[serde(default)]
@@ -147,20 +263,37 @@ enum RawCredential {
         identity_header_env: Option<String>,
         #[serde(default)]
         scope: Option<String>,
+        #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 120_000)))]
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Client credentials with an assertion obtained first: from an HTTP \
+                           endpoint, or a managed identity token (the secretless cross-tenant \
+                           chain)."
+        )
+    )]
     Federated {
         tenant_id: String,
         client_id: String,
         /// Parsed by `validate_credential` so its errors name `...assertion.<field>` (serde
         /// cannot track paths inside the internally tagged credential).
+        #[cfg_attr(
+            feature = "schema",
+            schemars(
+                with = "RawAssertion",
+                description = "Where the client assertion comes from."
+            )
+        )]
         assertion: serde_json::Value,
         token_cluster: String,
         #[serde(default)]
         authority_host: Option<String>,
         #[serde(default)]
         scope: Option<String>,
+        #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 120_000)))]
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
@@ -175,6 +308,7 @@ impl fmt::Debug for RawCredential {
 
 /// Where a federated credential's assertion comes from, as written.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
 enum RawAssertion {
     Http {
@@ -194,8 +328,15 @@ enum RawAssertion {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum RawBackend {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Azure OpenAI, dated API: /openai/deployments/{deployment}/{op}?api-version="
+        )
+    )]
     AzureOpenai {
         host: String,
         api_version: String,
@@ -203,12 +344,25 @@ enum RawBackend {
         #[serde(default)]
         headers: BTreeMap<String, String>,
     },
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Azure OpenAI v1 API: /openai/v1/{op}, deployment in the body's model."
+        )
+    )]
     AzureOpenaiV1 {
         host: String,
         credential: String,
         #[serde(default)]
         headers: BTreeMap<String, String>,
     },
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Foundry model inference: /models/{op}?api-version=, deployment in the \
+                           body's model."
+        )
+    )]
     FoundryModels {
         host: String,
         #[serde(default)]
@@ -217,6 +371,12 @@ enum RawBackend {
         #[serde(default)]
         headers: BTreeMap<String, String>,
     },
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Claude on Foundry: /anthropic/v1/messages, deployment in the body's model."
+        )
+    )]
     FoundryAnthropic {
         host: String,
         credential: String,
@@ -228,9 +388,14 @@ enum RawBackend {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawModel {
     backend: String,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(pattern(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"))
+    )]
     deployment: String,
     #[serde(default)]
     aliases: Vec<String>,
@@ -242,6 +407,7 @@ struct RawModel {
 
 /// How the filter finds the model of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RoutingMode {
     /// Read `model` from the JSON body (needs `allow_on_headers_stop_iteration: true`).
@@ -285,6 +451,7 @@ impl SecretSource {
 
 /// Signature algorithm of a certificate credential's client assertion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum SigningAlgorithm {
     /// RSASSA-PSS with SHA-256 (what Entra asks for today).
     #[serde(rename = "PS256")]
@@ -305,6 +472,7 @@ impl SigningAlgorithm {
 
 /// Which managed identity endpoint a credential asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ManagedIdentityEndpoint {
     /// Azure Instance Metadata Service (VMs, VM scale sets, AKS nodes): 169.254.169.254.
@@ -620,6 +788,17 @@ impl Config {
     pub fn credential_index(&self, name: &str) -> Option<usize> {
         self.credentials.iter().position(|c| c.name == name)
     }
+}
+
+/// The JSON Schema (draft 7) of the plugin configuration, generated from the `Raw*` types.
+/// Native tooling only (feature `schema`): `check-config --print-schema` prints it and
+/// schema/plugin-config.schema.json holds it (`make schema`).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<RawConfig>()
+        .to_value()
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {

@@ -31,6 +31,7 @@ pub const MAX_WORKLOAD_LEN: usize = 256;
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawAuthConfig {
     #[serde(default)]
@@ -43,6 +44,7 @@ pub struct RawAuthConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawJwtProvider {
     #[serde(default)]
@@ -69,6 +71,7 @@ pub struct RawJwtProvider {
 
 /// A string or a list of strings.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -78,6 +81,7 @@ pub enum OneOrMany {
 /// Either `{"inline": <JWKS>}` or a remote source `{"cluster", "authority", "path"}` /
 /// `{"cluster", "authority", "discovery_path"}`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawJwksSource {
     #[serde(default)]
@@ -95,6 +99,7 @@ pub struct RawJwksSource {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawClaimRequirement {
     pub claim: String,
@@ -107,6 +112,7 @@ pub struct RawClaimRequirement {
 }
 
 #[derive(Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawApiKey {
     pub sha256: String,
