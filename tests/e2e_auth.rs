@@ -74,14 +74,8 @@ async fn setup_with(
     let mut o = EnvoyOptions::new(plugin);
     o.concurrency = concurrency;
     o.clusters = vec![
-        Cluster {
-            name: "entra".into(),
-            port: standin.port(),
-        },
-        Cluster {
-            name: "aoai".into(),
-            port: standin.port(),
-        },
+        Cluster::new("entra", standin.port()),
+        Cluster::new("aoai", standin.port()),
     ];
     o.backend_routes = vec!["aoai".into()];
     let envoy = Envoy::start(o).await;

@@ -33,18 +33,9 @@ async fn run(
     let standin = StandIn::start(cfg).await.unwrap();
     let mut o = EnvoyOptions::new(plugin_config(credentials, credential));
     o.clusters = vec![
-        Cluster {
-            name: "entra".into(),
-            port: standin.port(),
-        },
-        Cluster {
-            name: "imds".into(),
-            port: standin.port(),
-        },
-        Cluster {
-            name: "aoai".into(),
-            port: standin.port(),
-        },
+        Cluster::new("entra", standin.port()),
+        Cluster::new("imds", standin.port()),
+        Cluster::new("aoai", standin.port()),
     ];
     o.backend_routes = vec!["aoai".into()];
     o.env_vars = env;

@@ -188,6 +188,7 @@ fn rendered_full_config_validates() {
     let mut opts = full_options();
     opts.backend_routes.push("foundry".into());
     opts.clusters.push(Cluster::new("foundry", 18090));
+    opts.clusters.push(Cluster::grpc("ratelimit", 18091));
     opts.concurrency = 2;
     opts.route_timeout_secs = 120;
     opts.extra_http_filters_yaml = Some(
@@ -197,6 +198,7 @@ fn rendered_full_config_validates() {
     let yaml = common::render_config(&opts, 10000, 9901);
     assert!(yaml.contains("AZURE_CLIENT_SECRET"));
     assert!(yaml.contains("timeout: 120s"));
+    assert!(yaml.contains("http2_protocol_options"));
     let (ok, out) = validate_rendered("full-filter", &yaml);
     assert!(ok, "{out}");
     opts.with_filter = false;
@@ -352,7 +354,7 @@ async fn bare_envoy_routes_by_header_and_answers_404_json() {
 
     // The access log goes to the harness's log file.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !envoy.logs().contains("\"GET /x HTTP/1.1\" 404") {
+    while !envoy.logs().contains("\"GET /x\" 404") {
         assert!(
             std::time::Instant::now() < deadline,
             "no access log line; logs:\n{}",

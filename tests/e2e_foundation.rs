@@ -27,14 +27,8 @@ fn plugin_config(standin: &StandIn) -> Value {
 fn options(standin: &StandIn, plugin: Value) -> EnvoyOptions {
     let mut o = EnvoyOptions::new(plugin);
     o.clusters = vec![
-        Cluster {
-            name: "entra".into(),
-            port: standin.port(),
-        },
-        Cluster {
-            name: "aoai".into(),
-            port: standin.port(),
-        },
+        Cluster::new("entra", standin.port()),
+        Cluster::new("aoai", standin.port()),
     ];
     o.backend_routes = vec!["aoai".into()];
     o

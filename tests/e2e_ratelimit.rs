@@ -31,14 +31,8 @@ async fn setup(rate_limits: Value, concurrency: u32) -> (StandIn, Envoy) {
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
     let mut o = EnvoyOptions::new(plugin_config(&standin, rate_limits));
     o.clusters = vec![
-        Cluster {
-            name: "entra".into(),
-            port: standin.port(),
-        },
-        Cluster {
-            name: "aoai".into(),
-            port: standin.port(),
-        },
+        Cluster::new("entra", standin.port()),
+        Cluster::new("aoai", standin.port()),
     ];
     o.backend_routes = vec!["aoai".into()];
     o.concurrency = concurrency;

@@ -38,10 +38,7 @@ fn options(standin: &StandIn, plugin: Value) -> EnvoyOptions {
     let mut o = EnvoyOptions::new(plugin);
     o.clusters = ["entra", "aoai", "aoai-v1", "foundry"]
         .iter()
-        .map(|n| Cluster {
-            name: (*n).into(),
-            port: standin.port(),
-        })
+        .map(|n| Cluster::new(*n, standin.port()))
         .collect();
     o.backend_routes = vec!["aoai".into(), "aoai-v1".into(), "foundry".into()];
     o

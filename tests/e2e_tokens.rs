@@ -32,14 +32,8 @@ async fn start(cfg: StandInConfig, extra: Value, concurrency: u32) -> (StandIn, 
     let standin = StandIn::start(cfg).await.unwrap();
     let mut o = EnvoyOptions::new(plugin_config(&standin, extra));
     o.clusters = vec![
-        Cluster {
-            name: "entra".into(),
-            port: standin.port(),
-        },
-        Cluster {
-            name: "aoai".into(),
-            port: standin.port(),
-        },
+        Cluster::new("entra", standin.port()),
+        Cluster::new("aoai", standin.port()),
     ];
     o.backend_routes = vec!["aoai".into()];
     o.concurrency = concurrency;

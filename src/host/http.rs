@@ -13,12 +13,14 @@ use crate::discovery;
 use crate::errors::FilterError;
 use crate::metrics;
 use crate::ratelimit::{self, Counter, Standing};
+use crate::rls::{self, CheckOutcome};
 use crate::routing::{self, Inbound, Operation, RoutePlan};
 use crate::usage::{self, SseUsageScanner, Usage};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Caller credentials that must never reach Azure: the filter authenticates to Azure itself.
 const CALLER_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
@@ -60,7 +62,13 @@ pub struct HttpFilter {
     charged: bool,
     /// (model, backend) of a routed request, for metrics and access-log properties.
     routed: Option<(String, String)>,
+    /// The request is paused for the rate limit service's answer; it then needs a token of
+    /// this credential.
+    global_check: Option<usize>,
 }
+
+/// gRPC UNAVAILABLE: what a call that could not even be dispatched amounts to.
+const GRPC_UNAVAILABLE: u32 = 14;
 
 impl HttpFilter {
     pub fn new(context_id: u32, state: Rc<RefCell<WorkerState>>) -> HttpFilter {
@@ -75,6 +83,7 @@ impl HttpFilter {
             usage: UsageReader::None,
             charged: false,
             routed: None,
+            global_check: None,
         }
     }
 
@@ -223,7 +232,6 @@ impl HttpFilter {
         ] {
             self.set_property(vec![name], Some(value.as_bytes()));
         }
-        self.count(metrics::requests("routed"));
         self.set_http_request_header(":authority", Some(&plan.backend.host));
         self.set_http_request_header(":path", Some(&plan.path));
         self.set_http_request_header(&config.routing_header, Some(&plan.backend.name));
@@ -236,6 +244,15 @@ impl HttpFilter {
             }
         }
         let credential = plan.backend.credential;
+        if let Some(global) = &config.rate_limits.global {
+            return self.check_global(global, plan.model, credential);
+        }
+        self.forward(config, credential)
+    }
+
+    /// The request is admitted: attach the credential's token, or pause until it comes.
+    fn forward(&mut self, config: &Config, credential: usize) -> Result<Action, FilterError> {
+        self.count(metrics::requests("routed"));
         let now = now_ms();
         let mut state = self.state.borrow_mut();
         match tokens::token_for_request(&mut state, credential, now) {
@@ -257,6 +274,93 @@ impl HttpFilter {
                 Ok(Action::Pause)
             }
             TokenLookup::Unavailable(e) => Err(e),
+        }
+    }
+
+    /// Global mode: asks the rate limit service whether the workload's budget allows the
+    /// request, and pauses it until the answer (`on_grpc_call_response`). The call belongs to
+    /// this request, so a caller that goes away cancels it.
+    fn check_global(
+        &mut self,
+        global: &rls::Global,
+        model: &str,
+        credential: usize,
+    ) -> Result<Action, FilterError> {
+        let call = global.check_call(&self.workload, model);
+        match self.dispatch_grpc_call(
+            &global.cluster,
+            call.service,
+            call.method,
+            Vec::new(),
+            Some(&call.message),
+            Duration::from_millis(global.timeout_ms),
+        ) {
+            Ok(_) => {
+                self.global_check = Some(credential);
+                Ok(Action::Pause)
+            }
+            Err(status) => {
+                log::warn!(
+                    "azure-llm-filter: cannot call the rate limit service on cluster `{}` ({status:?}): is the cluster defined, with HTTP/2?",
+                    global.cluster
+                );
+                let outcome = global.check_outcome(GRPC_UNAVAILABLE, &[]);
+                self.global_decided(outcome, credential)
+            }
+        }
+    }
+
+    /// Acts on the rate limit service's answer (or its failure).
+    fn global_decided(
+        &mut self,
+        outcome: CheckOutcome,
+        credential: usize,
+    ) -> Result<Action, FilterError> {
+        match outcome {
+            CheckOutcome::Admit { degraded } => {
+                let decision = if degraded {
+                    log::warn!(
+                        "azure-llm-filter: rate limit service failed; request of `{}` let through (failure_mode allow)",
+                        self.workload
+                    );
+                    "global_failed_open"
+                } else {
+                    "global_allowed"
+                };
+                self.count(metrics::ratelimit(decision));
+                self.set_property(vec!["azure_llm_ratelimit"], Some(decision.as_bytes()));
+                let config = self.state.borrow().config.clone();
+                self.forward(&config, credential)
+            }
+            CheckOutcome::OverLimit { retry_after_s } => {
+                let code = "rate_limit_exceeded";
+                self.count(metrics::ratelimit(code));
+                self.set_property(vec!["azure_llm_ratelimit"], Some(code.as_bytes()));
+                Err(FilterError::new(
+                    429,
+                    "rate_limit_error",
+                    code,
+                    format!(
+                        "the token budget of workload `{}` is spent (global limit); retry after {retry_after_s} seconds",
+                        self.workload
+                    ),
+                )
+                .with_retry_after(retry_after_s))
+            }
+            CheckOutcome::Unavailable { reason } => {
+                log::warn!(
+                    "azure-llm-filter: {reason}; request of `{}` refused (failure_mode deny)",
+                    self.workload
+                );
+                let decision = "global_failed_closed";
+                self.count(metrics::ratelimit(decision));
+                self.set_property(vec!["azure_llm_ratelimit"], Some(decision.as_bytes()));
+                Err(FilterError::unavailable(
+                    "rate_limit_service_unavailable",
+                    "the rate limit service did not answer; retry later",
+                )
+                .with_retry_after(1))
+            }
         }
     }
 
@@ -325,7 +429,33 @@ fn missing_model() -> FilterError {
     FilterError::bad_request("missing_model", "the request must name a `model`")
 }
 
-impl Context for HttpFilter {}
+impl Context for HttpFilter {
+    /// The rate limit service's answer to this request's check (global mode).
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let Some(credential) = self.global_check.take() else {
+            return;
+        };
+        let body = if status_code == 0 && response_size > 0 {
+            self.get_grpc_call_response_body(0, response_size)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let config = self.state.borrow().config.clone();
+        let outcome = match &config.rate_limits.global {
+            Some(global) => global.check_outcome(status_code, &body),
+            None => CheckOutcome::Admit { degraded: false },
+        };
+        match self.global_decided(outcome, credential) {
+            Ok(Action::Continue) => self.resume_http_request(),
+            // Waits for its token: the root context resumes it.
+            Ok(_) => {}
+            Err(e) => {
+                self.reply_error(&e);
+            }
+        }
+    }
+}
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -488,6 +618,7 @@ impl HttpFilter {
         if !self.counters.is_empty() {
             limits::charge_tokens(&self.counters, now_ms() / 1000, u.total());
         }
+        self.charge_global(u.total());
         self.set_property(
             vec!["azure_llm_prompt_tokens"],
             Some(u.prompt_tokens.to_string().as_bytes()),
@@ -506,6 +637,28 @@ impl HttpFilter {
                 metrics::tokens(&workload, model, backend, "completion"),
                 u.completion_tokens,
             );
+        }
+    }
+}
+
+impl HttpFilter {
+    /// Global mode: queues the charge of the real usage for the root context, which sends it
+    /// on its next tick (at once). A call made from this context would be cancelled when the
+    /// request ends, which is exactly when charges are made.
+    fn charge_global(&mut self, tokens: u64) {
+        let Some((model, _)) = &self.routed else {
+            return;
+        };
+        let Ok(mut state) = self.state.try_borrow_mut() else {
+            return;
+        };
+        let config = state.config.clone();
+        let Some(global) = &config.rate_limits.global else {
+            return;
+        };
+        if let Some(call) = global.charge_call(&self.workload, model, tokens) {
+            state.rls_charges.push(call);
+            tokens::request_tick_now(&mut state);
         }
     }
 }

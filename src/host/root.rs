@@ -24,6 +24,22 @@ pub struct FilterRoot {
 }
 
 impl Context for FilterRoot {
+    /// The answer to a global-mode charge: only failures matter (the tokens are lost).
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let mut state = state.borrow_mut();
+        if state.rls_charges_in_flight.remove(&token_id) && status_code != 0 {
+            log::warn!(
+                "azure-llm-filter: rate limit service lost a charge (gRPC status {status_code})"
+            );
+            state
+                .metrics
+                .count(metrics::ratelimit("global_charge_failed"), 1);
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -114,6 +130,7 @@ impl RootContext for FilterRoot {
         for (fetch, req) in keys::service(&mut state, now) {
             self.dispatch_jwks(&mut state, fetch, &req);
         }
+        self.send_rls_charges(&mut state);
         let ages: Vec<(String, u64)> = state
             .local_tokens
             .iter()
@@ -225,6 +242,41 @@ impl FilterRoot {
             return; // another worker took the lease
         }
         self.start_fetch(state, credential);
+    }
+
+    /// Sends the queued global-mode charges from the root context, so that they outlive the
+    /// requests they charge.
+    fn send_rls_charges(&mut self, state: &mut WorkerState) {
+        if state.rls_charges.is_empty() {
+            return;
+        }
+        let Some(global) = state.config.rate_limits.global.clone() else {
+            state.rls_charges.clear();
+            return;
+        };
+        for call in std::mem::take(&mut state.rls_charges) {
+            match self.dispatch_grpc_call(
+                &global.cluster,
+                call.service,
+                call.method,
+                Vec::new(),
+                Some(&call.message),
+                Duration::from_millis(global.timeout_ms),
+            ) {
+                Ok(token) => {
+                    state.rls_charges_in_flight.insert(token);
+                }
+                Err(status) => {
+                    log::warn!(
+                        "azure-llm-filter: cannot send a charge to the rate limit service on cluster `{}` ({status:?})",
+                        global.cluster
+                    );
+                    state
+                        .metrics
+                        .count(metrics::ratelimit("global_charge_failed"), 1);
+                }
+            }
+        }
     }
 
     fn dispatch_jwks(

@@ -72,6 +72,10 @@ pub struct WorkerState {
     /// Per provider: a request presented an unknown `kid` (a refetch may be due).
     pub jwks_unknown_kid: Vec<bool>,
     pub metrics: Metrics,
+    /// Global mode: charges of finished requests, sent by the root context's next tick.
+    pub rls_charges: Vec<crate::rls::RlsCall>,
+    /// Charges sent and not answered yet, by gRPC call token.
+    pub rls_charges_in_flight: std::collections::HashSet<u32>,
 }
 
 impl WorkerState {
@@ -99,6 +103,8 @@ impl WorkerState {
             auth,
             jwks_in_flight: HashMap::new(),
             metrics: Metrics::default(),
+            rls_charges: Vec::new(),
+            rls_charges_in_flight: std::collections::HashSet::new(),
         }
     }
 

@@ -115,6 +115,8 @@ pub fn wasm_path() -> PathBuf {
 pub struct Cluster {
     pub name: String,
     pub port: u16,
+    /// Speak HTTP/2 upstream (gRPC services such as a rate limit service need it).
+    pub http2: bool,
 }
 
 impl Cluster {
@@ -122,6 +124,15 @@ impl Cluster {
         Cluster {
             name: name.into(),
             port,
+            http2: false,
+        }
+    }
+
+    /// A cluster for a gRPC service (HTTP/2, cleartext).
+    pub fn grpc(name: impl Into<String>, port: u16) -> Cluster {
+        Cluster {
+            http2: true,
+            ..Cluster::new(name, port)
         }
     }
 }
@@ -680,6 +691,16 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
         let _ = writeln!(w, "    - name: {}", q(&c.name));
         let _ = writeln!(w, "      type: STATIC");
         let _ = writeln!(w, "      connect_timeout: 1s");
+        if c.http2 {
+            let _ = writeln!(w, "      typed_extension_protocol_options:");
+            let _ = writeln!(
+                w,
+                "        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:"
+            );
+            let _ = writeln!(w, "          \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions");
+            let _ = writeln!(w, "          explicit_http_config:");
+            let _ = writeln!(w, "            http2_protocol_options: {{}}");
+        }
         let _ = writeln!(w, "      load_assignment:");
         let _ = writeln!(w, "        cluster_name: {}", q(&c.name));
         let _ = writeln!(w, "        endpoints:");

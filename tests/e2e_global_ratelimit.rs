@@ -1,0 +1,209 @@
+//! Global rate limits (issue 6, global mode), end to end: two Envoys share one workload's token
+//! budget through one rate limit service (tests/rls: Limitador's rate limiter behind Limitador's
+//! gRPC services), another workload is unaffected, and an RLS that cannot answer follows
+//! `failure_mode`.
+//!
+
+mod common;
+
+use azure_rls::{LimitSpec, RlsServer};
+use azure_standin::{EndpointKind, StandIn, StandInConfig};
+use common::{client, free_port, Cluster, Envoy, EnvoyOptions};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const DOMAIN: &str = "azure-llm";
+const KEY_A: &str = "key-of-team-a";
+const KEY_B: &str = "key-of-team-b";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn plugin_config(standin: &StandIn, failure_mode: &str) -> Value {
+    json!({
+        "credentials": {"main": {
+            "kind": "client_secret",
+            "tenant_id": standin.tenant_id(),
+            "client_id": "22222222-2222-2222-2222-222222222222",
+            "client_secret": "standin-secret",
+            "token_cluster": "entra"
+        }},
+        "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"}},
+        "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}},
+        "auth": {
+            "api_keys": [
+                {"sha256": hex(&Sha256::digest(KEY_A.as_bytes())), "workload": "team-a"},
+                {"sha256": hex(&Sha256::digest(KEY_B.as_bytes())), "workload": "team-b"}
+            ]
+        },
+        "rate_limits": {
+            "global": {
+                "cluster": "ratelimit",
+                "domain": DOMAIN,
+                "timeout_ms": 200,
+                "failure_mode": failure_mode
+            }
+        }
+    })
+}
+
+/// The Envoy cluster of the RLS (gRPC: HTTP/2 upstream).
+fn rls_cluster(port: u16) -> Cluster {
+    Cluster::grpc("ratelimit", port)
+}
+
+async fn envoy(standin: &StandIn, rls_port: u16, failure_mode: &str) -> Envoy {
+    let mut o = EnvoyOptions::new(plugin_config(standin, failure_mode))
+        .cluster("entra", standin.port())
+        .backend("aoai", standin.port());
+    o.clusters.push(rls_cluster(rls_port));
+    Envoy::start(o).await
+}
+
+async fn ask(envoy: &Envoy, key: &str) -> reqwest::Response {
+    client()
+        .post(envoy.url("/v1/chat/completions"))
+        .header("api-key", key)
+        .json(&json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "count my tokens please"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Tokens of a 200 answer.
+async fn tokens(resp: reqwest::Response) -> u64 {
+    let body: Value = resp.json().await.unwrap();
+    body["usage"]["total_tokens"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn two_envoys_share_one_workload_budget_and_other_workloads_are_unaffected() {
+    const BUDGET: u64 = 60;
+    let rls = RlsServer::start(vec![LimitSpec::per_workload(DOMAIN, BUDGET, 60)])
+        .await
+        .unwrap();
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let one = envoy(&standin, rls.port(), "deny").await;
+    let two = envoy(&standin, rls.port(), "deny").await;
+
+    // team-a alternates between the two Envoys until refused.
+    let mut charged = 0;
+    let mut refused = None;
+    for i in 0..20 {
+        let envoy = if i % 2 == 0 { &one } else { &two };
+        let resp = ask(envoy, KEY_A).await;
+        if resp.status() == 429 {
+            refused = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        charged += tokens(resp).await;
+    }
+    let refused = refused.expect("team-a ran out of its budget");
+    assert!(
+        charged >= BUDGET,
+        "refused only once the real usage, summed over both Envoys, reached the budget ({charged})"
+    );
+    assert!(
+        charged < 2 * BUDGET,
+        "the budget is shared, not one per Envoy ({charged})"
+    );
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+
+    // Both Envoys refuse team-a now, without asking Azure.
+    let served = standin.count(EndpointKind::DataPlane);
+    assert_eq!(ask(&one, KEY_A).await.status(), 429);
+    assert_eq!(ask(&two, KEY_A).await.status(), 429);
+    assert_eq!(standin.count(EndpointKind::DataPlane), served);
+
+    // team-b has its own counter.
+    assert_eq!(ask(&one, KEY_B).await.status(), 200);
+    assert_eq!(ask(&two, KEY_B).await.status(), 200);
+
+    // What the RLS saw: checks before (1 hit), reports after with the real usage; no charge
+    // for refused requests. Reports leave a moment after each answer (from the root context,
+    // so that they outlive the request): wait for the last ones.
+    let reported_for_a = |calls: &[azure_rls::RecordedCall]| -> u64 {
+        calls
+            .iter()
+            .filter(|c| {
+                c.method == "Report"
+                    && c.descriptors[0].contains(&("workload".into(), "team-a".into()))
+            })
+            .map(|c| u64::from(c.hits_addend))
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut calls = rls.calls();
+    while reported_for_a(&calls) != charged && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        calls = rls.calls();
+    }
+    assert_eq!(reported_for_a(&calls), charged);
+    assert!(calls
+        .iter()
+        .filter(|c| c.method == "CheckRateLimit")
+        .all(|c| c.hits_addend == 1 && c.domain == DOMAIN));
+    assert_eq!(
+        calls[0].descriptors,
+        vec![
+            vec![
+                ("workload".to_string(), "team-a".to_string()),
+                ("model".to_string(), "gpt-4o".to_string())
+            ],
+            vec![("workload".to_string(), "team-a".to_string())],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn rls_down_with_failure_mode_allow_lets_requests_through() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    // Nothing listens on the RLS port: connection refused.
+    let envoy = envoy(&standin, free_port(), "allow").await;
+    for _ in 0..3 {
+        assert_eq!(ask(&envoy, KEY_A).await.status(), 200);
+    }
+    assert_eq!(standin.count(EndpointKind::DataPlane), 3);
+}
+
+#[tokio::test]
+async fn rls_down_with_failure_mode_deny_answers_503() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let rls = RlsServer::start(vec![LimitSpec::per_workload(DOMAIN, 1_000_000, 60)])
+        .await
+        .unwrap();
+    let envoy = envoy(&standin, rls.port(), "deny").await;
+    assert_eq!(ask(&envoy, KEY_A).await.status(), 200);
+
+    // The RLS answers UNAVAILABLE (Limitador does when its storage fails).
+    rls.set_unavailable(true);
+    let resp = ask(&envoy, KEY_A).await;
+    assert_eq!(
+        resp.status(),
+        503,
+        "not 429: the caller did not exceed anything, the gateway cannot decide"
+    );
+    // Slower than timeout_ms (200): the same.
+    rls.set_unavailable(false);
+    rls.set_delay(std::time::Duration::from_millis(1_000));
+    assert_eq!(ask(&envoy, KEY_A).await.status(), 503);
+    rls.set_delay(std::time::Duration::ZERO);
+
+    // The RLS gone.
+    drop(rls);
+    assert_eq!(ask(&envoy, KEY_A).await.status(), 503);
+    assert_eq!(
+        standin.count(EndpointKind::DataPlane),
+        1,
+        "nothing reached Azure undecided"
+    );
+}
