@@ -6,7 +6,7 @@
 
 mod common;
 
-use azure_rls::{LimitSpec, RlsServer};
+use azure_rls::{Flavor, LimitSpec, RlsOptions, RlsServer};
 use azure_standin::{EndpointKind, StandIn, StandInConfig};
 use common::{client, free_port, Cluster, Envoy, EnvoyOptions};
 use serde_json::{json, Value};
@@ -54,7 +54,11 @@ fn rls_cluster(port: u16) -> Cluster {
 }
 
 async fn envoy(standin: &StandIn, rls_port: u16, failure_mode: &str) -> Envoy {
-    let mut o = EnvoyOptions::new(plugin_config(standin, failure_mode))
+    envoy_with(plugin_config(standin, failure_mode), standin, rls_port).await
+}
+
+async fn envoy_with(plugin: Value, standin: &StandIn, rls_port: u16) -> Envoy {
+    let mut o = EnvoyOptions::new(plugin)
         .cluster("entra", standin.port())
         .backend("aoai", standin.port());
     o.clusters.push(rls_cluster(rls_port));
@@ -205,5 +209,90 @@ async fn rls_down_with_failure_mode_deny_answers_503() {
         standin.count(EndpointKind::DataPlane),
         1,
         "nothing reached Azure undecided"
+    );
+}
+
+/// `protocol: envoy` (envoyproxy/ratelimit): `ShouldRateLimit` both times, 1 hit before and the
+/// rest of the real usage after, against an RLS that counts like envoyproxy/ratelimit.
+#[tokio::test]
+async fn envoy_ratelimit_protocol_checks_with_one_hit_and_charges_the_rest() {
+    const BUDGET: u64 = 60;
+    let mut opts = RlsOptions::new(vec![LimitSpec::per_workload(DOMAIN, BUDGET, 60)]);
+    opts.flavor = Flavor::EnvoyRatelimit;
+    let rls = RlsServer::start_with(opts).await.unwrap();
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let mut plugin = plugin_config(&standin, "deny");
+    plugin["rate_limits"]["global"]["protocol"] = json!("envoy");
+    let envoy = envoy_with(plugin, &standin, rls.port()).await;
+
+    let mut charged = 0;
+    let mut refused = false;
+    for _ in 0..20 {
+        let resp = ask(&envoy, KEY_A).await;
+        if resp.status() == 429 {
+            refused = true;
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        charged += tokens(resp).await;
+        // Let the charge land before the next check (it leaves just after the answer).
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(refused, "team-a ran out of its budget");
+    assert!(
+        (BUDGET..BUDGET + 30).contains(&charged),
+        "refused once the real usage reached the budget ({charged})"
+    );
+    let calls = rls.calls();
+    assert!(calls.iter().all(|c| c.method == "ShouldRateLimit"));
+    let hits: Vec<u32> = calls.iter().map(|c| c.hits_addend).collect();
+    let per_request = u32::try_from(charged).unwrap() / (hits.len() as u32 / 2);
+    assert_eq!(hits[0], 1, "the check costs one token: {hits:?}");
+    assert_eq!(
+        hits[1],
+        per_request - 1,
+        "the charge is the rest of the usage: {hits:?}"
+    );
+    assert_eq!(ask(&envoy, KEY_B).await.status(), 200, "team-b unaffected");
+}
+
+/// A caller that gives up while its request waits for the RLS's answer leaves nothing behind:
+/// the request never reaches Azure, and the filter keeps serving.
+#[tokio::test]
+async fn caller_gone_while_the_rls_thinks() {
+    let rls = RlsServer::start(vec![LimitSpec::per_workload(DOMAIN, 1_000_000, 60)])
+        .await
+        .unwrap();
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let mut plugin = plugin_config(&standin, "deny");
+    plugin["rate_limits"]["global"]["timeout_ms"] = json!(3000);
+    let envoy = envoy_with(plugin, &standin, rls.port()).await;
+
+    rls.set_delay(std::time::Duration::from_millis(1_000));
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(200))
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let r = impatient
+            .post(envoy.url("/v1/chat/completions"))
+            .header("api-key", KEY_A)
+            .json(&json!({"model": "gpt-4o", "messages": []}))
+            .send()
+            .await;
+        assert!(r.is_err(), "the caller gave up first");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(
+        standin.count(EndpointKind::DataPlane),
+        0,
+        "abandoned requests never went upstream"
+    );
+    rls.set_delay(std::time::Duration::ZERO);
+    assert_eq!(ask(&envoy, KEY_A).await.status(), 200);
+    assert!(
+        !envoy.logs().contains("panicked"),
+        "no panic in the filter:\n{}",
+        envoy.logs()
     );
 }
