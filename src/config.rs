@@ -121,6 +121,17 @@ struct RawConfig {
     #[cfg_attr(
         feature = "schema",
         schemars(
+            description = "Headers of Azure's answers that callers must not see (e.g. \
+                           x-ms-region, apim-request-id). The routing header is always removed; \
+                           x-ratelimit-* are replaced by the workload's own when local limits apply.",
+            extend("items" = {"pattern": r"^[a-z0-9-]{1,128}$"})
+        )
+    )]
+    #[serde(default)]
+    response_headers_to_remove: Vec<String>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
             description = "How long a request may wait for its body before the filter concludes \
                            that allow_on_headers_stop_iteration is missing (default 3000).",
             range(min = 1, max = 120_000)
@@ -759,6 +770,8 @@ pub struct Config {
     pub routing_mode: RoutingMode,
     /// A request header that names the model (optional; used before the body).
     pub model_header: Option<String>,
+    /// Response headers from Azure that never reach the caller (the routing header included).
+    pub response_headers_to_remove: Vec<String>,
     pub token_wait_timeout_ms: u64,
     pub body_wait_timeout_ms: u64,
     pub max_body_bytes: usize,
@@ -892,6 +905,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let mut response_headers_to_remove = vec![routing_header.clone()];
+    for (i, h) in raw.response_headers_to_remove.iter().enumerate() {
+        if !is_header_name(h) {
+            return Err(ConfigError::new(
+                format!("response_headers_to_remove[{i}]"),
+                "must be a lowercase HTTP header name (letters, digits, '-')",
+            ));
+        }
+        if !response_headers_to_remove.contains(h) {
+            response_headers_to_remove.push(h.clone());
+        }
+    }
     let body_wait_timeout_ms = raw
         .body_wait_timeout_ms
         .unwrap_or(DEFAULT_BODY_WAIT_TIMEOUT_MS);
@@ -916,6 +941,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         routing_header,
         routing_mode,
         model_header,
+        response_headers_to_remove,
         token_wait_timeout_ms,
         body_wait_timeout_ms,
         max_body_bytes,
@@ -1936,6 +1962,19 @@ mod tests {
         let text = format!("{c:?}");
         assert!(!text.contains("\"s\""), "{text}");
         assert!(text.contains("redacted"));
+    }
+
+    #[test]
+    fn response_headers_to_remove_are_checked_and_include_the_routing_header() {
+        let mut v = base();
+        v["response_headers_to_remove"] = json!(["x-ms-region", "apim-request-id"]);
+        let c = parse(v.clone()).unwrap();
+        assert_eq!(
+            c.response_headers_to_remove,
+            vec![DEFAULT_ROUTING_HEADER, "x-ms-region", "apim-request-id"]
+        );
+        v["response_headers_to_remove"] = json!(["ok", "Bad Header"]);
+        assert_eq!(parse(v).unwrap_err().field, "response_headers_to_remove[1]");
     }
 
     #[test]

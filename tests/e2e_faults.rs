@@ -253,3 +253,46 @@ async fn no_secret_or_token_in_envoy_logs_at_debug_level() {
     // The secret came through Envoy's environment: not even Envoy's debug config dump has it.
     assert!(!logs.contains(SECRET));
 }
+
+/// Azure's answer cannot put the filter's routing header, or headers the operator keeps from
+/// callers, into the caller's response, nor pass its own rate-limit figures off as the
+/// workload's; everything else Azure says passes through.
+#[tokio::test]
+async fn azure_answers_cannot_inject_internal_or_misleading_headers() {
+    let (standin, envoy) = setup(
+        json!({
+            "response_headers_to_remove": ["x-ms-region"],
+            "rate_limits": {"default": {"tokens_per_minute": 1000}}
+        }),
+        "info",
+    )
+    .await;
+    standin.push_fault(
+        EndpointKind::DataPlane,
+        Fault::ExtraHeaders(vec![
+            ("x-azure-llm-backend".into(), "claude".into()),
+            ("x-ratelimit-remaining-tokens".into(), "999999".into()),
+            ("x-ratelimit-limit-tokens".into(), "999999".into()),
+            ("x-ms-region".into(), "Sweden Central".into()),
+            ("x-custom-azure".into(), "kept".into()),
+        ]),
+        1,
+    );
+    let resp = chat(&envoy).await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert!(h.get("x-azure-llm-backend").is_none(), "{h:?}");
+    assert!(h.get("x-ms-region").is_none(), "{h:?}");
+    assert_eq!(h["x-ratelimit-limit-tokens"], "1000", "{h:?}");
+    assert_eq!(
+        h.get_all("x-ratelimit-remaining-tokens").iter().count(),
+        1,
+        "one value, the workload's: {h:?}"
+    );
+    assert!(remaining(&resp) <= 1000);
+    assert_eq!(resp.headers()["x-custom-azure"], "kept");
+    assert!(
+        resp.headers().get("apim-request-id").is_some(),
+        "passed through"
+    );
+}

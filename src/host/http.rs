@@ -524,6 +524,12 @@ impl HttpContext for HttpFilter {
         if self.answered || self.routed.is_none() {
             return Action::Continue;
         }
+        // What Azure says passes through, except what the operator keeps from callers and
+        // the filter's own routing header; rate-limit headers are the workload's, not Azure's.
+        let config = self.state.borrow().config.clone();
+        for name in &config.response_headers_to_remove {
+            self.set_http_response_header(name, None);
+        }
         for (name, value) in ratelimit::headers(&self.standings, now_ms() / 1000) {
             self.set_http_response_header(name, Some(&value));
         }

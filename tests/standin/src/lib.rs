@@ -263,6 +263,8 @@ pub enum Fault {
     /// Answer normally but drop the connection after `after_chunks` body chunks (SSE events of
     /// a stream; a non-streamed body counts as two halves).
     ResetMidStream { after_chunks: usize },
+    /// Answer normally, with these headers added (or replacing the normal ones of that name).
+    ExtraHeaders(Vec<(String, String)>),
 }
 
 /// A request the stand-in received.
@@ -630,6 +632,14 @@ async fn handle(
         Some(Fault::ResetMidStream { after_chunks }) => {
             reset_after = Some(after_chunks);
             Some(route(&shared, kind, &ctx))
+        }
+        Some(Fault::ExtraHeaders(extra)) => {
+            let mut r = route(&shared, kind, &ctx);
+            for (name, value) in extra {
+                r.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+                r.headers.push((name, value));
+            }
+            Some(r)
         }
     };
     let log = |status: u16, note: &str| {
