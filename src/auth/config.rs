@@ -41,6 +41,11 @@ pub struct RawAuthConfig {
     /// Reject requests that present no credential (default true).
     #[serde(default)]
     pub required: Option<bool>,
+    /// Verified mTLS peer identities (the URI SAN of the client certificate, e.g. Istio's
+    /// `spiffe://cluster.local/ns/<ns>/sa/<sa>`) -> workload, for callers that present no
+    /// token or key.
+    #[serde(default)]
+    pub mtls_peers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +220,8 @@ pub struct AuthConfig {
     /// When false, a request without any credential passes as anonymous (a presented but
     /// invalid credential is still refused).
     pub required: bool,
+    /// mTLS peer URI SAN -> workload.
+    pub mtls_peers: BTreeMap<String, String>,
 }
 
 impl AuthConfig {
@@ -252,17 +259,32 @@ impl AuthConfig {
             }
         }
 
+        for (peer, workload) in &raw.mtls_peers {
+            let field = f(&format!("mtls_peers.{peer}"));
+            let well_formed = peer.len() <= 2048
+                && peer.contains("://")
+                && peer.bytes().all(|b| b.is_ascii_graphic());
+            if !well_formed {
+                return Err(err(
+                    field,
+                    "must be a URI SAN such as spiffe://cluster.local/ns/<namespace>/sa/<service-account>",
+                ));
+            }
+            check_workload(&field, workload)?;
+        }
+
         let required = raw.required.unwrap_or(true);
-        if required && providers.is_empty() && api_keys.is_empty() {
+        if required && providers.is_empty() && api_keys.is_empty() && raw.mtls_peers.is_empty() {
             return Err(err(
                 f(""),
-                "with required authentication, at least one of jwt_providers or api_keys is needed",
+                "with required authentication, at least one of jwt_providers, api_keys or mtls_peers is needed",
             ));
         }
         Ok(AuthConfig {
             providers,
             api_keys,
             required,
+            mtls_peers: raw.mtls_peers,
         })
     }
 

@@ -45,6 +45,8 @@ use policy::IssuerPattern;
 pub enum AuthMethod {
     Jwt,
     ApiKey,
+    /// The verified client certificate of an mTLS connection (Istio peer identity).
+    MtlsPeer,
 }
 
 /// An authenticated caller.
@@ -274,14 +276,27 @@ impl Authenticator {
     }
 
     /// Authenticates one request. `Ok(None)`: no credential and authentication is optional.
+    /// `mtls_peer`: the URI SAN of the connection's verified client certificate, if any; it
+    /// names the workload only when the request presents no token or key.
     pub fn authenticate(
         &mut self,
         authorization_values: &[&str],
         api_key_values: &[&str],
+        mtls_peer: Option<&str>,
         now_ms: u64,
     ) -> Result<Option<Caller>, AuthError> {
         match extract_credentials(authorization_values, api_key_values)? {
             Presented::None => {
+                if let Some(workload) = mtls_peer.and_then(|p| self.config.mtls_peers.get(p)) {
+                    return Ok(Some(Caller {
+                        workload: workload.clone(),
+                        provider: "mtls".to_string(),
+                        method: AuthMethod::MtlsPeer,
+                        tenant: None,
+                        subject_hash: None,
+                        exp_s: None,
+                    }));
+                }
                 if self.config.required {
                     Err(AuthError::MissingToken)
                 } else {

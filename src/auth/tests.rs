@@ -90,7 +90,7 @@ fn rs256(claims: &Value) -> String {
 
 fn run(a: &mut Authenticator, token: &str) -> Result<Caller, AuthError> {
     let h = format!("Bearer {token}");
-    a.authenticate(&[&h], &[], NOW_MS)
+    a.authenticate(&[&h], &[], None, NOW_MS)
         .map(|c| c.expect("a caller"))
 }
 
@@ -459,7 +459,7 @@ fn truncated_tokens_and_wrong_segment_counts() {
     for len in 0..good.len() {
         let t = &good[..len];
         let h = format!("Bearer {t}");
-        let e = a.authenticate(&[&h], &[], NOW_MS).unwrap_err();
+        let e = a.authenticate(&[&h], &[], None, NOW_MS).unwrap_err();
         assert_eq!(e.status(), 401, "prefix {len}: {e}");
     }
     for t in [
@@ -486,7 +486,7 @@ fn oversized_tokens() {
     let fits = with(claims(), "pad", json!("x".repeat(MAX_TOKEN_BYTES / 2)));
     assert_eq!(code(run(&mut a, &rs256(&fits))), "ok");
     assert_eq!(
-        a.authenticate(&[], &[&"k".repeat(4096)], NOW_MS)
+        a.authenticate(&[], &[&"k".repeat(4096)], None, NOW_MS)
             .unwrap_err()
             .code(),
         "too_large"
@@ -498,22 +498,26 @@ fn two_authorization_headers_and_mixed_credentials() {
     let mut a = authenticator(json!({}));
     let t = rs256(&claims());
     let h = format!("Bearer {t}");
-    let e = a.authenticate(&[&h, &h], &[], NOW_MS).unwrap_err();
+    let e = a.authenticate(&[&h, &h], &[], None, NOW_MS).unwrap_err();
     assert_eq!(e.code(), "multiple_credentials");
     assert_eq!(e.status(), 401);
     assert!(e.www_authenticate().unwrap().contains("invalid_request"));
     // Joined by a proxy into one value.
     let joined = format!("Bearer {t}, Bearer {t}");
     assert_eq!(
-        a.authenticate(&[&joined], &[], NOW_MS).unwrap_err().code(),
+        a.authenticate(&[&joined], &[], None, NOW_MS)
+            .unwrap_err()
+            .code(),
         "multiple_credentials"
     );
     assert_eq!(
-        a.authenticate(&[&h], &["key"], NOW_MS).unwrap_err().code(),
+        a.authenticate(&[&h], &["key"], None, NOW_MS)
+            .unwrap_err()
+            .code(),
         "multiple_credentials"
     );
     assert_eq!(
-        a.authenticate(&[], &["k1", "k2"], NOW_MS)
+        a.authenticate(&[], &["k1", "k2"], None, NOW_MS)
             .unwrap_err()
             .code(),
         "multiple_credentials"
@@ -781,15 +785,15 @@ fn cache_serves_repeats_and_never_past_exp() {
     let exp = NOW_S + 100;
     let t = rs256(&with(claims(), "exp", json!(exp)));
     let h = format!("Bearer {t}");
-    assert!(a.authenticate(&[&h], &[], NOW_MS).is_ok());
+    assert!(a.authenticate(&[&h], &[], None, NOW_MS).is_ok());
     assert_eq!(a.cached_tokens(), 1);
-    assert!(a.authenticate(&[&h], &[], NOW_MS + 50_000).is_ok());
+    assert!(a.authenticate(&[&h], &[], None, NOW_MS + 50_000).is_ok());
     // At exp the cache no longer answers; within the skew a fresh check still accepts but
     // does not cache; past exp + skew the token is expired.
-    assert!(a.authenticate(&[&h], &[], exp * 1000).is_ok());
+    assert!(a.authenticate(&[&h], &[], None, exp * 1000).is_ok());
     assert_eq!(a.cached_tokens(), 0);
     assert_eq!(
-        a.authenticate(&[&h], &[], (exp + 60) * 1000)
+        a.authenticate(&[&h], &[], None, (exp + 60) * 1000)
             .unwrap_err()
             .code(),
         "expired"
@@ -830,13 +834,15 @@ fn api_keys_map_to_workloads() {
         ]
     })));
     let c = a
-        .authenticate(&[], &["foundry-key-1"], NOW_MS)
+        .authenticate(&[], &["foundry-key-1"], None, NOW_MS)
         .unwrap()
         .unwrap();
     assert_eq!(c.workload, "foundry-agents");
     assert_eq!(c.method, AuthMethod::ApiKey);
     assert_eq!(c.provider, "api_key");
-    let e = a.authenticate(&[], &["wrong-key"], NOW_MS).unwrap_err();
+    let e = a
+        .authenticate(&[], &["wrong-key"], None, NOW_MS)
+        .unwrap_err();
     assert_eq!(e.code(), "invalid_api_key");
     assert_eq!(e.status(), 401);
     assert_answer_clean(&e, "wrong-key-wrong-key");
@@ -845,24 +851,85 @@ fn api_keys_map_to_workloads() {
 }
 
 #[test]
+fn mtls_peer_names_the_workload_of_callers_without_a_credential() {
+    const PEER: &str = "spiffe://cluster.local/ns/apps/sa/reporter";
+    let mut a = Authenticator::new(config(json!({
+        "jwt_providers": {"entra": provider(json!({}))},
+        "mtls_peers": {PEER: "reporting"}
+    })));
+    let c = a
+        .authenticate(&[], &[], Some(PEER), NOW_MS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.workload, "reporting");
+    assert_eq!(c.method, AuthMethod::MtlsPeer);
+    // An unknown peer is no credential at all.
+    let e = a
+        .authenticate(
+            &[],
+            &[],
+            Some("spiffe://cluster.local/ns/apps/sa/other"),
+            NOW_MS,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), "missing_token");
+    // A presented token decides, whoever the peer is: a valid one names its own workload,
+    // a bad one is refused.
+    let h = format!("Bearer {}", rs256(&claims()));
+    let c = a
+        .authenticate(&[&h], &[], Some(PEER), NOW_MS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.method, AuthMethod::Jwt);
+    assert!(a
+        .authenticate(&["Bearer x.y.z"], &[], Some(PEER), NOW_MS)
+        .is_err());
+}
+
+#[test]
+fn mtls_peers_config_is_checked() {
+    let bad = |peers: serde_json::Value| {
+        AuthConfig::from_raw(
+            serde_json::from_value(json!({"mtls_peers": peers})).unwrap(),
+            "auth",
+        )
+        .unwrap_err()
+        .field
+    };
+    assert_eq!(bad(json!({"not a uri": "w"})), "auth.mtls_peers.not a uri");
+    assert_eq!(
+        bad(json!({"spiffe://td/ns/a/sa/b": ""})),
+        "auth.mtls_peers.spiffe://td/ns/a/sa/b"
+    );
+    // mTLS peers alone satisfy `required`.
+    assert!(AuthConfig::from_raw(
+        serde_json::from_value(json!({"mtls_peers": {"spiffe://td/ns/a/sa/b": "w"}})).unwrap(),
+        "auth"
+    )
+    .is_ok());
+}
+
+#[test]
 fn missing_credentials_required_or_optional() {
     let mut a = authenticator(json!({}));
-    let e = a.authenticate(&[], &[], NOW_MS).unwrap_err();
+    let e = a.authenticate(&[], &[], None, NOW_MS).unwrap_err();
     assert_eq!(e.code(), "missing_token");
     assert_eq!(e.www_authenticate().as_deref(), Some("Bearer"));
     let mut o = Authenticator::new(config(json!({
         "jwt_providers": {"entra": provider(json!({}))}, "required": false
     })));
-    assert_eq!(o.authenticate(&[], &[], NOW_MS), Ok(None));
+    assert_eq!(o.authenticate(&[], &[], None, NOW_MS), Ok(None));
     // Optional does not mean a bad credential passes.
     assert_eq!(
-        o.authenticate(&["Bearer x.y.z"], &[], NOW_MS)
+        o.authenticate(&["Bearer x.y.z"], &[], None, NOW_MS)
             .unwrap_err()
             .status(),
         401
     );
     assert_eq!(
-        o.authenticate(&[], &["k"], NOW_MS).unwrap_err().code(),
+        o.authenticate(&[], &["k"], None, NOW_MS)
+            .unwrap_err()
+            .code(),
         "invalid_api_key"
     );
 }
@@ -989,7 +1056,7 @@ fn random_and_mutated_tokens_never_panic_or_pass() {
             continue;
         }
         let h = format!("Bearer {candidate}");
-        let r = a.authenticate(&[&h], &[], NOW_MS);
+        let r = a.authenticate(&[&h], &[], None, NOW_MS);
         match r {
             Ok(c) => panic!("accepted a mutated token {candidate:?}: {c:?}"),
             Err(e) => {
@@ -999,8 +1066,8 @@ fn random_and_mutated_tokens_never_panic_or_pass() {
             }
         }
         // The raw value as an api-key, and both together, must not panic either.
-        let _ = a.authenticate(&[], &[&candidate], NOW_MS);
-        let _ = a.authenticate(&[&candidate], &[&candidate], NOW_MS);
+        let _ = a.authenticate(&[], &[&candidate], None, NOW_MS);
+        let _ = a.authenticate(&[&candidate], &[&candidate], None, NOW_MS);
     }
     println!("property test outcomes: {outcomes:?}");
     // The run exercised the deep paths, not only the first check.
@@ -1072,10 +1139,10 @@ fn bench_cold_verify() {
     );
     let mut a = authenticator(json!({}));
     let h = format!("Bearer {good}");
-    a.authenticate(&[&h], &[], NOW_MS).unwrap();
+    a.authenticate(&[&h], &[], None, NOW_MS).unwrap();
     let start = Instant::now();
     for _ in 0..n {
-        assert!(a.authenticate(&[&h], &[], NOW_MS).is_ok());
+        assert!(a.authenticate(&[&h], &[], None, NOW_MS).is_ok());
     }
     println!(
         "cached RS256: {:.2} us",

@@ -140,7 +140,15 @@ impl HttpFilter {
         let Some(authn) = state.auth.as_mut() else {
             return Ok(None);
         };
-        match authn.authenticate(&authorization, &api_keys, now_ms()) {
+        // Envoy's attribute for the first URI SAN of the downstream peer's certificate: with
+        // mTLS (Istio), the caller's SPIFFE identity. Read only when the config can use it.
+        let mtls_peer = if authn.config().mtls_peers.is_empty() {
+            None
+        } else {
+            self.get_property(vec!["connection", "uri_san_peer_certificate"])
+                .and_then(|b| String::from_utf8(b).ok())
+        };
+        match authn.authenticate(&authorization, &api_keys, mtls_peer.as_deref(), now_ms()) {
             Ok(caller) => Ok(caller.map(|c| c.workload)),
             Err(e) => {
                 log::debug!("azure-llm-filter: caller refused: {}", e.code());
@@ -225,7 +233,6 @@ impl HttpFilter {
         self.routed = Some((plan.model.to_string(), plan.backend.name.clone()));
         // Per-request data for access logs: %FILTER_STATE(wasm.azure_llm_<name>:PLAIN)%.
         for (name, value) in [
-            ("azure_llm_workload", self.workload.as_str()),
             ("azure_llm_model", plan.model),
             ("azure_llm_backend", plan.backend.name.as_str()),
             ("azure_llm_deployment", plan.deployment),
@@ -488,6 +495,8 @@ impl HttpContext for HttpFilter {
         let Inbound::Api { op, path_model } = inbound else {
             return self.discovery(&config, &inbound);
         };
+        // Known from here on, for the access log of refusals too.
+        self.set_property(vec!["azure_llm_workload"], Some(self.workload.as_bytes()));
         let known_model = path_model.or_else(|| self.header_model(&config));
         if config.routing_mode == RoutingMode::Header || end_of_stream {
             let result = match &known_model {

@@ -172,6 +172,15 @@ pub struct EnvoyOptions {
     /// Extra HTTP filters: a YAML list of filter entries (`- name: ...`) written at indentation
     /// 0; they are placed before the Wasm filter (so they see the request first).
     pub extra_http_filters_yaml: Option<String>,
+    /// A `transport_socket` for the filter's listener (e.g. TLS that requires client
+    /// certificates): YAML of the value, at indentation 0.
+    pub listener_transport_socket_yaml: Option<String>,
+    /// More listeners (YAML list entries `- name: ...` at indentation 0), e.g. a plain-HTTP
+    /// front that reaches the filter's listener over mTLS. `{listener_port}` is replaced by
+    /// the filter listener's port.
+    pub extra_listeners_yaml: Option<String>,
+    /// More clusters (YAML list entries at indentation 0); `{listener_port}` as above.
+    pub extra_clusters_yaml: Option<String>,
     /// Envoy's `-l` level.
     pub log_level: String,
     pub route_timeout_secs: u64,
@@ -193,6 +202,9 @@ impl EnvoyOptions {
             env_vars: Vec::new(),
             host_env: Vec::new(),
             extra_http_filters_yaml: None,
+            listener_transport_socket_yaml: None,
+            extra_listeners_yaml: None,
+            extra_clusters_yaml: None,
             log_level: "info".to_string(),
             route_timeout_secs: 30,
             pools: Vec::new(),
@@ -474,6 +486,12 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     }
     let _ = writeln!(w, "static_resources:");
     let _ = writeln!(w, "  listeners:");
+    if let Some(extra) = &opts.extra_listeners_yaml {
+        let extra = extra.replace("{listener_port}", &listener_port.to_string());
+        for line in extra.lines() {
+            let _ = writeln!(w, "    {line}");
+        }
+    }
     let _ = writeln!(w, "    - name: llm_ingress");
     let _ = writeln!(w, "      address:");
     let _ = writeln!(
@@ -481,7 +499,15 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
         "        socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}"
     );
     let _ = writeln!(w, "      filter_chains:");
-    let _ = writeln!(w, "        - filters:");
+    if let Some(ts) = &opts.listener_transport_socket_yaml {
+        let _ = writeln!(w, "        - transport_socket:");
+        for line in ts.lines() {
+            let _ = writeln!(w, "            {line}");
+        }
+        let _ = writeln!(w, "          filters:");
+    } else {
+        let _ = writeln!(w, "        - filters:");
+    }
     let _ = writeln!(
         w,
         "            - name: envoy.filters.network.http_connection_manager"
@@ -662,10 +688,16 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                  - name: envoy.filters.http.router");
     let _ = writeln!(w, "                    typed_config:");
     let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router");
-    if opts.clusters.is_empty() && opts.pools.is_empty() {
+    if opts.clusters.is_empty() && opts.pools.is_empty() && opts.extra_clusters_yaml.is_none() {
         let _ = writeln!(w, "  clusters: []");
     } else {
         let _ = writeln!(w, "  clusters:");
+    }
+    if let Some(extra) = &opts.extra_clusters_yaml {
+        let extra = extra.replace("{listener_port}", &listener_port.to_string());
+        for line in extra.lines() {
+            let _ = writeln!(w, "    {line}");
+        }
     }
     for pool in &opts.pools {
         let _ = writeln!(w, "    - name: {}", q(&pool.name));
