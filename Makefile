@@ -47,7 +47,7 @@ ENVOY_BIN = $(ENVOY)
 ENVOY_DEPS :=
 endif
 
-.PHONY: help tools redis build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
+.PHONY: help tools redis openssl build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
@@ -55,7 +55,7 @@ help:
 # ---------------------------------------------------------------------------------------------
 # tools
 
-tools: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP) $(ENVOY_DEPS) redis
+tools: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP) $(ENVOY_DEPS) redis openssl
 	@if [ -z "$(strip $(ENVOY))" ]; then \
 	  echo "tools: Envoy $(ENVOY_VERSION) at $$(cat $(ENVOY_PATH_FILE))"; \
 	else \
@@ -75,6 +75,18 @@ redis:
 	else \
 	  echo "tools: redis-server is missing and apt-get is not available: install Redis (redis-server on PATH, or REDIS_SERVER=/path/to/redis-server)" >&2; \
 	  exit 1; \
+	fi
+
+# openssl (Debian package) for tests/e2e_mtls.rs, which makes a test CA and client certificates.
+openssl:
+	@if command -v openssl >/dev/null 2>&1; then \
+	  echo "tools: openssl present ($$(openssl version | cut -d' ' -f2))"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "tools: apt-get install openssl"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >/dev/null; } \
+	    || { echo "tools: 'apt-get install openssl' failed (it needs root)" >&2; exit 1; }; \
+	else \
+	  echo "tools: openssl is missing and apt-get is not available: install it" >&2; exit 1; \
 	fi
 
 $(WASM_TARGET_STAMP):
