@@ -134,6 +134,15 @@ async fn bad_requests_get_openai_style_errors_and_reach_nothing() {
     // Unrouted paths fall through to Envoy's 404 route.
     let resp = client().get(envoy.url("/not/an/api")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
+    // ... even when the caller names a backend in the routing header: the filter removes it
+    // from every request, so no path the filter does not serve can reach Azure.
+    let resp = client()
+        .post(envoy.url("/openai/not-an-api"))
+        .header("x-azure-llm-backend", "aoai")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 
     assert_eq!(standin.count(EndpointKind::DataPlane), 0);
 }
