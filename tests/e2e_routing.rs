@@ -292,6 +292,23 @@ async fn refusals_oversized_and_injected_paths() {
             .unwrap();
         assert_eq!(resp.status(), 400, "{path}");
     }
+    // Model names from the body are looked up, never pasted into a path or a header.
+    for model in [
+        "../../admin",
+        "gpt-4o/../../admin",
+        "gpt-4o\r\nx-evil: 1",
+        "gpt-4o?api-version=1",
+        "gpt-4o%2f..",
+    ] {
+        let (s, b) = post(
+            &envoy,
+            "/v1/chat/completions",
+            json!({"model": model, "messages": []}),
+        )
+        .await;
+        assert_eq!(s, 404, "{model:?}: {b}");
+        assert_eq!(b["error"]["code"], "model_not_found", "{model:?}");
+    }
     let resp = client()
         .post(envoy.url("/v1/chat/completions"))
         .header("content-type", "text/plain")
