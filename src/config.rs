@@ -1059,13 +1059,13 @@ const RESERVED_HEADERS: [&str; 6] = [
 ];
 
 fn check_api_version(field: &str, v: &str) -> Result<(), ConfigError> {
-    if v.is_empty() || v.len() > 64 || !v.bytes().all(is_safe_path_byte) {
-        return Err(ConfigError::new(
-            field,
-            "must be a non-empty version such as 2024-10-21",
-        ));
-    }
-    Ok(())
+    check_bytes(
+        field,
+        v,
+        64,
+        is_safe_path_byte,
+        "must be a non-empty version such as 2024-10-21",
+    )
 }
 
 /// Model names reach paths and error messages: letters, digits and a few separators only.
@@ -1089,17 +1089,10 @@ fn check_model_name(field: &str, name: &str) -> Result<(), ConfigError> {
 /// The deployment goes into the upstream path: allow only what Azure allows in a deployment
 /// name, so a config can never produce a path with '/', '..' or '?'.
 fn check_deployment(field: &str, deployment: &str) -> Result<(), ConfigError> {
-    if deployment.is_empty()
-        || deployment.len() > 64
-        || !deployment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        || deployment.starts_with('.')
-    {
-        return Err(ConfigError::new(
-            field,
-            "must be 1-64 characters of letters, digits, '-', '_', '.'",
-        ));
+    const REASON: &str = "must be 1-64 characters of letters, digits, '-', '_', '.'";
+    check_bytes(field, deployment, 64, is_name_byte, REASON)?;
+    if deployment.starts_with('.') {
+        return Err(ConfigError::new(field, REASON));
     }
     Ok(())
 }
@@ -1547,59 +1540,44 @@ fn validate_credential(
 }
 
 fn check_cluster(field: &str, cluster: &str) -> Result<(), ConfigError> {
-    if cluster.is_empty()
-        || cluster.len() > 256
-        || cluster
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b < 0x21 || b == 0x7f)
-    {
-        return Err(ConfigError::new(
-            field,
-            "must name an Envoy cluster (non-empty, no whitespace)",
-        ));
-    }
-    Ok(())
+    check_bytes(
+        field,
+        cluster,
+        256,
+        is_visible_byte,
+        "must name an Envoy cluster (non-empty, no whitespace)",
+    )
 }
 
 fn check_scope(field: &str, scope: &str) -> Result<(), ConfigError> {
-    if scope.is_empty()
-        || scope.len() > 512
-        || scope
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b < 0x21 || b == 0x7f)
-    {
-        return Err(ConfigError::new(
-            field,
-            "must be a scope such as https://cognitiveservices.azure.com/.default",
-        ));
-    }
-    Ok(())
+    check_bytes(
+        field,
+        scope,
+        512,
+        is_visible_byte,
+        "must be a scope such as https://cognitiveservices.azure.com/.default",
+    )
 }
 
 fn check_env_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty()
-        || name.len() > 128
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-    {
-        return Err(ConfigError::new(
-            field,
-            "must name an environment variable (letters, digits, '_')",
-        ));
-    }
-    Ok(())
+    check_bytes(
+        field,
+        name,
+        128,
+        is_name_byte,
+        "must name an environment variable (letters, digits, '_')",
+    )
 }
 
 /// A managed identity selector: a GUID or an ARM resource id.
 fn check_selector(field: &str, v: &str) -> Result<(), ConfigError> {
-    if v.is_empty() || v.len() > 1024 || v.bytes().any(|b| b.is_ascii_whitespace() || b < 0x21) {
-        return Err(ConfigError::new(
-            field,
-            "must be a non-empty id without whitespace",
-        ));
-    }
-    Ok(())
+    check_bytes(
+        field,
+        v,
+        1024,
+        is_visible_byte,
+        "must be a non-empty id without whitespace",
+    )
 }
 
 /// A callout path: starts with '/', printable, no whitespace or fragment; a query only where
@@ -1763,7 +1741,7 @@ impl fmt::Debug for ResolvedSecret {
     }
 }
 
-fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+pub(crate) fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if v < min || v > max {
         return Err(ConfigError::new(
             field,
@@ -1773,44 +1751,59 @@ fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<(), ConfigErro
     Ok(())
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
-        return Err(ConfigError::new(
-            field,
-            "names must be 1-64 characters of letters, digits, '-', '_', '.'",
-        ));
-    }
-    Ok(())
+/// Names of credentials, backends, providers: they end up in shared-data keys and logs.
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    check_bytes(
+        field,
+        name,
+        64,
+        is_name_byte,
+        "names must be 1-64 characters of letters, digits, '-', '_', '.'",
+    )
 }
 
 fn check_tenant(field: &str, tenant: &str) -> Result<(), ConfigError> {
-    if tenant.is_empty()
-        || tenant.len() > 128
-        || !tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return Err(ConfigError::new(
-            field,
-            "must be a tenant id (GUID) or domain such as contoso.onmicrosoft.com",
-        ));
+    check_bytes(
+        field,
+        tenant,
+        128,
+        |b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.',
+        "must be a tenant id (GUID) or domain such as contoso.onmicrosoft.com",
+    )
+}
+
+fn check_nonempty_token(field: &str, v: &str) -> Result<(), ConfigError> {
+    check_bytes(
+        field,
+        v,
+        256,
+        is_visible_byte,
+        "must be non-empty without whitespace",
+    )
+}
+
+/// The shape of most names and ids in the config: 1 to `max_len` bytes, each one `allowed`.
+pub(crate) fn check_bytes(
+    field: &str,
+    v: &str,
+    max_len: usize,
+    allowed: impl Fn(u8) -> bool,
+    reason: &str,
+) -> Result<(), ConfigError> {
+    if v.is_empty() || v.len() > max_len || !v.bytes().all(allowed) {
+        return Err(ConfigError::new(field, reason));
     }
     Ok(())
 }
 
-fn check_nonempty_token(field: &str, v: &str) -> Result<(), ConfigError> {
-    if v.is_empty() || v.len() > 256 || v.bytes().any(|b| b.is_ascii_whitespace() || b < 0x21) {
-        return Err(ConfigError::new(
-            field,
-            "must be non-empty without whitespace",
-        ));
-    }
-    Ok(())
+/// Letters, digits, '-', '_', '.'.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+}
+
+/// Anything but ASCII whitespace and control characters (non-ASCII UTF-8 passes).
+fn is_visible_byte(b: u8) -> bool {
+    b > 0x20 && b != 0x7f
 }
 
 fn check_host(field: &str, host: &str) -> Result<(), ConfigError> {

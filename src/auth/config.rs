@@ -7,7 +7,7 @@ use super::api_key::{parse_sha256_hex, ApiKeys};
 use super::jwks::KeySet;
 use super::jwt::Alg;
 use super::policy::{ClaimRequirement, ClaimRule, IssuerPattern};
-use crate::config::ConfigError;
+use crate::config::{check_name, check_range, fnv1a64, ConfigError};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -610,34 +610,6 @@ fn check_workload(field: &str, name: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
-        return Err(err(
-            field,
-            "names must be 1-64 characters of letters, digits, '-', '_', '.'",
-        ));
-    }
-    Ok(())
-}
-
-fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if v < min || v > max {
-        return Err(err(field, format!("must be between {min} and {max}")));
-    }
-    Ok(())
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
