@@ -1058,6 +1058,27 @@ const RESERVED_HEADERS: [&str; 6] = [
     "transfer-encoding",
 ];
 
+/// A secret given inline or by the name of an environment variable: exactly one of the two.
+fn secret_source(
+    f: &impl Fn(&str) -> String,
+    (inline_field, inline): (&str, Option<String>),
+    (env_field, env): (&str, Option<String>),
+    missing: &str,
+) -> Result<SecretSource, ConfigError> {
+    match (inline, env) {
+        (Some(v), None) if !v.is_empty() => Ok(SecretSource::Inline(v)),
+        (None, Some(env)) => {
+            check_env_name(&f(env_field), &env)?;
+            Ok(SecretSource::Env(env))
+        }
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            f(inline_field),
+            format!("give either {inline_field} or {env_field}, not both"),
+        )),
+        _ => Err(ConfigError::new(f(inline_field), missing)),
+    }
+}
+
 fn check_api_version(field: &str, v: &str) -> Result<(), ConfigError> {
     check_bytes(
         field,
@@ -1148,25 +1169,12 @@ fn validate_credential(
         } => {
             check_tenant(&f("tenant_id"), &tenant_id)?;
             check_nonempty_token(&f("client_id"), &client_id)?;
-            let secret = match (client_secret, client_secret_env) {
-                (Some(s), None) if !s.is_empty() => SecretSource::Inline(s),
-                (None, Some(env)) => {
-                    check_env_name(&f("client_secret_env"), &env)?;
-                    SecretSource::Env(env)
-                }
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::new(
-                        f("client_secret"),
-                        "give either client_secret or client_secret_env, not both",
-                    ))
-                }
-                _ => {
-                    return Err(ConfigError::new(
-                        f("client_secret"),
-                        "a non-empty client_secret or client_secret_env is required",
-                    ))
-                }
-            };
+            let secret = secret_source(
+                &f,
+                ("client_secret", client_secret),
+                ("client_secret_env", client_secret_env),
+                "a non-empty client_secret or client_secret_env is required",
+            )?;
             (
                 CredentialKind::ClientSecret {
                     tenant_id,
@@ -1205,25 +1213,12 @@ fn validate_credential(
                     ))
                 }
             };
-            let private_key = match (private_key_pem, private_key_env) {
-                (Some(pem), None) if !pem.is_empty() => SecretSource::Inline(pem),
-                (None, Some(env)) => {
-                    check_env_name(&f("private_key_env"), &env)?;
-                    SecretSource::Env(env)
-                }
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::new(
-                        f("private_key_pem"),
-                        "give either private_key_pem or private_key_env, not both",
-                    ))
-                }
-                _ => {
-                    return Err(ConfigError::new(
-                        f("private_key_pem"),
-                        "a PEM private_key_pem or private_key_env is required",
-                    ))
-                }
-            };
+            let private_key = secret_source(
+                &f,
+                ("private_key_pem", private_key_pem),
+                ("private_key_env", private_key_env),
+                "a PEM private_key_pem or private_key_env is required",
+            )?;
             let mut sha256 = match &certificate_thumbprint_sha256 {
                 Some(t) => Some(parse_thumbprint::<32>(t).ok_or_else(|| {
                     ConfigError::new(
