@@ -4,7 +4,7 @@
 #   make build        build the Wasm filter (release) and the Azure/Entra stand-in server
 #   make run          tools + build, then start the stand-in and Envoy (envoy/run-demo.sh)
 #   make test         tools + wasm build, then `cargo test --workspace` against a real Envoy
-#   make bench        benchmarks (caller authentication cost inside Envoy)
+#   make bench        benchmarks: the filter next to bare Envoy and native jwt_authn (wrk)
 #   make lint         rustfmt check + clippy (host and wasm32-wasip1)
 #   make check-envoy  `envoy --mode validate` on every Envoy config under envoy/
 #   make check-config check plugin configurations offline (CONFIG=file..., default: envoy/)
@@ -47,7 +47,7 @@ ENVOY_BIN = $(ENVOY)
 ENVOY_DEPS :=
 endif
 
-.PHONY: help tools redis openssl build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
+.PHONY: help tools redis openssl wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
@@ -75,6 +75,18 @@ redis:
 	else \
 	  echo "tools: redis-server is missing and apt-get is not available: install Redis (redis-server on PATH, or REDIS_SERVER=/path/to/redis-server)" >&2; \
 	  exit 1; \
+	fi
+
+# wrk (Debian package), the load generator of `make bench` (not needed by `make test`).
+wrk:
+	@if command -v wrk >/dev/null 2>&1; then \
+	  echo "tools: wrk present"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "tools: apt-get install wrk"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; } \
+	    || { echo "tools: 'apt-get install wrk' failed (it needs root)" >&2; exit 1; }; \
+	else \
+	  echo "tools: wrk is missing and apt-get is not available: install wrk (or WRK=/path/to/wrk)" >&2; exit 1; \
 	fi
 
 # openssl (Debian package) for tests/e2e_mtls.rs, which makes a test CA and client certificates.
@@ -152,10 +164,14 @@ test: tools wasm
 	@echo "test: AZURE_LLM_FILTER_WASM=$(WASM)"
 	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" $(CARGO) test --workspace
 
-# Benchmarks measure, they never assert timings. So far: caller authentication inside Envoy.
-bench: tools wasm
-	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" \
-	  $(CARGO) test --release --test bench_auth -- --ignored --nocapture --test-threads 1
+# Benchmarks measure, they never assert timings: caller authentication (bench_auth) and the
+# filter next to bare Envoy and native jwt_authn (bench_filter). The output is also kept in
+# target/bench.txt; its last line is the tracked figure `filter/bare throughput ratio: X.XX`.
+bench: tools wrk wasm
+	@ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" \
+	  $(CARGO) test --profile bench-e2e --test bench_auth --test bench_filter -- --ignored --nocapture --test-threads 1 \
+	  2>&1 | tee $(ROOT)/target/bench.txt
+	@grep -E '^filter/bare throughput ratio: [0-9.]+$$' $(ROOT)/target/bench.txt | tail -1
 
 # ---------------------------------------------------------------------------------------------
 # lint

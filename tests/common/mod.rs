@@ -187,6 +187,12 @@ pub struct EnvoyOptions {
     /// Failover pools: one cluster per pool, members at increasing priority, with a route
     /// that retries 429/5xx on the next member.
     pub pools: Vec<Pool>,
+    /// More routes (YAML list entries `- match: ...` at indentation 0), placed before the
+    /// final 404 route, e.g. a plain route to an upstream for bare-Envoy comparisons.
+    pub extra_routes_yaml: Option<String>,
+    /// The stdout access log (on by default; benchmarks turn it off to measure the filter,
+    /// not the log).
+    pub access_log: bool,
 }
 
 impl EnvoyOptions {
@@ -208,6 +214,8 @@ impl EnvoyOptions {
             log_level: "info".to_string(),
             route_timeout_secs: 30,
             pools: Vec::new(),
+            extra_routes_yaml: None,
+            access_log: true,
         }
     }
 
@@ -518,17 +526,19 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                codec_type: AUTO");
     // Room for large caller tokens, so the filter (not Envoy's 60 KiB default) refuses them.
     let _ = writeln!(w, "                max_request_headers_kb: 96");
-    let _ = writeln!(w, "                access_log:");
-    let _ = writeln!(w, "                  - name: envoy.access_loggers.stdout");
-    let _ = writeln!(w, "                    typed_config:");
-    let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
-    let _ = writeln!(w, "                      log_format:");
-    let _ = writeln!(w, "                        text_format_source:");
-    let _ = writeln!(
-        w,
-        "                          inline_string: {}",
-        q(ACCESS_LOG_FORMAT)
-    );
+    if opts.access_log {
+        let _ = writeln!(w, "                access_log:");
+        let _ = writeln!(w, "                  - name: envoy.access_loggers.stdout");
+        let _ = writeln!(w, "                    typed_config:");
+        let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
+        let _ = writeln!(w, "                      log_format:");
+        let _ = writeln!(w, "                        text_format_source:");
+        let _ = writeln!(
+            w,
+            "                          inline_string: {}",
+            q(ACCESS_LOG_FORMAT)
+        );
+    }
     let _ = writeln!(w, "                route_config:");
     let _ = writeln!(w, "                  name: llm_routes");
     let _ = writeln!(w, "                  virtual_hosts:");
@@ -607,6 +617,11 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
             "                            timeout: {}s",
             opts.route_timeout_secs
         );
+    }
+    if let Some(extra) = &opts.extra_routes_yaml {
+        for line in extra.lines() {
+            let _ = writeln!(w, "                        {line}");
+        }
     }
     let _ = writeln!(w, "                        - match: {{ prefix: \"/\" }}");
     let _ = writeln!(w, "                          direct_response:");

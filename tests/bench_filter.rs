@@ -1,0 +1,795 @@
+//! `make bench` (not part of `make test`): the filter's cost next to bare Envoy and Envoy's
+//! native filters, each figure measured in the same run on the same Envoy binary, one scenario
+//! after another: 1 worker (`--concurrency 1`), loopback, a fast local upstream (below), no
+//! access log.
+//!
+//! - Throughput: `wrk` (Debian package, `make bench` installs it), 1 thread, a fixed number of
+//!   connections, a fixed duration after a warm-up; every answer must be the expected status.
+//! - Latency added: one connection, requests one after another, p50/p99 minus bare Envoy's.
+//! - Streaming: time to first byte and per-event delay of an SSE answer whose events carry the
+//!   upstream's send time, so holding chunks back would show.
+//! - Memory: Envoy's `server.memory_allocated` with 10,000 distinct workloads in the
+//!   rate-limit table.
+//!
+//! Nothing here asserts a timing: the figures are printed. The cold-path figures (signature
+//! check of a new token, forged tokens) are in bench_auth.rs; forged tokens/s is also measured
+//! here under load.
+
+mod common;
+
+use azure_standin::{StandIn, StandInConfig};
+use bytes::Bytes;
+use common::{Cluster, Envoy, EnvoyOptions};
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const AUDIENCE: &str = "api://llm-gateway";
+const CONNECTIONS: u32 = 16;
+const WRK_SECS: u32 = 5;
+const SEQUENTIAL_REQUESTS: usize = 1500;
+const STREAMS: usize = 30;
+const STREAM_EVENTS: usize = 20;
+const STREAM_GAP: Duration = Duration::from_millis(10);
+const WORKLOADS: usize = 10_000;
+const CHAT_BODY: &str = r#"{"model":"gpt-4o","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}"#;
+const AZURE_PATH: &str = "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21";
+
+// ---------------------------------------------------------------------------------------------
+// A fast upstream: a fixed chat completion with usage, or an SSE stream whose events carry the
+// time they were sent (microseconds since EPOCH, shared with the client in this process).
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn micros_since_epoch() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, std::convert::Infallible> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let streamed = body.windows(13).any(|w| w == b"\"stream\":true");
+    if !streamed {
+        let answer = json!({
+            "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "Hello, benchmark."}}],
+            "usage": {"prompt_tokens": 14, "completion_tokens": 4, "total_tokens": 18}
+        });
+        return Ok(Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(answer.to_string())).boxed())
+            .unwrap_or_default());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    tokio::spawn(async move {
+        for i in 0..STREAM_EVENTS {
+            if i > 0 {
+                tokio::time::sleep(STREAM_GAP).await;
+            }
+            let event = format!(
+                "data: {{\"object\":\"chat.completion.chunk\",\"t\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}],\"usage\":null}}\n\n",
+                micros_since_epoch()
+            );
+            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                return;
+            }
+        }
+        let tail = "data: {\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":14,\"completion_tokens\":20,\"total_tokens\":34}}\n\ndata: [DONE]\n\n";
+        let _ = tx.send(Ok(Frame::data(Bytes::from(tail)))).await;
+    });
+    let stream = tokio_stream_from(rx);
+    Ok(Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap_or_default())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Starts the upstream on its own thread and runtime; returns its port.
+fn start_upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper::service::service_fn(upstream),
+                        )
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios: the Envoys compared.
+
+struct Fixture {
+    standin: StandIn,
+    upstream_port: u16,
+    caller_token: String,
+}
+
+fn caller_claims(standin: &StandIn, azp: &str, jti: &str) -> Value {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    json!({
+        "iss": format!("https://login.microsoftonline.com/{}/v2.0", standin.tenant_id()),
+        "aud": AUDIENCE, "azp": azp, "tid": standin.tenant_id(),
+        "iat": t, "nbf": t - 5, "exp": t + 3600, "jti": jti
+    })
+}
+
+fn clusters(fx: &Fixture) -> Vec<Cluster> {
+    vec![
+        Cluster::new("entra", fx.standin.port()),
+        Cluster::new("aoai", fx.upstream_port),
+    ]
+}
+
+/// The filter on its full path: JWT validation (JWKS through a cluster), Entra token injection,
+/// a local token limit that never refuses, rewrite, usage accounting.
+fn filter_options(fx: &Fixture, auth: Value) -> EnvoyOptions {
+    filter_options_with(fx, Some(auth), true)
+}
+
+/// The filter with parts of the full path left out, to show where its cost goes.
+fn filter_options_with(fx: &Fixture, auth: Option<Value>, limits: bool) -> EnvoyOptions {
+    let tenant = fx.standin.tenant_id();
+    let mut plugin = json!({
+        "credentials": {"main": {"kind": "client_secret", "tenant_id": tenant,
+                                 "client_id": "22222222-2222-2222-2222-222222222222",
+                                 "client_secret": "standin-secret", "token_cluster": "entra"}},
+        "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com",
+                              "api_version": "2024-10-21", "credential": "main"}},
+        "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}},
+    });
+    if let Some(auth) = auth {
+        plugin["auth"] = auth;
+    }
+    if limits {
+        plugin["rate_limits"] = json!({"default": {"tokens_per_minute": 1_000_000_000_000u64}});
+    }
+    let mut o = EnvoyOptions::new(plugin);
+    o.clusters = clusters(fx);
+    o.backend_routes = vec!["aoai".into()];
+    o.log_level = "warning".into();
+    o.access_log = false;
+    o
+}
+
+fn jwt_auth(fx: &Fixture) -> Value {
+    let tenant = fx.standin.tenant_id();
+    json!({"jwt_providers": {"entra": {
+        "issuer": format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+        "audiences": [AUDIENCE],
+        "jwks": {"cluster": "entra", "authority": "login.microsoftonline.com",
+                 "path": format!("/{tenant}/discovery/v2.0/keys")}
+    }}})
+}
+
+/// Bare Envoy: the same listener and upstream, one route, no filter.
+fn bare_options(fx: &Fixture) -> EnvoyOptions {
+    let mut o = EnvoyOptions::new(Value::Null);
+    o.with_filter = false;
+    o.clusters = clusters(fx);
+    o.log_level = "warning".into();
+    o.access_log = false;
+    o.extra_routes_yaml =
+        Some("- match: { prefix: \"/\" }\n  route: { cluster: aoai, timeout: 30s }\n".to_string());
+    o
+}
+
+/// What a user would build from Envoy's own filters for the non-LLM part: `jwt_authn`
+/// (inline JWKS, the caller's token not forwarded), `header_mutation` setting a (static)
+/// Entra token, and a route rewriting path and host.
+fn native_options(fx: &Fixture, jwt_cache: bool) -> EnvoyOptions {
+    let tenant = fx.standin.tenant_id();
+    let jwks = fx.standin.jwks_json().to_string();
+    let entra_token = fx
+        .standin
+        .issue_access_token("22222222-2222-2222-2222-222222222222", 3600);
+    let cache = if jwt_cache {
+        "        jwt_cache_config: { jwt_cache_size: 1000 }\n"
+    } else {
+        ""
+    };
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    let filters = format!(
+        "- name: envoy.filters.http.jwt_authn
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+    providers:
+      entra:
+        issuer: {iss}
+        audiences: [{aud}]
+        forward: false
+        claim_to_headers: [{{ header_name: x-workload, claim_name: azp }}]
+        local_jwks: {{ inline_string: {jwks} }}
+{cache}    rules:
+      - match: {{ prefix: \"/\" }}
+        requires: {{ provider_name: entra }}
+- name: envoy.filters.http.header_mutation
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+    mutations:
+      request_mutations:
+        - append:
+            header: {{ key: authorization, value: {bearer} }}
+            append_action: OVERWRITE_IF_EXISTS_OR_ADD
+        - remove: api-key
+",
+        iss = q(&format!("https://login.microsoftonline.com/{tenant}/v2.0")),
+        aud = q(AUDIENCE),
+        jwks = q(&jwks),
+        bearer = q(&format!("Bearer {entra_token}")),
+    );
+    let mut o = EnvoyOptions::new(Value::Null);
+    o.with_filter = false;
+    o.clusters = clusters(fx);
+    o.log_level = "warning".into();
+    o.access_log = false;
+    o.extra_http_filters_yaml = Some(filters);
+    o.extra_routes_yaml = Some(format!(
+        "- match: {{ prefix: \"/v1/chat/completions\" }}\n  route: {{ cluster: aoai, timeout: 30s, prefix_rewrite: {}, host_rewrite_literal: r.openai.azure.com }}\n",
+        q(AZURE_PATH)
+    ));
+    o
+}
+
+/// Waits until a chat completion goes through (the filter has its JWKS and Entra token).
+async fn wait_serving(envoy: &Envoy, token: &str) {
+    let http = common::client();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = http
+            .post(envoy.url("/v1/chat/completions"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(CHAT_BODY)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving (last status {status})\n{}",
+            envoy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// wrk
+
+/// What one wrk run reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct WrkResult {
+    requests: u64,
+    requests_per_s: f64,
+    non_2xx: u64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn wrk_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("WRK") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from("wrk")
+}
+
+/// A duration as wrk prints it (`812.00us`, `1.23ms`, `2.00s`), in microseconds.
+fn wrk_duration_us(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60e6)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    num.trim().parse::<f64>().ok().map(|v| v * scale)
+}
+
+/// Parses `wrk --latency` output.
+fn parse_wrk(out: &str) -> Option<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in out.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            r.requests_per_s = v.trim().parse().ok()?;
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            r.non_2xx = v.trim().parse().ok()?;
+        } else if let Some(v) = line.strip_prefix("50%") {
+            r.p50_us = wrk_duration_us(v)?;
+        } else if let Some(v) = line.strip_prefix("99%") {
+            r.p99_us = wrk_duration_us(v)?;
+        } else if line.contains(" requests in ") {
+            r.requests = line.split_whitespace().next()?.parse().ok()?;
+        }
+    }
+    (r.requests > 0 && r.requests_per_s > 0.0).then_some(r)
+}
+
+fn lua_string(s: &str) -> String {
+    // JSON string syntax is a valid Lua string literal for what we send (no \u escapes).
+    serde_json::to_string(s).unwrap()
+}
+
+fn wrk(url: &str, headers: &[(&str, String)], body: &str, secs: u32) -> WrkResult {
+    let dir = std::env::temp_dir().join(format!("azure-llm-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("post.lua");
+    let mut lua = String::from("wrk.method = \"POST\"\n");
+    let _ = writeln!(lua, "wrk.body = {}", lua_string(body));
+    let _ = writeln!(lua, "wrk.headers[\"Content-Type\"] = \"application/json\"");
+    for (k, v) in headers {
+        let _ = writeln!(lua, "wrk.headers[{}] = {}", lua_string(k), lua_string(v));
+    }
+    std::fs::write(&script, lua).unwrap();
+    let out = Command::new(wrk_binary())
+        .args([
+            "-t1",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run wrk ({e}): `make bench` installs it"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text).unwrap_or_else(|| {
+        panic!(
+            "unreadable wrk output:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Warm-up, then the measured run.
+fn throughput(envoy: &Envoy, token: &str) -> WrkResult {
+    let url = envoy.url("/v1/chat/completions");
+    let headers = [("Authorization", format!("Bearer {token}"))];
+    wrk(&url, &headers, CHAT_BODY, 1);
+    wrk(&url, &headers, CHAT_BODY, WRK_SECS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequential latency and streaming
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v
+}
+
+/// p50 and p99 (µs) of requests sent one after another on one connection.
+async fn sequential_latency(envoy: &Envoy, token: &str) -> (f64, f64) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let url = envoy.url("/v1/chat/completions");
+    let mut samples = Vec::with_capacity(SEQUENTIAL_REQUESTS);
+    for i in 0..SEQUENTIAL_REQUESTS + 200 {
+        let started = Instant::now();
+        let resp = http
+            .post(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(CHAT_BODY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.bytes().await.unwrap();
+        if i >= 200 {
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let s = sorted(samples);
+    (percentile(&s, 0.50), percentile(&s, 0.99))
+}
+
+struct StreamTimes {
+    ttfb_us: Vec<f64>,
+    event_delay_us: Vec<f64>,
+}
+
+/// Streams `STREAMS` SSE answers; TTFB is request start to the first event, an event's delay
+/// is its arrival minus the time the upstream sent it.
+async fn stream_times(envoy: &Envoy, token: &str) -> StreamTimes {
+    use futures_util::StreamExt;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"stream please"}]}"#;
+    let mut t = StreamTimes {
+        ttfb_us: Vec::new(),
+        event_delay_us: Vec::new(),
+    };
+    for round in 0..STREAMS + 3 {
+        let started = Instant::now();
+        let resp = http
+            .post(envoy.url("/v1/chat/completions"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut chunks = resp.bytes_stream();
+        let mut first = None;
+        let mut events = 0;
+        let mut pending = String::new();
+        while let Some(chunk) = chunks.next().await {
+            let now_us = micros_since_epoch() as f64;
+            let chunk = chunk.unwrap();
+            first.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e6);
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find("\n\n") {
+                let event: String = pending.drain(..end + 2).collect();
+                let sent = event
+                    .split("\"t\":")
+                    .nth(1)
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|n| n.parse::<f64>().ok());
+                if let Some(sent) = sent {
+                    events += 1;
+                    if round >= 3 {
+                        t.event_delay_us.push(now_us - sent);
+                    }
+                }
+            }
+        }
+        assert_eq!(events, STREAM_EVENTS, "every event arrived");
+        if round >= 3 {
+            t.ttfb_us.push(first.unwrap_or(f64::NAN));
+        }
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory with many workloads
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Envoy updates `server.memory_allocated` when it flushes stats (every 5 s by default).
+async fn memory_allocated(envoy: &Envoy) -> u64 {
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    envoy
+        .stat("server.memory_allocated")
+        .await
+        .expect("server.memory_allocated")
+}
+
+/// (before, after) `server.memory_allocated` around requests from WORKLOADS distinct API-key
+/// workloads, each with its own rate-limit counters.
+async fn memory_with_many_workloads(fx: &Fixture) -> (u64, u64) {
+    let keys: Vec<String> = (0..WORKLOADS)
+        .map(|i| format!("bench-key-{i:05}"))
+        .collect();
+    let api_keys: Vec<Value> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| json!({"sha256": hex(&Sha256::digest(k.as_bytes())), "workload": format!("workload-{i:05}")}))
+        .collect();
+    let envoy = Envoy::start(filter_options(fx, json!({"api_keys": api_keys}))).await;
+    let http = common::client();
+    let send = |key: String| {
+        let http = http.clone();
+        let url = envoy.url("/v1/chat/completions");
+        async move {
+            let resp = http
+                .post(url)
+                .header("api-key", key)
+                .header("content-type", "application/json")
+                .body(CHAT_BODY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let _ = resp.bytes().await;
+        }
+    };
+    for _ in 0..50 {
+        send(keys[0].clone()).await;
+    }
+    let before = memory_allocated(&envoy).await;
+    use futures_util::StreamExt;
+    futures_util::stream::iter(keys.iter().cloned().map(send))
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    let after = memory_allocated(&envoy).await;
+    (before, after)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn wrk_output_is_understood() {
+    let out = "Running 5s test @ http://127.0.0.1:1234/v1/chat/completions
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   812.44us  101.20us   3.01ms   90.12%
+    Req/Sec    19.71k     1.02k   21.00k    78.00%
+  Latency Distribution
+     50%  790.00us
+     75%    0.85ms
+     90%    0.92ms
+     99%    1.20ms
+  98123 requests in 5.00s, 30.12MB read
+  Non-2xx or 3xx responses: 7
+Requests/sec:  19624.60
+Transfer/sec:      6.02MB
+";
+    let r = parse_wrk(out).unwrap();
+    assert_eq!(r.requests, 98123);
+    assert_eq!(r.non_2xx, 7);
+    assert!((r.requests_per_s - 19624.60).abs() < 1e-6);
+    assert!((r.p50_us - 790.0).abs() < 1e-6);
+    assert!((r.p99_us - 1200.0).abs() < 1e-6);
+    assert_eq!(wrk_duration_us("2.00s"), Some(2e6));
+    assert_eq!(parse_wrk("garbage"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with make bench"]
+async fn filter_cost_next_to_bare_envoy_and_native_filters() {
+    let _ = micros_since_epoch();
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let upstream_port = start_upstream();
+    let caller_token = standin.sign_token(caller_claims(&standin, "bench-app", "bench-1"));
+    let fx = Fixture {
+        standin,
+        upstream_port,
+        caller_token,
+    };
+    let token = fx.caller_token.clone();
+    let forged =
+        fx.standin
+            .sign_token_with_foreign_key(caller_claims(&fx.standin, "bench-app", "forged"));
+
+    let mut rows: Vec<(String, WrkResult, Option<(f64, f64)>)> = Vec::new();
+    let mut measure = |name: &str, r: WrkResult, lat: Option<(f64, f64)>, expect_2xx: bool| {
+        if expect_2xx {
+            assert_eq!(r.non_2xx, 0, "{name}: every answer must be 200: {r:?}");
+        } else {
+            assert_eq!(
+                r.non_2xx, r.requests,
+                "{name}: every answer must be refused: {r:?}"
+            );
+        }
+        rows.push((name.to_string(), r, lat));
+    };
+
+    // Bare Envoy.
+    let envoy = Envoy::start(bare_options(&fx)).await;
+    wait_serving(&envoy, &token).await;
+    let bare_lat = sequential_latency(&envoy, &token).await;
+    let bare_stream = stream_times(&envoy, &token).await;
+    let bare_mem = memory_allocated(&envoy).await;
+    measure(
+        "bare Envoy",
+        throughput(&envoy, &token),
+        Some(bare_lat),
+        true,
+    );
+    drop(envoy);
+
+    // The filter, full path.
+    let envoy = Envoy::start(filter_options(&fx, jwt_auth(&fx))).await;
+    wait_serving(&envoy, &token).await;
+    let filter_lat = sequential_latency(&envoy, &token).await;
+    let filter_stream = stream_times(&envoy, &token).await;
+    let filter_mem = memory_allocated(&envoy).await;
+    measure(
+        "azure-llm-filter, full path",
+        throughput(&envoy, &token),
+        Some(filter_lat),
+        true,
+    );
+    let url = envoy.url("/v1/chat/completions");
+    let forged_h = [("Authorization", format!("Bearer {forged}"))];
+    wrk(&url, &forged_h, CHAT_BODY, 1);
+    measure(
+        "azure-llm-filter, forged RS256 tokens (401)",
+        wrk(&url, &forged_h, CHAT_BODY, WRK_SECS),
+        None,
+        false,
+    );
+    drop(envoy);
+
+    // Where the filter's cost goes: routing and token injection only, then with JWT auth.
+    for (auth, name) in [
+        (None, "azure-llm-filter: routing + Entra token only"),
+        (
+            Some(jwt_auth(&fx)),
+            "azure-llm-filter: + JWT auth (no limits)",
+        ),
+    ] {
+        let envoy = Envoy::start(filter_options_with(&fx, auth, false)).await;
+        wait_serving(&envoy, &token).await;
+        let lat = sequential_latency(&envoy, &token).await;
+        measure(name, throughput(&envoy, &token), Some(lat), true);
+    }
+
+    // Native jwt_authn + header_mutation, without and with its JWT cache.
+    for (cache, name) in [
+        (false, "native jwt_authn (no cache) + header_mutation"),
+        (true, "native jwt_authn (cache) + header_mutation"),
+    ] {
+        let envoy = Envoy::start(native_options(&fx, cache)).await;
+        wait_serving(&envoy, &token).await;
+        let lat = sequential_latency(&envoy, &token).await;
+        measure(name, throughput(&envoy, &token), Some(lat), true);
+        if !cache {
+            let url = envoy.url("/v1/chat/completions");
+            wrk(&url, &forged_h, CHAT_BODY, 1);
+            measure(
+                "native jwt_authn, forged RS256 tokens (401)",
+                wrk(&url, &forged_h, CHAT_BODY, WRK_SECS),
+                None,
+                false,
+            );
+        }
+    }
+
+    let (mem_before, mem_after) = memory_with_many_workloads(&fx).await;
+    let wasm_bytes = std::fs::metadata(common::wasm_path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+
+    // Report.
+    let rps = |name: &str| {
+        rows.iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, r, _)| r.requests_per_s)
+            .unwrap_or(f64::NAN)
+    };
+    let bare = rps("bare Envoy");
+    let filter = rps("azure-llm-filter, full path");
+    let native_nocache = rps("native jwt_authn (no cache) + header_mutation");
+    let native_cache = rps("native jwt_authn (cache) + header_mutation");
+    println!();
+    println!(
+        "Envoy 1 worker, wrk 1 thread x {CONNECTIONS} connections x {WRK_SECS} s, POST chat completion, fast local upstream"
+    );
+    println!(
+        "| scenario | req/s | x bare | wrk p50 | wrk p99 | 1-conn p50 | 1-conn p99 | p50 added | p99 added |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, r, lat) in &rows {
+        let (l50, l99, a50, a99) = match lat {
+            Some((p50, p99)) => (
+                format!("{p50:.0} us"),
+                format!("{p99:.0} us"),
+                format!("{:+.0} us", p50 - bare_lat.0),
+                format!("{:+.0} us", p99 - bare_lat.1),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.0} us | {:.0} us | {l50} | {l99} | {a50} | {a99} |",
+            r.requests_per_s,
+            r.requests_per_s / bare,
+            r.p50_us,
+            r.p99_us
+        );
+    }
+    let bs = (
+        sorted(bare_stream.ttfb_us),
+        sorted(bare_stream.event_delay_us),
+    );
+    let fs = (
+        sorted(filter_stream.ttfb_us),
+        sorted(filter_stream.event_delay_us),
+    );
+    println!();
+    println!(
+        "Streaming ({STREAMS} SSE answers of {STREAM_EVENTS} events {} ms apart, one connection)",
+        STREAM_GAP.as_millis()
+    );
+    println!("| | TTFB p50 | TTFB p99 | event delay p50 | event delay p99 |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, (ttfb, delay)) in [("bare Envoy", &bs), ("azure-llm-filter", &fs)] {
+        println!(
+            "| {name} | {:.0} us | {:.0} us | {:.0} us | {:.0} us |",
+            percentile(ttfb, 0.5),
+            percentile(ttfb, 0.99),
+            percentile(delay, 0.5),
+            percentile(delay, 0.99)
+        );
+    }
+    println!(
+        "| added by the filter | {:+.0} us | {:+.0} us | {:+.0} us | {:+.0} us |",
+        percentile(&fs.0, 0.5) - percentile(&bs.0, 0.5),
+        percentile(&fs.0, 0.99) - percentile(&bs.0, 0.99),
+        percentile(&fs.1, 0.5) - percentile(&bs.1, 0.5),
+        percentile(&fs.1, 0.99) - percentile(&bs.1, 0.99)
+    );
+    println!();
+    println!(
+        "wasm module: {wasm_bytes} bytes ({:.2} MB)",
+        wasm_bytes as f64 / 1e6
+    );
+    println!(
+        "Envoy server.memory_allocated: bare {:.1} MB; with the filter {:.1} MB; filter with {WORKLOADS} API-key workloads configured {:.1} MB before and {:.1} MB after one request from each ({:.0} bytes per workload)",
+        bare_mem as f64 / 1e6,
+        filter_mem as f64 / 1e6,
+        mem_before as f64 / 1e6,
+        mem_after as f64 / 1e6,
+        (mem_after as f64 - mem_before as f64) / WORKLOADS as f64
+    );
+    println!();
+    println!(
+        "filter/native (no cache) throughput ratio: {:.2}",
+        filter / native_nocache
+    );
+    println!(
+        "filter/native (cache) throughput ratio: {:.2}",
+        filter / native_cache
+    );
+    println!("filter/bare throughput ratio: {:.2}", filter / bare);
+}
