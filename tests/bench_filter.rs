@@ -446,6 +446,9 @@ async fn sequential_latency(envoy: &Envoy, token: &str) -> (f64, f64) {
     (percentile(&s, 0.50), percentile(&s, 0.99))
 }
 
+/// A scenario's name, its wrk figures and its one-connection (p50, p99) latency.
+type Row = (String, WrkResult, Option<(f64, f64)>);
+
 struct StreamTimes {
     ttfb_us: Vec<f64>,
     event_delay_us: Vec<f64>,
@@ -611,7 +614,7 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
         fx.standin
             .sign_token_with_foreign_key(caller_claims(&fx.standin, "bench-app", "forged"));
 
-    let mut rows: Vec<(String, WrkResult, Option<(f64, f64)>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut measure = |name: &str, r: WrkResult, lat: Option<(f64, f64)>, expect_2xx: bool| {
         if expect_2xx {
             assert_eq!(r.non_2xx, 0, "{name}: every answer must be 200: {r:?}");
