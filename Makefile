@@ -6,6 +6,7 @@
 #   make test         tools + wasm build, then `cargo test --workspace` against a real Envoy
 #   make bench        benchmarks: the filter next to bare Envoy and native jwt_authn (wrk)
 #   make lint         rustfmt check + clippy (host and wasm32-wasip1)
+#   make fuzz-check   check that the cargo-fuzz crate in fuzz/ builds (running it needs nightly)
 #   make check-envoy  `envoy --mode validate` on every Envoy config under envoy/
 #   make check-config check plugin configurations offline (CONFIG=file..., default: envoy/)
 #   make schema       regenerate schema/plugin-config.schema.json from the config types
@@ -47,7 +48,7 @@ ENVOY_BIN = $(ENVOY)
 ENVOY_DEPS :=
 endif
 
-.PHONY: help tools redis openssl wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
+.PHONY: fuzz-check help tools redis openssl wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
@@ -183,6 +184,10 @@ lint: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p azure-llm-filter --target $(WASM_TARGET) -- -D warnings
+
+# The cargo-fuzz targets (fuzz/, its own workspace): `cd fuzz && cargo +nightly fuzz run <target>`.
+fuzz-check:
+	cd fuzz && $(CARGO) check --bins
 
 # ---------------------------------------------------------------------------------------------
 # Envoy configs: validate every bootstrap config under envoy/ (run from the repo root so the

@@ -13,6 +13,10 @@ pub mod config;
 pub mod discovery;
 pub mod entra;
 pub mod errors;
+/// Fuzz targets (native only; used by fuzz/ and tests/fuzz_smoke.rs).
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod metrics;
 pub mod ratelimit;

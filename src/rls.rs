@@ -947,23 +947,9 @@ mod tests {
         );
     }
 
-    /// xorshift64*: a fixed-seed generator for the fuzz loop.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     #[test]
     fn garbage_never_panics() {
-        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut rng = crate::fuzzing::Mutator::new(0x5eed_1234_abcd_0001);
         let valid = response(
             2,
             &[
@@ -975,23 +961,23 @@ mod tests {
         for round in 0..200_000 {
             let bytes: Vec<u8> = if round % 2 == 0 {
                 // Random bytes, biased towards small values and plausible keys.
-                let len = rng.below(64) as usize;
+                let len = rng.below(64);
                 (0..len)
                     .map(|_| match rng.below(4) {
                         0 => rng.below(0x20) as u8,
                         1 => 0x80 | rng.below(0x80) as u8,
-                        _ => rng.next() as u8,
+                        _ => rng.next_u64() as u8,
                     })
                     .collect()
             } else {
                 // Mutations of a valid answer: flips, truncation, insertions.
                 let mut b = valid.clone();
                 for _ in 0..=rng.below(4) {
-                    let i = rng.below(b.len() as u64) as usize;
+                    let i = rng.below(b.len());
                     match rng.below(3) {
                         0 => b[i] ^= 1 << rng.below(8),
                         1 => b.truncate(i),
-                        _ => b.insert(i, rng.next() as u8),
+                        _ => b.insert(i, rng.next_u64() as u8),
                     }
                     if b.is_empty() {
                         break;

@@ -971,27 +971,13 @@ fn every_error_answer_is_well_formed() {
 // Property test: random and mutated tokens never panic and never pass
 // ---------------------------------------------------------------------------------------------
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 const ALPHABET: &[u8] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ,\"{}";
 
 #[test]
 fn random_and_mutated_tokens_never_panic_or_pass() {
     let mut a = authenticator(json!({}));
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = crate::fuzzing::Mutator::new(0x9e37_79b9_7f4a_7c15);
     let seeds: Vec<String> = vec![
         rs256(&claims()),
         token(Alg::PS256, &hdr("PS256", "k1"), &claims()),
@@ -1007,7 +993,7 @@ fn random_and_mutated_tokens_never_panic_or_pass() {
             // Random bytes (lossy UTF-8), random lengths.
             0 => {
                 let len = rng.below(600);
-                let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
                 String::from_utf8_lossy(&bytes).into_owned()
             }
             // Random base64url-ish strings with dots.
@@ -1041,11 +1027,11 @@ fn random_and_mutated_tokens_never_panic_or_pass() {
                     1 => format!("{}.{}.{}", y[0], x[1], x[2]),
                     _ => {
                         let mut c = claims();
-                        c["exp"] = json!(rng.next());
+                        c["exp"] = json!(rng.next_u64());
                         c["aud"] = if rng.below(2) == 0 {
                             json!(AUD)
                         } else {
-                            json!([AUD, rng.next()])
+                            json!([AUD, rng.next_u64()])
                         };
                         format!("{}.{}.{}", x[0], b64(c.to_string().as_bytes()), x[2])
                     }
