@@ -193,6 +193,10 @@ pub struct EnvoyOptions {
     /// The stdout access log (on by default; benchmarks turn it off to measure the filter,
     /// not the log).
     pub access_log: bool,
+    /// The listeners come from a file-based LDS (`dynamic_resources.lds_config` with a watched
+    /// directory) instead of `static_resources`, so that [`Envoy::update_plugin_config`] can
+    /// change the filter's configuration in a running Envoy, as a control plane would.
+    pub dynamic_listener: bool,
 }
 
 impl EnvoyOptions {
@@ -216,6 +220,7 @@ impl EnvoyOptions {
             pools: Vec::new(),
             extra_routes_yaml: None,
             access_log: true,
+            dynamic_listener: false,
         }
     }
 
@@ -241,6 +246,7 @@ pub struct Envoy {
     log_path: PathBuf,
     dir: PathBuf,
     config: String,
+    opts: EnvoyOptions,
 }
 
 impl Envoy {
@@ -300,9 +306,20 @@ impl Envoy {
     fn spawn(opts: &EnvoyOptions) -> Envoy {
         let envoy_bin = envoy_binary();
         let (listener_port, admin_port) = two_free_ports();
-        let config = render_config(opts, listener_port, admin_port);
+        let mut config = render_config(opts, listener_port, admin_port);
         let dir = new_run_dir();
         let config_path = dir.join("envoy.yaml");
+        if opts.dynamic_listener {
+            let (bootstrap, lds) = split_listeners(&config);
+            let lds_dir = dir.join("lds");
+            fs::create_dir_all(&lds_dir).expect("create lds dir");
+            fs::write(lds_dir.join("listeners.yaml"), &lds).expect("write listeners.yaml");
+            config = format!(
+                "{bootstrap}node: {{ id: e2e, cluster: e2e }}\ndynamic_resources:\n  lds_config:\n    resource_api_version: V3\n    path_config_source:\n      path: {}\n      watched_directory: {{ path: {} }}\n",
+                q(&lds_dir.join("listeners.yaml").to_string_lossy()),
+                q(&lds_dir.to_string_lossy())
+            );
+        }
         fs::write(&config_path, &config).expect("write envoy.yaml");
         let log_path = dir.join("envoy.log");
         let log = File::create(&log_path).expect("create envoy.log");
@@ -331,6 +348,68 @@ impl Envoy {
             log_path,
             dir,
             config,
+            opts: opts.clone(),
+        }
+    }
+
+    /// Replaces the filter's plugin configuration in the running Envoy (needs
+    /// `dynamic_listener`): writes the new listener and moves it over the watched LDS file,
+    /// then waits until Envoy has applied it. Err (with Envoy's log) when Envoy rejects it.
+    pub async fn update_plugin_config(
+        &mut self,
+        plugin_config: serde_json::Value,
+    ) -> Result<(), String> {
+        assert!(
+            self.opts.dynamic_listener,
+            "update_plugin_config needs dynamic_listener"
+        );
+        self.opts.plugin_config = plugin_config;
+        let updates_before = self
+            .stat("listener_manager.lds.update_success")
+            .await
+            .unwrap_or(0);
+        let rejected_before = self
+            .stat("listener_manager.lds.update_rejected")
+            .await
+            .unwrap_or(0);
+        let (_, lds) = split_listeners(&render_config(
+            &self.opts,
+            self.listener_port,
+            self.admin_port,
+        ));
+        let lds_dir = self.dir.join("lds");
+        let staged = lds_dir.join(".listeners.yaml.new");
+        fs::write(&staged, lds).expect("write new listeners");
+        // Envoy watches the directory for a file moved into place.
+        fs::rename(&staged, lds_dir.join("listeners.yaml")).expect("move new listeners in place");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let applied = self
+                .stat("listener_manager.lds.update_success")
+                .await
+                .unwrap_or(0)
+                > updates_before;
+            let warming = self
+                .stat("listener_manager.total_listeners_warming")
+                .await
+                .unwrap_or(0);
+            if applied && warming == 0 {
+                return Ok(());
+            }
+            let rejected = self
+                .stat("listener_manager.lds.update_rejected")
+                .await
+                .unwrap_or(0);
+            if rejected > rejected_before {
+                return Err(self.logs());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the new listener was not applied within {START_TIMEOUT:?}:\n{}",
+                    self.logs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -468,6 +547,37 @@ pub const STATS_TAGS: [&str; 9] = [
 
 /// The access-log line of the harness: the filter's per-request data from filter state.
 pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% workload=%FILTER_STATE(wasm.azure_llm_workload:PLAIN)% model=%FILTER_STATE(wasm.azure_llm_model:PLAIN)% backend=%FILTER_STATE(wasm.azure_llm_backend:PLAIN)% deployment=%FILTER_STATE(wasm.azure_llm_deployment:PLAIN)% prompt_tokens=%FILTER_STATE(wasm.azure_llm_prompt_tokens:PLAIN)% completion_tokens=%FILTER_STATE(wasm.azure_llm_completion_tokens:PLAIN)% ratelimit=%FILTER_STATE(wasm.azure_llm_ratelimit:PLAIN)%\n";
+
+/// Splits a rendered bootstrap into the bootstrap without its listeners and an LDS file
+/// (`resources:` with each listener typed), for `dynamic_listener`.
+fn split_listeners(config: &str) -> (String, String) {
+    let mut bootstrap = String::new();
+    let mut lds = String::from("resources:\n");
+    let mut in_listeners = false;
+    for line in config.lines() {
+        if line == "  listeners:" {
+            in_listeners = true;
+            continue;
+        }
+        if in_listeners && !line.starts_with("    ") {
+            in_listeners = false;
+        }
+        if !in_listeners {
+            bootstrap.push_str(line);
+            bootstrap.push('\n');
+            continue;
+        }
+        let line = &line[4..];
+        if let Some(rest) = line.strip_prefix("- ") {
+            lds.push_str("- \"@type\": type.googleapis.com/envoy.config.listener.v3.Listener\n  ");
+            lds.push_str(rest);
+        } else {
+            lds.push_str(line);
+        }
+        lds.push('\n');
+    }
+    (bootstrap, lds)
+}
 
 /// Renders the Envoy bootstrap for `opts` (pure: same input, same YAML).
 pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -> String {
