@@ -49,9 +49,10 @@ fn last_deployment(standin: &StandIn) -> String {
 #[tokio::test]
 async fn a_new_config_applies_and_unchanged_credentials_keep_their_token() {
     let mut cfg = StandInConfig::default();
-    let mut second = ClientRegistration::default();
-    second.client_id = CLIENT_B.to_string();
-    cfg.clients.push(second);
+    cfg.clients.push(ClientRegistration {
+        client_id: CLIENT_B.to_string(),
+        ..Default::default()
+    });
     cfg.deployments
         .push(Deployment::new("gpt-4o-mini-prod", "gpt-4o-mini", "OpenAI"));
     let standin = StandIn::start(cfg).await.unwrap();
