@@ -5,6 +5,7 @@
 #   make run          tools + build, then start the stand-in and Envoy (envoy/run-demo.sh)
 #   make test         tools + wasm build, then `cargo test --workspace` against a real Envoy
 #   make bench        benchmarks: the filter next to bare Envoy and native jwt_authn (wrk)
+#   make soak         mixed traffic with expiring tokens for SOAK_SECS (default 300) through Envoy
 #   make lint         rustfmt check + clippy (host and wasm32-wasip1)
 #   make fuzz-check   check that the cargo-fuzz crate in fuzz/ builds (running it needs nightly)
 #   make check-envoy  `envoy --mode validate` on every Envoy config under envoy/
@@ -48,7 +49,7 @@ ENVOY_BIN = $(ENVOY)
 ENVOY_DEPS :=
 endif
 
-.PHONY: fuzz-check help tools redis openssl wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
+.PHONY: soak fuzz-check help tools redis openssl wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
@@ -173,6 +174,13 @@ bench: tools wrk wasm
 	  $(CARGO) test --profile bench-e2e --test bench_auth --test bench_filter -- --ignored --nocapture --test-threads 1 \
 	  2>&1 | tee $(ROOT)/target/bench.txt
 	@grep -E '^filter/bare throughput ratio: [0-9.]+$$' $(ROOT)/target/bench.txt | tail -1
+
+# The soak test, long: `make test` runs it for 15 s; this runs SOAK_SECS and then also bounds
+# Envoy's memory growth.
+SOAK_SECS ?= 300
+soak: tools wasm
+	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" SOAK_SECS=$(SOAK_SECS) \
+	  $(CARGO) test --profile bench-e2e --test soak -- --nocapture
 
 # ---------------------------------------------------------------------------------------------
 # lint
