@@ -1,7 +1,7 @@
 //! Global rate limits (issue 6, global mode), end to end: two Envoys share one workload's token
 //! budget through one rate limit service (tests/rls: Limitador's rate limiter behind Limitador's
-//! gRPC services), another workload is unaffected, and an RLS that cannot answer follows
-//! `failure_mode`.
+//! gRPC services), or through two RLS replicas keeping their counters in one Redis; another
+//! workload is unaffected, and an RLS that cannot answer follows `failure_mode`.
 //!
 
 mod common;
@@ -295,4 +295,68 @@ async fn caller_gone_while_the_rls_thinks() {
         "no panic in the filter:\n{}",
         envoy.logs()
     );
+}
+
+/// The fleet as it is deployed: each Envoy has its own RLS replica (a Limitador), the
+/// replicas keep their counters in one Redis (a Debian redis-server started by the test).
+/// team-a's budget is shared across both Envoys; when Redis goes away the replicas answer
+/// UNAVAILABLE and `failure_mode: deny` answers 503.
+#[tokio::test]
+async fn envoys_with_their_own_rls_replicas_on_one_redis_share_the_budget() {
+    const BUDGET: u64 = 60;
+    let redis = azure_rls::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let limits = vec![LimitSpec::per_workload(DOMAIN, BUDGET, 60)];
+    let rls_one = RlsServer::start_redis(&redis.url(), limits.clone())
+        .await
+        .unwrap();
+    let rls_two = RlsServer::start_redis(&redis.url(), limits).await.unwrap();
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let one = envoy(&standin, rls_one.port(), "deny").await;
+    let two = envoy(&standin, rls_two.port(), "deny").await;
+
+    let mut charged = 0;
+    let mut refused = false;
+    for i in 0..20 {
+        let envoy = if i % 2 == 0 { &one } else { &two };
+        let resp = ask(envoy, KEY_A).await;
+        if resp.status() == 429 {
+            refused = true;
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        charged += tokens(resp).await;
+        // Let the report (sent by the root context just after the answer) reach Redis.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(refused, "team-a ran out of its budget");
+    assert!(
+        charged >= BUDGET,
+        "refused only once the budget was used ({charged})"
+    );
+    assert!(
+        charged < 2 * BUDGET,
+        "one budget for both replicas, not one each ({charged})"
+    );
+    assert_eq!(ask(&one, KEY_A).await.status(), 429);
+    assert_eq!(ask(&two, KEY_A).await.status(), 429);
+    assert_eq!(ask(&one, KEY_B).await.status(), 200, "team-b has its own");
+    // Both replicas read the same counter.
+    let used_one = rls_one
+        .used(DOMAIN, "per-workload-60-per-60s", "team-a")
+        .await;
+    let used_two = rls_two
+        .used(DOMAIN, "per-workload-60-per-60s", "team-a")
+        .await;
+    assert_eq!(
+        used_one,
+        Some(BUDGET),
+        "Limitador shows used capped at the max"
+    );
+    assert_eq!(used_one, used_two);
+
+    drop(redis);
+    let resp = ask(&two, KEY_B).await;
+    assert_eq!(resp.status(), 503, "Redis gone, failure_mode deny");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_service_unavailable");
 }

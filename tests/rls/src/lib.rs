@@ -13,10 +13,11 @@
 //! domain answers UNKNOWN, a storage error answers gRPC UNAVAILABLE, no descriptor statuses),
 //! on the `limitador` crate's own rate limiter: limits, CEL conditions and variables, counters
 //! and their check/update rules are Limitador's code, not a copy. Counters are in memory (the
-//! crate's `InMemoryStorage`): one `RlsServer` is the point of sharing, as a Limitador
-//! deployment is. With the `redis` feature, `Storage::Redis` uses Limitador's Redis storage
-//! (that feature also builds RocksDB: limitador 0.11–0.14 does not compile `redis_storage`
-//! without `disk_storage`).
+//! crate's `InMemoryStorage`, [`Storage::Memory`]: one `RlsServer` is the point of sharing), or
+//! in Redis ([`Storage::Redis`]: several `RlsServer`s on one Redis are replicas of one
+//! Limitador deployment). The Redis counters are ours (`redis_storage.rs`, an implementation of
+//! Limitador's `AsyncCounterStorage`), because limitador 0.11–0.14 compiles its own Redis
+//! storage only together with RocksDB.
 //!
 //! [`Flavor::EnvoyRatelimit`] answers `ShouldRateLimit` the way envoyproxy/ratelimit counts
 //! (add first, then compare: an over-limit call is counted too), for the filter's `envoy`
@@ -27,6 +28,7 @@
 
 mod kuadrant;
 mod redis_server;
+pub mod redis_storage;
 
 pub use redis_server::RedisServer;
 
@@ -147,8 +149,7 @@ pub enum Storage {
     /// Limitador's `InMemoryStorage` (exact; shared by everything that calls this server).
     #[default]
     Memory,
-    /// Limitador's `AsyncRedisStorage` at this URL (`redis://127.0.0.1:port`).
-    #[cfg(feature = "redis")]
+    /// Counters in Redis at this URL (`redis://127.0.0.1:port`), see `redis_storage.rs`.
     Redis(String),
 }
 
@@ -207,7 +208,6 @@ pub struct CounterState {
 
 enum Limiter {
     Blocking(RateLimiter),
-    #[cfg(feature = "redis")]
     Async(limitador::AsyncRateLimiter),
 }
 
@@ -261,11 +261,7 @@ impl Shared {
     ) -> Result<limitador::CheckResult, Status> {
         match &self.limiter {
             Limiter::Blocking(l) => self.blocking(|l| l.is_rate_limited(ns, ctx, delta), l),
-            #[cfg(feature = "redis")]
-            Limiter::Async(l) => l
-                .is_rate_limited(ns, ctx, delta)
-                .await
-                .map_err(|e| Status::unavailable(format!("limitador: {e}"))),
+            Limiter::Async(l) => redis_call(l.is_rate_limited(ns, ctx, delta)).await,
         }
     }
 
@@ -277,11 +273,7 @@ impl Shared {
     ) -> Result<(), Status> {
         match &self.limiter {
             Limiter::Blocking(l) => self.blocking(|l| l.update_counters(ns, ctx, delta), l),
-            #[cfg(feature = "redis")]
-            Limiter::Async(l) => l
-                .update_counters(ns, ctx, delta)
-                .await
-                .map_err(|e| Status::unavailable(format!("limitador: {e}"))),
+            Limiter::Async(l) => redis_call(l.update_counters(ns, ctx, delta)).await,
         }
     }
 
@@ -296,11 +288,7 @@ impl Shared {
                 |l| -> LimitResult { l.check_rate_limited_and_update(ns, ctx, delta) },
                 l,
             ),
-            #[cfg(feature = "redis")]
-            Limiter::Async(l) => l
-                .check_rate_limited_and_update(ns, ctx, delta)
-                .await
-                .map_err(|e| Status::unavailable(format!("limitador: {e}"))),
+            Limiter::Async(l) => redis_call(l.check_rate_limited_and_update(ns, ctx, delta)).await,
         }
     }
 
@@ -400,6 +388,25 @@ impl RateLimitService for EnvoyService {
     }
 }
 
+/// Runs one Limitador call on the Redis counters; a Redis failure during it answers gRPC
+/// UNAVAILABLE (see `redis_storage::REDIS_FAILED`).
+async fn redis_call<T>(
+    call: impl std::future::Future<Output = Result<T, limitador::errors::LimitadorError>>,
+) -> Result<T, Status> {
+    let (result, redis_failed) = redis_storage::REDIS_FAILED
+        .scope(std::cell::Cell::new(false), async {
+            let r = call.await;
+            (r, redis_storage::REDIS_FAILED.with(std::cell::Cell::get))
+        })
+        .await;
+    if redis_failed {
+        return Err(Status::unavailable(
+            "limitador: counter storage (redis) failed",
+        ));
+    }
+    result.map_err(|e| Status::unavailable(format!("limitador: {e}")))
+}
+
 /// A running rate limit service; stopped on drop.
 pub struct RlsServer {
     addr: SocketAddr,
@@ -415,8 +422,7 @@ impl RlsServer {
         RlsServer::start_blocking(RlsOptions::new(limits))
     }
 
-    /// Limitador with its Redis storage (the `redis` feature).
-    #[cfg(feature = "redis")]
+    /// Limitador with its counters in Redis (a replica: start several on one Redis).
     pub async fn start_redis(redis_url: &str, limits: Vec<LimitSpec>) -> io::Result<RlsServer> {
         let mut o = RlsOptions::new(limits);
         o.storage = Storage::Redis(redis_url.to_string());
@@ -451,11 +457,15 @@ impl RlsServer {
                 }
                 Limiter::Blocking(l)
             }
-            #[cfg(feature = "redis")]
             Storage::Redis(url) => {
-                let storage = runtime
-                    .block_on(limitador::storage::redis::AsyncRedisStorage::new(url))
-                    .map_err(|e| io::Error::other(format!("redis {url}: {e}")))?;
+                // On a thread of its own: this may be called from inside another runtime. The
+                // connection's driver task lives on the server's runtime.
+                let storage = std::thread::scope(|s| {
+                    s.spawn(|| runtime.block_on(redis_storage::RedisCounters::connect(url)))
+                        .join()
+                })
+                .map_err(|_| io::Error::other("redis connect panicked"))?
+                .map_err(|e| io::Error::other(format!("redis {url}: {e}")))?;
                 let l = limitador::AsyncRateLimiter::new_with_storage(Box::new(storage));
                 for limit in limits {
                     l.add_limit(limit);
@@ -562,7 +572,6 @@ impl RlsServer {
         let task = self.runtime.spawn(async move {
             let counters = match &shared.limiter {
                 Limiter::Blocking(l) => l.get_counters(&ns),
-                #[cfg(feature = "redis")]
                 Limiter::Async(l) => l.get_counters(&ns).await,
             };
             counters

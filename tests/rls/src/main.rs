@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! azure-rls [--listen 127.0.0.1:8081] --limits limits.json [--flavor limitador|envoy-ratelimit]
-//!           [--redis redis://127.0.0.1:6379]   (with the `redis` feature)
+//!           [--redis redis://127.0.0.1:6379]   (counters in Redis: several instances share them)
 //! ```
 //!
 //! `limits.json`: a JSON array of limits in limitador-server's fields:
@@ -44,7 +44,6 @@ fn main() -> ExitCode {
                     _ => return usage(),
                 }
             }
-            #[cfg(feature = "redis")]
             "--redis" => opts.storage = azure_rls::Storage::Redis(value),
             _ => return usage(),
         }

@@ -481,3 +481,101 @@ fn redis_helper_starts_a_throwaway_redis() {
     // Gone with its value.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Counters in Redis: two RLS replicas on one Redis are one Limitador deployment
+
+/// The kuadrant scheme across two replicas: what one replica counts, the other sees; another
+/// workload has its own counter; a counter's window ends with its Redis key.
+#[tokio::test]
+async fn redis_replicas_share_one_budget_and_windows_expire() {
+    let redis = azure_rls::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let limits = vec![LimitSpec::per_workload(DOMAIN, 100, 2)];
+    let one = RlsServer::start_redis(&redis.url(), limits.clone())
+        .await
+        .unwrap();
+    let two = RlsServer::start_redis(&redis.url(), limits).await.unwrap();
+    let mut a = Client::connect(&one).await;
+    let mut b = Client::connect(&two).await;
+    let p = Protocol::Kuadrant;
+    let name = "per-workload-100-per-2s";
+
+    assert_eq!(a.check(p, "team-a", "gpt-4o").await, ADMIT);
+    assert_eq!(a.charge(p, "team-a", "gpt-4o", 60).await, rls::Code::Ok);
+    assert_eq!(
+        two.used(DOMAIN, name, "team-a").await,
+        Some(60),
+        "replica two sees it"
+    );
+    assert_eq!(b.check(p, "team-a", "gpt-4o").await, ADMIT, "60 of 100");
+    assert_eq!(b.charge(p, "team-a", "gpt-4o", 50).await, rls::Code::Ok);
+    assert_eq!(a.check(p, "team-a", "gpt-4o").await, OVER, "110 of 100");
+    assert_eq!(b.check(p, "team-a", "gpt-4o").await, OVER);
+    assert_eq!(a.check(p, "team-b", "gpt-4o").await, ADMIT);
+    let counters = one.counters(DOMAIN).await;
+    assert_eq!(counters.len(), 1, "{counters:?}");
+    assert!(counters[0]
+        .expires_in
+        .is_some_and(|d| d <= std::time::Duration::from_secs(2)));
+
+    // The 2 s window started at the first charge; after it, the budget is whole again.
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    assert_eq!(a.check(p, "team-a", "gpt-4o").await, ADMIT);
+    assert_eq!(one.used(DOMAIN, name, "team-a").await, None, "expired");
+}
+
+/// ShouldRateLimit as limitador-server answers it on Redis: all or nothing across the limits
+/// of one call, whichever replica is asked.
+#[tokio::test]
+async fn redis_check_and_update_is_all_or_nothing() {
+    let redis = azure_rls::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let limits = vec![
+        LimitSpec::per_workload(DOMAIN, 100, 60),
+        LimitSpec::per_workload_model(DOMAIN, "gpt-4o", 50, 60),
+    ];
+    let one = RlsServer::start_redis(&redis.url(), limits.clone())
+        .await
+        .unwrap();
+    let two = RlsServer::start_redis(&redis.url(), limits).await.unwrap();
+    let mut a = Client::connect(&one).await;
+    let mut b = Client::connect(&two).await;
+    let p = Protocol::Envoy;
+    // Envoy protocol: check = ShouldRateLimit with 1 hit, charge = the rest.
+    assert_eq!(a.check(p, "w", "gpt-4o").await, ADMIT); // 1 and 1
+    assert_eq!(b.charge(p, "w", "gpt-4o", 40).await, rls::Code::Ok); // 40 and 40
+                                                                     // 40 + 20 > 50 for the model limit: refused, and the workload limit is not charged either.
+    assert_eq!(a.charge(p, "w", "gpt-4o", 21).await, rls::Code::OverLimit);
+    assert_eq!(
+        two.used(DOMAIN, "per-workload-100-per-60s", "w").await,
+        Some(40),
+        "nothing added by the refused call"
+    );
+    // Another model only meets the workload limit.
+    assert_eq!(b.charge(p, "w", "gpt-4o-mini", 51).await, rls::Code::Ok);
+    assert_eq!(
+        one.used(DOMAIN, "per-workload-100-per-60s", "w").await,
+        Some(90)
+    );
+}
+
+/// Redis gone: every call answers UNAVAILABLE, as limitador-server does when its storage
+/// fails, and the filter's failure mode decides.
+#[tokio::test]
+async fn redis_failure_answers_unavailable() {
+    let redis = azure_rls::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let rls = RlsServer::start_redis(&redis.url(), vec![LimitSpec::per_workload(DOMAIN, 100, 60)])
+        .await
+        .unwrap();
+    let mut c = Client::connect(&rls).await;
+    let p = Protocol::Kuadrant;
+    assert_eq!(c.check(p, "w", "m").await, ADMIT);
+    drop(redis);
+    let (status, body) = c.send(&check_call(p, DOMAIN, "w", "m")).await;
+    assert_eq!(status, 14, "UNAVAILABLE");
+    assert!(matches!(
+        check_outcome(status, &body, FailureMode::Deny, 60),
+        CheckOutcome::Unavailable { .. }
+    ));
+    let call = charge_call(p, DOMAIN, "w", "m", 10).unwrap();
+    assert_eq!(c.send(&call).await.0, 14);
+}
