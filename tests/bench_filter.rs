@@ -396,7 +396,11 @@ fn wrk(url: &str, headers: &[(&str, String)], body: &str, secs: u32) -> WrkResul
 
 /// Warm-up, then the measured run.
 fn throughput(envoy: &Envoy, token: &str) -> WrkResult {
-    let url = envoy.url("/v1/chat/completions");
+    throughput_at(envoy, "/v1/chat/completions", token)
+}
+
+fn throughput_at(envoy: &Envoy, path: &str, token: &str) -> WrkResult {
+    let url = envoy.url(path);
     let headers = [("Authorization", format!("Bearer {token}"))];
     wrk(&url, &headers, CHAT_BODY, 1);
     wrk(&url, &headers, CHAT_BODY, WRK_SECS)
@@ -661,6 +665,22 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
         wrk(&url, &forged_h, CHAT_BODY, WRK_SECS),
         None,
         false,
+    );
+    drop(envoy);
+
+    // The floor: the filter loaded with the full config, on a path it does not handle (it
+    // only looks at the method and path), which Envoy routes to the same upstream.
+    let mut o = filter_options(&fx, jwt_auth(&fx));
+    o.extra_routes_yaml = Some(
+        "- match: { prefix: \"/passthrough\" }\n  route: { cluster: aoai, timeout: 30s }\n"
+            .to_string(),
+    );
+    let envoy = Envoy::start(o).await;
+    measure(
+        "azure-llm-filter loaded, path not handled (Wasm floor)",
+        throughput_at(&envoy, "/passthrough", &token),
+        None,
+        true,
     );
     drop(envoy);
 
