@@ -517,10 +517,6 @@ async fn stream_times(envoy: &Envoy, token: &str) -> StreamTimes {
 // ---------------------------------------------------------------------------------------------
 // Memory with many workloads
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Envoy updates `server.memory_allocated` when it flushes stats (every 5 s by default).
 async fn memory_allocated(envoy: &Envoy) -> u64 {
     tokio::time::sleep(Duration::from_millis(5500)).await;
@@ -539,7 +535,7 @@ async fn memory_with_many_workloads(fx: &Fixture) -> (u64, u64) {
     let api_keys: Vec<Value> = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| json!({"sha256": hex(&Sha256::digest(k.as_bytes())), "workload": format!("workload-{i:05}")}))
+        .map(|(i, k)| json!({"sha256": common::hex(&Sha256::digest(k.as_bytes())), "workload": format!("workload-{i:05}")}))
         .collect();
     let envoy = Envoy::start(filter_options(fx, json!({"api_keys": api_keys}))).await;
     let http = common::client();

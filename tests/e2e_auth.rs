@@ -47,14 +47,10 @@ fn plugin_config(standin: &StandIn, rate_limits: Value) -> Value {
                 "tenants": [tenant],
                 "required_claims": [{"claim": "roles", "any_of": ["LLM.Invoke"]}]
             }},
-            "api_keys": [{"sha256": hex(&Sha256::digest(GATEWAY_KEY.as_bytes())), "workload": "foundry-agents"}]
+            "api_keys": [{"sha256": common::hex(&Sha256::digest(GATEWAY_KEY.as_bytes())), "workload": "foundry-agents"}]
         },
         "rate_limits": rate_limits
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn setup(rate_limits: Value) -> (StandIn, Envoy) {

@@ -19,8 +19,7 @@ async fn setup() -> (StandIn, StandIn, Envoy) {
         .await
         .unwrap();
     let plugin = json!({
-        "credentials": {"main": {"kind": "client_secret", "tenant_id": primary.tenant_id(),
-            "client_id": "22222222-2222-2222-2222-222222222222", "client_secret": "standin-secret", "token_cluster": "entra"}},
+        "credentials": common::standin_credentials(&primary.tenant_id()),
         "backends": {"pool": {"kind": "azure_openai", "host": PRIMARY, "api_version": "2024-10-21", "credential": "main"}},
         "models": {"gpt-4o": {"backend": "pool", "deployment": "gpt-4o-prod"}}
     });

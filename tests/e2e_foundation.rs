@@ -12,13 +12,7 @@ const HOST: &str = "myresource.openai.azure.com";
 
 fn plugin_config(standin: &StandIn) -> Value {
     json!({
-        "credentials": {"main": {
-            "kind": "client_secret",
-            "tenant_id": standin.tenant_id(),
-            "client_id": "22222222-2222-2222-2222-222222222222",
-            "client_secret": "standin-secret",
-            "token_cluster": "entra"
-        }},
+        "credentials": common::standin_credentials(&standin.tenant_id()),
         "backends": {"aoai": {"kind": "azure_openai", "host": HOST, "api_version": "2024-10-21", "credential": "main"}},
         "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}}
     })

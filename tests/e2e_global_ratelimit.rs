@@ -16,25 +16,15 @@ const DOMAIN: &str = "azure-llm";
 const KEY_A: &str = "key-of-team-a";
 const KEY_B: &str = "key-of-team-b";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn plugin_config(standin: &StandIn, failure_mode: &str) -> Value {
     json!({
-        "credentials": {"main": {
-            "kind": "client_secret",
-            "tenant_id": standin.tenant_id(),
-            "client_id": "22222222-2222-2222-2222-222222222222",
-            "client_secret": "standin-secret",
-            "token_cluster": "entra"
-        }},
+        "credentials": common::standin_credentials(&standin.tenant_id()),
         "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"}},
         "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}},
         "auth": {
             "api_keys": [
-                {"sha256": hex(&Sha256::digest(KEY_A.as_bytes())), "workload": "team-a"},
-                {"sha256": hex(&Sha256::digest(KEY_B.as_bytes())), "workload": "team-b"}
+                {"sha256": common::hex(&Sha256::digest(KEY_A.as_bytes())), "workload": "team-a"},
+                {"sha256": common::hex(&Sha256::digest(KEY_B.as_bytes())), "workload": "team-b"}
             ]
         },
         "rate_limits": {

@@ -148,19 +148,13 @@ fn fronts_yaml(dir: &Path, ports: &[u16]) -> (String, String) {
     (listeners, clusters)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn plugin_config(standin: &StandIn) -> Value {
     json!({
-        "credentials": {"main": {"kind": "client_secret", "tenant_id": standin.tenant_id(),
-            "client_id": "22222222-2222-2222-2222-222222222222", "client_secret": "standin-secret",
-            "token_cluster": "entra"}},
+        "credentials": common::standin_credentials(&standin.tenant_id()),
         "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"}},
         "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}},
         "auth": {
-            "api_keys": [{"sha256": hex(&Sha256::digest(KEY.as_bytes())), "workload": "batch"}],
+            "api_keys": [{"sha256": common::hex(&Sha256::digest(KEY.as_bytes())), "workload": "batch"}],
             "mtls_peers": {REPORTER: "reporting"}
         },
         "rate_limits": {"workloads": {"reporting": {"requests_per_minute": 2}}}

@@ -11,13 +11,7 @@ use serde_json::{json, Value};
 
 fn plugin_config(standin: &StandIn, rate_limits: Value) -> Value {
     json!({
-        "credentials": {"main": {
-            "kind": "client_secret",
-            "tenant_id": standin.tenant_id(),
-            "client_id": "22222222-2222-2222-2222-222222222222",
-            "client_secret": "standin-secret",
-            "token_cluster": "entra"
-        }},
+        "credentials": common::standin_credentials(&standin.tenant_id()),
         "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"}},
         "models": {
             "gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"},
@@ -40,28 +34,6 @@ async fn setup(rate_limits: Value, concurrency: u32) -> (StandIn, Envoy) {
     (standin, envoy)
 }
 
-/// Counters use fixed minute windows: start a test early in a minute so that it does not
-/// straddle a window boundary.
-async fn early_in_a_minute() {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    if secs % 60 > 40 {
-        tokio::time::sleep(std::time::Duration::from_secs(61 - secs % 60)).await;
-    }
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<u64> {
-    resp.headers()
-        .get(name)?
-        .to_str()
-        .ok()?
-        .trim_end_matches('s')
-        .parse()
-        .ok()
-}
-
 async fn ask(envoy: &Envoy, model: &str) -> reqwest::Response {
     client()
         .post(envoy.url("/v1/chat/completions"))
@@ -74,7 +46,7 @@ async fn ask(envoy: &Envoy, model: &str) -> reqwest::Response {
 #[tokio::test]
 async fn spent_budget_gets_429_with_retry_after_and_other_budgets_are_unaffected() {
     let (standin, envoy) = setup(json!({"models": {"gpt-4o": {"tokens_per_minute": 60}}}), 1).await;
-    early_in_a_minute().await;
+    common::early_in_a_minute().await;
     let mut charged = 0;
     let mut refused = None;
     for _ in 0..20 {
@@ -84,9 +56,12 @@ async fn spent_budget_gets_429_with_retry_after_and_other_budgets_are_unaffected
             break;
         }
         assert_eq!(resp.status(), 200);
-        assert_eq!(header(&resp, "x-ratelimit-limit-tokens"), Some(60));
         assert_eq!(
-            header(&resp, "x-ratelimit-remaining-tokens"),
+            common::header_u64(&resp, "x-ratelimit-limit-tokens"),
+            Some(60)
+        );
+        assert_eq!(
+            common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
             Some(60u64.saturating_sub(charged))
         );
         let body: Value = resp.json().await.unwrap();
@@ -97,9 +72,12 @@ async fn spent_budget_gets_429_with_retry_after_and_other_budgets_are_unaffected
         charged >= 60,
         "refused only once the real usage reached the budget ({charged})"
     );
-    let retry_after = header(&refused, "retry-after").unwrap();
+    let retry_after = common::header_u64(&refused, "retry-after").unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
-    assert_eq!(header(&refused, "x-ratelimit-remaining-tokens"), Some(0));
+    assert_eq!(
+        common::header_u64(&refused, "x-ratelimit-remaining-tokens"),
+        Some(0)
+    );
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     let served = standin.count(EndpointKind::DataPlane);
@@ -113,7 +91,7 @@ async fn spent_budget_gets_429_with_retry_after_and_other_budgets_are_unaffected
 #[tokio::test]
 async fn streamed_usage_is_charged_exactly() {
     let (_standin, envoy) = setup(json!({"default": {"tokens_per_minute": 100000}}), 1).await;
-    early_in_a_minute().await;
+    common::early_in_a_minute().await;
     let resp = client()
         .post(envoy.url("/v1/chat/completions"))
         .json(&json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "one two three four"}]}))
@@ -138,7 +116,7 @@ async fn streamed_usage_is_charged_exactly() {
     // The next request sees exactly that much gone.
     let resp = ask(&envoy, "gpt-4o").await;
     assert_eq!(
-        header(&resp, "x-ratelimit-remaining-tokens"),
+        common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
         Some(100000 - total)
     );
 }
@@ -146,7 +124,7 @@ async fn streamed_usage_is_charged_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_per_minute_are_exact_across_two_workers() {
     let (standin, envoy) = setup(json!({"default": {"requests_per_minute": 30}}), 2).await;
-    early_in_a_minute().await;
+    common::early_in_a_minute().await;
     let mut tasks = Vec::new();
     for _ in 0..60 {
         let url = envoy.url("/v1/chat/completions");

@@ -16,23 +16,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const KEY_A: &str = "team-a-key-0123456789";
 const KEY_B: &str = "team-b-key-9876543210";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn plugin_config(standin: &StandIn, rate_limits: Value) -> Value {
     json!({
         "auth": {"api_keys": [
-            {"sha256": hex(&Sha256::digest(KEY_A.as_bytes())), "workload": "team-a"},
-            {"sha256": hex(&Sha256::digest(KEY_B.as_bytes())), "workload": "team-b"}
+            {"sha256": common::hex(&Sha256::digest(KEY_A.as_bytes())), "workload": "team-a"},
+            {"sha256": common::hex(&Sha256::digest(KEY_B.as_bytes())), "workload": "team-b"}
         ]},
-        "credentials": {"main": {
-            "kind": "client_secret",
-            "tenant_id": standin.tenant_id(),
-            "client_id": "22222222-2222-2222-2222-222222222222",
-            "client_secret": "standin-secret",
-            "token_cluster": "entra"
-        }},
+        "credentials": common::standin_credentials(&standin.tenant_id()),
         "backends": {
             "aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"},
             "aoai-v1": {"kind": "azure_openai_v1", "host": "v1.openai.azure.com", "credential": "main"},
@@ -66,25 +56,6 @@ fn now_s() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Counters use fixed minute windows: start early in a minute so that a test does not
-/// straddle a window boundary.
-async fn early_in_a_minute() {
-    let secs = now_s();
-    if secs % 60 > 40 {
-        tokio::time::sleep(std::time::Duration::from_secs(61 - secs % 60)).await;
-    }
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<u64> {
-    resp.headers()
-        .get(name)?
-        .to_str()
-        .ok()?
-        .trim_end_matches('s')
-        .parse()
-        .ok()
 }
 
 async fn post(envoy: &Envoy, key: &str, path: &str, body: Value) -> reqwest::Response {
@@ -169,7 +140,7 @@ async fn body_text(resp: reqwest::Response) -> String {
 async fn the_real_usage_of_every_api_is_charged_json_and_streamed() {
     let budget = 1_000_000u64;
     let (_standin, envoy) = setup(json!({"default": {"tokens_per_minute": budget}}), 1).await;
-    early_in_a_minute().await;
+    common::early_in_a_minute().await;
     let msgs = json!([{"role": "user", "content": "one two three four five"}]);
     let calls: Vec<(&str, Value, bool)> = vec![
         ("/v1/chat/completions", chat("one two three"), false),
@@ -209,7 +180,7 @@ async fn the_real_usage_of_every_api_is_charged_json_and_streamed() {
         let resp = post(&envoy, KEY_A, path, body.clone()).await;
         assert_eq!(resp.status(), 200, "{path} {body}");
         assert_eq!(
-            header(&resp, "x-ratelimit-remaining-tokens"),
+            common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
             Some(budget - charged),
             "before {path} {body}: everything earlier was charged exactly"
         );
@@ -219,7 +190,7 @@ async fn the_real_usage_of_every_api_is_charged_json_and_streamed() {
     }
     let resp = post(&envoy, KEY_A, "/v1/chat/completions", chat("last")).await;
     assert_eq!(
-        header(&resp, "x-ratelimit-remaining-tokens"),
+        common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
         Some(budget - charged)
     );
 }
@@ -234,13 +205,19 @@ async fn a_workload_that_spends_its_budget_does_not_touch_another_workloads() {
         1,
     )
     .await;
-    early_in_a_minute().await;
+    common::early_in_a_minute().await;
 
     // team-b first: its own counters, the default policy.
     let resp = post(&envoy, KEY_B, "/v1/chat/completions", chat("hi")).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-ratelimit-limit-requests"), Some(1000));
-    assert_eq!(header(&resp, "x-ratelimit-remaining-requests"), Some(999));
+    assert_eq!(
+        common::header_u64(&resp, "x-ratelimit-limit-requests"),
+        Some(1000)
+    );
+    assert_eq!(
+        common::header_u64(&resp, "x-ratelimit-remaining-requests"),
+        Some(999)
+    );
     let b_first = reported_tokens(&body_text(resp).await, false);
 
     let mut refused = None;
@@ -257,10 +234,13 @@ async fn a_workload_that_spends_its_budget_does_not_touch_another_workloads() {
             break;
         }
         assert_eq!(resp.status(), 200);
-        assert_eq!(header(&resp, "x-ratelimit-limit-tokens"), Some(60));
+        assert_eq!(
+            common::header_u64(&resp, "x-ratelimit-limit-tokens"),
+            Some(60)
+        );
     }
     let refused = refused.expect("team-a ran out of its 60 tokens");
-    let retry_after = header(&refused, "retry-after").unwrap();
+    let retry_after = common::header_u64(&refused, "retry-after").unwrap();
     let to_window_end = 60 - now_s() % 60;
     assert!(
         retry_after >= to_window_end.saturating_sub(2) && retry_after <= to_window_end + 2,
@@ -275,10 +255,13 @@ async fn a_workload_that_spends_its_budget_does_not_touch_another_workloads() {
     let resp = post(&envoy, KEY_B, "/v1/chat/completions", chat("hi again")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
-        header(&resp, "x-ratelimit-remaining-tokens"),
+        common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
         Some(100000 - b_first)
     );
-    assert_eq!(header(&resp, "x-ratelimit-remaining-requests"), Some(998));
+    assert_eq!(
+        common::header_u64(&resp, "x-ratelimit-remaining-requests"),
+        Some(998)
+    );
     assert_eq!(standin.count(EndpointKind::DataPlane), served + 1);
 
     // team-a stays refused, and refusals never reach Azure.
@@ -304,7 +287,7 @@ async fn a_spent_daily_quota_answers_403_until_midnight_utc() {
     }
     let refused = refused.expect("the daily quota ran out");
     assert_eq!(refused.status(), 403);
-    let retry_after = header(&refused, "retry-after").unwrap();
+    let retry_after = common::header_u64(&refused, "retry-after").unwrap();
     let to_midnight = 86_400 - now_s() % 86_400;
     assert!(
         retry_after + 3 >= to_midnight && retry_after <= to_midnight + 3,
@@ -331,7 +314,7 @@ async fn concurrent_callers_on_two_workers_overshoot_by_at_most_the_requests_in_
         2,
     )
     .await;
-    early_in_a_minute().await;
+    common::early_in_a_minute().await;
     let url = envoy.url("/v1/chat/completions");
     let mut tasks = Vec::new();
     for _ in 0..CALLERS {
@@ -379,7 +362,10 @@ async fn concurrent_callers_on_two_workers_overshoot_by_at_most_the_requests_in_
     );
     let resp = post(&envoy, KEY_A, "/v1/chat/completions", chat("x")).await;
     assert_eq!(resp.status(), 429);
-    assert_eq!(header(&resp, "x-ratelimit-remaining-tokens"), Some(0));
+    assert_eq!(
+        common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
+        Some(0)
+    );
 }
 
 #[tokio::test]
@@ -389,12 +375,12 @@ async fn the_prompt_estimate_refuses_a_prompt_larger_than_what_is_left() {
         1,
     )
     .await;
-    early_in_a_minute().await;
+    common::early_in_a_minute().await;
     // ~4,000 bytes: an estimate of ~1,000 tokens, more than the 200 the budget has.
     let big = "lorem ipsum dolor ".repeat(220);
     let resp = post(&envoy, KEY_A, "/v1/chat/completions", chat(&big)).await;
     assert_eq!(resp.status(), 429);
-    assert!(header(&resp, "retry-after").is_some());
+    assert!(common::header_u64(&resp, "retry-after").is_some());
     assert_eq!(
         standin.count(EndpointKind::DataPlane),
         0,

@@ -26,10 +26,6 @@ fn soak_secs() -> u64 {
         .unwrap_or(15)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn key(workload: &str) -> String {
     format!("{workload}-soak-key")
 }
@@ -110,17 +106,11 @@ async fn mixed_traffic_with_expiring_tokens_has_no_failure_and_flat_memory() {
     .unwrap();
     let api_keys: Vec<Value> = WORKLOADS
         .iter()
-        .map(|w| json!({"sha256": hex(&Sha256::digest(key(w).as_bytes())), "workload": w}))
+        .map(|w| json!({"sha256": common::hex(&Sha256::digest(key(w).as_bytes())), "workload": w}))
         .collect();
     let plugin = json!({
         "auth": {"api_keys": api_keys},
-        "credentials": {"main": {
-            "kind": "client_secret",
-            "tenant_id": standin.tenant_id(),
-            "client_id": "22222222-2222-2222-2222-222222222222",
-            "client_secret": "standin-secret",
-            "token_cluster": "entra"
-        }},
+        "credentials": common::standin_credentials(&standin.tenant_id()),
         "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"}},
         "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}},
         "rate_limits": {"default": {"tokens_per_minute": 100_000_000u64, "requests_per_minute": 10_000_000u64}}

@@ -996,3 +996,49 @@ fn new_run_dir() -> PathBuf {
     let _ = File::create(root.join("LATEST")).and_then(|mut f| writeln!(f, "{}", dir.display()));
     dir
 }
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers shared by the tests
+
+/// The client id of the stand-in's app registration.
+pub const STANDIN_CLIENT_ID: &str = "22222222-2222-2222-2222-222222222222";
+
+/// `credentials` with the `main` client-secret credential most tests use: the stand-in's app
+/// registration, tokens through the `entra` cluster.
+pub fn standin_credentials(tenant_id: &str) -> serde_json::Value {
+    serde_json::json!({"main": {
+        "kind": "client_secret",
+        "tenant_id": tenant_id,
+        "client_id": STANDIN_CLIENT_ID,
+        "client_secret": "standin-secret",
+        "token_cluster": "entra"
+    }})
+}
+
+/// Lowercase hex (API-key hashes in plugin configs).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A numeric header (`x-ratelimit-*`, `retry-after`; a trailing `s` is dropped).
+pub fn header_u64(resp: &reqwest::Response, name: &str) -> Option<u64> {
+    resp.headers()
+        .get(name)?
+        .to_str()
+        .ok()?
+        .trim_end_matches('s')
+        .parse()
+        .ok()
+}
+
+/// Local counters use fixed minute windows: a test that must not straddle a window boundary
+/// starts early in a minute.
+pub async fn early_in_a_minute() {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if secs % 60 > 40 {
+        tokio::time::sleep(Duration::from_secs(61 - secs % 60)).await;
+    }
+}
