@@ -25,6 +25,14 @@ use std::time::Duration;
 /// Caller credentials that must never reach Azure: the filter authenticates to Azure itself.
 const CALLER_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
 
+/// The first value of header `name` (names compared case-insensitively).
+fn first_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// A request waiting for its body.
 struct PendingBody {
     op: Operation,
@@ -123,8 +131,10 @@ impl HttpFilter {
     }
 
     /// Checks the caller's credential. `Ok(None)`: anonymous (authentication optional).
-    fn authenticate(&mut self) -> Result<Option<String>, FilterError> {
-        let headers = self.get_http_request_headers();
+    fn authenticate(
+        &mut self,
+        headers: &[(String, String)],
+    ) -> Result<Option<String>, FilterError> {
         let values = |name: &str| -> Vec<&str> {
             headers
                 .iter()
@@ -168,9 +178,9 @@ impl HttpFilter {
         }
     }
 
-    fn header_model(&self, config: &Config) -> Option<String> {
+    fn header_model(config: &Config, headers: &[(String, String)]) -> Option<String> {
         let name = config.model_header.as_deref()?;
-        self.get_http_request_header(name)
+        first_header(headers, name)
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     }
@@ -467,20 +477,28 @@ impl Context for HttpFilter {
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = self.state.borrow().config.clone();
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let classified = routing::classify(&method, &path);
+        // One host call for every header this phase reads: each call that returns data has
+        // Envoy call back into the VM to allocate it.
+        let headers = self.get_http_request_headers();
+        let method = first_header(&headers, ":method").unwrap_or_default();
+        let path = first_header(&headers, ":path").unwrap_or_default();
+        let classified = routing::classify(method, path);
         // Authenticate what the filter serves, before the credentials are removed.
         let authenticated = match &classified {
-            Ok(Some(_)) if config.auth.is_some() => Some(self.authenticate()),
+            Ok(Some(_)) if config.auth.is_some() => Some(self.authenticate(&headers)),
             _ => None,
         };
         // Whatever happens next, neither the caller's credentials nor a routing decision the
-        // caller made up go any further.
-        for name in CALLER_CREDENTIAL_HEADERS {
-            self.set_http_request_header(name, None);
+        // caller made up go any further (removing removes every value of a name).
+        for name in CALLER_CREDENTIAL_HEADERS
+            .iter()
+            .copied()
+            .chain([config.routing_header.as_str()])
+        {
+            if first_header(&headers, name).is_some() {
+                self.set_http_request_header(name, None);
+            }
         }
-        self.set_http_request_header(&config.routing_header, None);
 
         let inbound = match classified {
             Ok(Some(i)) => i,
@@ -497,7 +515,7 @@ impl HttpContext for HttpFilter {
         };
         // Known from here on, for the access log of refusals too.
         self.set_property(vec!["azure_llm_workload"], Some(self.workload.as_bytes()));
-        let known_model = path_model.or_else(|| self.header_model(&config));
+        let known_model = path_model.or_else(|| Self::header_model(&config, &headers));
         if config.routing_mode == RoutingMode::Header || end_of_stream {
             let result = match &known_model {
                 Some(model) => self.route_without_body(&config, op, model, 0),
@@ -513,9 +531,8 @@ impl HttpContext for HttpFilter {
             return result.unwrap_or_else(|e| self.reply_error(&e));
         }
         let limit = config.max_body_bytes;
-        let declared = self
-            .get_http_request_header("content-length")
-            .and_then(|v| v.trim().parse::<usize>().ok());
+        let declared =
+            first_header(&headers, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
             return self.reply_error(&FilterError::too_large(limit));
         }
