@@ -58,22 +58,27 @@ pub fn caller_token(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let Some(fixture) = token_fixture() else {
+        return; // the fixture is checked by this module's tests
+    };
     thread_local! {
         // One per thread, as one per worker in Envoy: its verified-token cache carries over
         // from input to input, as it does from request to request.
-        static AUTH: std::cell::RefCell<Authenticator> =
-            std::cell::RefCell::new(Authenticator::new(token_fixture().config.clone()));
+        static AUTH: std::cell::RefCell<Option<Authenticator>> = std::cell::RefCell::new(
+            token_fixture().map(|f| Authenticator::new(f.config.clone())),
+        );
     }
     let value = format!("Bearer {text}");
     let result = AUTH.with(|a| {
         a.borrow_mut()
-            .authenticate(&[&value], &[], None, NOW_S * 1000)
+            .as_mut()
+            .map(|auth| auth.authenticate(&[&value], &[], None, NOW_S * 1000))
     });
-    if let Ok(Some(caller)) = result {
+    if let Some(Ok(Some(caller))) = result {
         assert!(crate::auth::config::is_valid_workload(&caller.workload));
         // Accepted means signed by the fixture's key: the token must be one of the seeds'
         // header.payload with their exact signature.
-        assert!(token_fixture().valid_tokens.iter().any(|t| t == text));
+        assert!(fixture.valid_tokens.iter().any(|t| t == text));
     }
 }
 
@@ -222,9 +227,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             })
             .to_string(),
         ],
-        "caller_token" => token_fixture().valid_tokens.clone(),
+        "caller_token" => token_fixture()
+            .map(|f| f.valid_tokens.clone())
+            .unwrap_or_default(),
         "jwks" => vec![
-            token_fixture().jwks.to_string(),
+            token_fixture().map(|f| f.jwks.to_string()).unwrap_or_default(),
             json!({"issuer": ISSUER, "jwks_uri": "https://login.microsoftonline.com/common/discovery/v2.0/keys"}).to_string(),
         ],
         "entra_response" => vec![
@@ -269,48 +276,48 @@ struct TokenFixture {
     valid_tokens: Vec<String>,
 }
 
-fn token_fixture() -> &'static TokenFixture {
-    static F: OnceLock<TokenFixture> = OnceLock::new();
-    F.get_or_init(|| {
-        // TEST-ONLY key, checked into tests/keys/ for exactly this kind of use.
-        let pem = include_str!("../tests/keys/client-pkcs8.pem");
-        let key = entra::assertion::parse_private_key_pem(pem)
-            .map(|(k, _)| k)
-            .unwrap_or_else(|e| unreachable!("the test key parses: {e}"));
-        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
-        let jwks = json!({"keys": [{"kty": "RSA", "use": "sig", "kid": "fuzz",
-            "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be())}]});
-        let raw: RawAuthConfig = serde_json::from_value(json!({
-            "jwt_providers": {"entra": {"issuer": ISSUER, "audiences": [AUDIENCE],
-                "jwks": {"inline": jwks.clone()},
-                "required_claims": [{"claim": "roles", "any_of": ["LLM.Invoke"]}]}}
-        }))
-        .unwrap_or_else(|e| unreachable!("fixture auth config: {e}"));
-        let config = AuthConfig::from_raw(raw, "auth")
-            .unwrap_or_else(|e| unreachable!("fixture auth config: {e:?}"));
-        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key);
-        let sign = |claims: Value| {
-            use rsa::signature::{SignatureEncoding, Signer};
-            let input = format!(
-                "{}.{}",
-                b64(br#"{"alg":"RS256","kid":"fuzz","typ":"JWT"}"#),
-                b64(claims.to_string().as_bytes())
-            );
-            let sig = signer.sign(input.as_bytes()).to_vec();
-            format!("{input}.{}", b64(&sig))
-        };
-        let claims = |azp: &str| {
-            json!({"iss": ISSUER, "aud": AUDIENCE, "azp": azp, "roles": ["LLM.Invoke"],
-                   "iat": NOW_S - 60, "nbf": NOW_S - 60, "exp": NOW_S + 3600})
-        };
-        let mut forbidden = claims("app-two");
-        forbidden["roles"] = json!(["Other"]);
-        let valid_tokens = vec![sign(claims("app-one")), sign(forbidden)];
-        TokenFixture {
-            config,
-            jwks,
-            valid_tokens,
-        }
+/// None only if the repository's test key or the fixture config stopped parsing; this module's
+/// tests fail then (the caller-token target would have no seeds).
+fn token_fixture() -> Option<&'static TokenFixture> {
+    static F: OnceLock<Option<TokenFixture>> = OnceLock::new();
+    F.get_or_init(build_token_fixture).as_ref()
+}
+
+fn build_token_fixture() -> Option<TokenFixture> {
+    // TEST-ONLY key, checked into tests/keys/ for exactly this kind of use.
+    let pem = include_str!("../tests/keys/client-pkcs8.pem");
+    let (key, _) = entra::assertion::parse_private_key_pem(pem).ok()?;
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let jwks = json!({"keys": [{"kty": "RSA", "use": "sig", "kid": "fuzz",
+        "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be())}]});
+    let raw: RawAuthConfig = serde_json::from_value(json!({
+        "jwt_providers": {"entra": {"issuer": ISSUER, "audiences": [AUDIENCE],
+            "jwks": {"inline": jwks.clone()},
+            "required_claims": [{"claim": "roles", "any_of": ["LLM.Invoke"]}]}}
+    }))
+    .ok()?;
+    let config = AuthConfig::from_raw(raw, "auth").ok()?;
+    let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key);
+    let sign = |claims: Value| {
+        use rsa::signature::{SignatureEncoding, Signer};
+        let input = format!(
+            "{}.{}",
+            b64(br#"{"alg":"RS256","kid":"fuzz","typ":"JWT"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = signer.sign(input.as_bytes()).to_vec();
+        format!("{input}.{}", b64(&sig))
+    };
+    let claims = |azp: &str| {
+        json!({"iss": ISSUER, "aud": AUDIENCE, "azp": azp, "roles": ["LLM.Invoke"],
+               "iat": NOW_S - 60, "nbf": NOW_S - 60, "exp": NOW_S + 3600})
+    };
+    let mut forbidden = claims("app-two");
+    forbidden["roles"] = json!(["Other"]);
+    Some(TokenFixture {
+        config,
+        jwks,
+        valid_tokens: vec![sign(claims("app-one")), sign(forbidden)],
     })
 }
 
@@ -420,9 +427,10 @@ mod tests {
         }
         // The caller-token seeds really pass the whole check (the first), or fail only on
         // the policy (the second).
-        let mut auth = Authenticator::new(token_fixture().config.clone());
-        let [good, forbidden] = &token_fixture().valid_tokens[..] else {
-            unreachable!()
+        let fixture = token_fixture().expect("the fixture builds");
+        let mut auth = Authenticator::new(fixture.config.clone());
+        let [good, forbidden] = &fixture.valid_tokens[..] else {
+            panic!("two fixture tokens")
         };
         let caller = auth
             .authenticate(&[&format!("Bearer {good}")], &[], None, NOW_S * 1000)
