@@ -65,43 +65,31 @@ tools: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP) $(ENVOY_DEPS) redis openssl
 	  echo "tools: using ENVOY=$(ENVOY) ($$($(ENVOY) --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1))"; \
 	fi
 
-# redis-server (Debian package) for tests/rls (RedisServer: a throwaway Redis per test).
-# Idempotent: when it is installed this prints one line and does nothing else.
+# Debian packages the tests and benchmarks run: $(call apt_tool,COMMAND,PACKAGE,HINT).
+# Idempotent: when COMMAND is on PATH this prints one line and does nothing else.
+define apt_tool
+	@if command -v $(1) >/dev/null 2>&1; then \
+	  echo "tools: $(1) present"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "tools: apt-get install $(2)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null; } \
+	    || { echo "tools: 'apt-get install $(2)' failed (it needs root)" >&2; exit 1; }; \
+	else \
+	  echo "tools: $(1) is missing and apt-get is not available: $(3)" >&2; exit 1; \
+	fi
+endef
+
+# redis-server for tests/rls (RedisServer: a throwaway Redis per test).
 redis:
-	@if command -v redis-server >/dev/null 2>&1; then \
-	  echo "tools: redis-server present ($$(redis-server --version | grep -o 'v=[^ ]*'))"; \
-	elif command -v apt-get >/dev/null 2>&1; then \
-	  echo "tools: apt-get install redis-server"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; } \
-	    || { echo "tools: 'apt-get install redis-server' failed (it needs root)" >&2; exit 1; }; \
-	else \
-	  echo "tools: redis-server is missing and apt-get is not available: install Redis (redis-server on PATH, or REDIS_SERVER=/path/to/redis-server)" >&2; \
-	  exit 1; \
-	fi
+	$(call apt_tool,redis-server,redis-server,install Redis (redis-server on PATH, or REDIS_SERVER=/path/to/redis-server))
 
-# wrk (Debian package), the load generator of `make bench` (not needed by `make test`).
+# wrk, the load generator of `make bench` (not needed by `make test`).
 wrk:
-	@if command -v wrk >/dev/null 2>&1; then \
-	  echo "tools: wrk present"; \
-	elif command -v apt-get >/dev/null 2>&1; then \
-	  echo "tools: apt-get install wrk"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; } \
-	    || { echo "tools: 'apt-get install wrk' failed (it needs root)" >&2; exit 1; }; \
-	else \
-	  echo "tools: wrk is missing and apt-get is not available: install wrk (or WRK=/path/to/wrk)" >&2; exit 1; \
-	fi
+	$(call apt_tool,wrk,wrk,install wrk (or WRK=/path/to/wrk))
 
-# openssl (Debian package) for tests/e2e_mtls.rs, which makes a test CA and client certificates.
+# openssl for tests/e2e_mtls.rs, which makes a test CA and client certificates.
 openssl:
-	@if command -v openssl >/dev/null 2>&1; then \
-	  echo "tools: openssl present ($$(openssl version | cut -d' ' -f2))"; \
-	elif command -v apt-get >/dev/null 2>&1; then \
-	  echo "tools: apt-get install openssl"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >/dev/null; } \
-	    || { echo "tools: 'apt-get install openssl' failed (it needs root)" >&2; exit 1; }; \
-	else \
-	  echo "tools: openssl is missing and apt-get is not available: install it" >&2; exit 1; \
-	fi
+	$(call apt_tool,openssl,openssl,install openssl)
 
 $(WASM_TARGET_STAMP):
 	@mkdir -p $(TOOLS_DIR)
