@@ -40,6 +40,7 @@ const STREAM_EVENTS: usize = 20;
 const STREAM_GAP: Duration = Duration::from_millis(10);
 const WORKLOADS: usize = 10_000;
 const CHAT_BODY: &str = r#"{"model":"gpt-4o","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}"#;
+const CHAT_PATH: &str = "/v1/chat/completions";
 const AZURE_PATH: &str = "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21";
 
 // ---------------------------------------------------------------------------------------------
@@ -394,16 +395,19 @@ fn wrk(url: &str, headers: &[(&str, String)], body: &str, secs: u32) -> WrkResul
     })
 }
 
-/// Warm-up, then the measured run.
-fn throughput(envoy: &Envoy, token: &str) -> WrkResult {
-    throughput_at(envoy, "/v1/chat/completions", token)
-}
-
-fn throughput_at(envoy: &Envoy, path: &str, token: &str) -> WrkResult {
+/// Warm-up, then the measured run, with `token` as the caller's bearer token.
+fn throughput(envoy: &Envoy, path: &str, token: &str) -> WrkResult {
     let url = envoy.url(path);
     let headers = [("Authorization", format!("Bearer {token}"))];
     wrk(&url, &headers, CHAT_BODY, 1);
     wrk(&url, &headers, CHAT_BODY, WRK_SECS)
+}
+
+/// Once the Envoy serves: its one-connection latency, then its throughput.
+async fn latency_and_throughput(envoy: &Envoy, token: &str) -> ((f64, f64), WrkResult) {
+    wait_serving(envoy, token).await;
+    let lat = sequential_latency(envoy, token).await;
+    (lat, throughput(envoy, CHAT_PATH, token))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,36 +633,22 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
 
     // Bare Envoy.
     let envoy = Envoy::start(bare_options(&fx)).await;
-    wait_serving(&envoy, &token).await;
-    let bare_lat = sequential_latency(&envoy, &token).await;
+    let (bare_lat, r) = latency_and_throughput(&envoy, &token).await;
+    measure("bare Envoy", r, Some(bare_lat), true);
     let bare_stream = stream_times(&envoy, &token).await;
     let bare_mem = memory_allocated(&envoy).await;
-    measure(
-        "bare Envoy",
-        throughput(&envoy, &token),
-        Some(bare_lat),
-        true,
-    );
     drop(envoy);
 
-    // The filter, full path.
+    // The filter, full path; then forged tokens against it.
     let envoy = Envoy::start(filter_options(&fx, jwt_auth(&fx))).await;
-    wait_serving(&envoy, &token).await;
-    let filter_lat = sequential_latency(&envoy, &token).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    measure("azure-llm-filter, full path", r, Some(lat), true);
     let filter_stream = stream_times(&envoy, &token).await;
     let filter_mem = memory_allocated(&envoy).await;
-    measure(
-        "azure-llm-filter, full path",
-        throughput(&envoy, &token),
-        Some(filter_lat),
-        true,
-    );
-    let url = envoy.url("/v1/chat/completions");
-    let forged_h = [("Authorization", format!("Bearer {forged}"))];
-    wrk(&url, &forged_h, CHAT_BODY, 1);
+    let r = throughput(&envoy, CHAT_PATH, &forged);
     measure(
         "azure-llm-filter, forged RS256 tokens (401)",
-        wrk(&url, &forged_h, CHAT_BODY, WRK_SECS),
+        r,
         None,
         false,
     );
@@ -672,9 +662,10 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
             .to_string(),
     );
     let envoy = Envoy::start(o).await;
+    let r = throughput(&envoy, "/passthrough", &token);
     measure(
         "azure-llm-filter loaded, path not handled (Wasm floor)",
-        throughput_at(&envoy, "/passthrough", &token),
+        r,
         None,
         true,
     );
@@ -689,9 +680,8 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
         ),
     ] {
         let envoy = Envoy::start(filter_options_with(&fx, auth, false)).await;
-        wait_serving(&envoy, &token).await;
-        let lat = sequential_latency(&envoy, &token).await;
-        measure(name, throughput(&envoy, &token), Some(lat), true);
+        let (lat, r) = latency_and_throughput(&envoy, &token).await;
+        measure(name, r, Some(lat), true);
     }
 
     // Native jwt_authn + header_mutation, without and with its JWT cache.
@@ -700,15 +690,13 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
         (true, "native jwt_authn (cache) + header_mutation"),
     ] {
         let envoy = Envoy::start(native_options(&fx, cache)).await;
-        wait_serving(&envoy, &token).await;
-        let lat = sequential_latency(&envoy, &token).await;
-        measure(name, throughput(&envoy, &token), Some(lat), true);
+        let (lat, r) = latency_and_throughput(&envoy, &token).await;
+        measure(name, r, Some(lat), true);
         if !cache {
-            let url = envoy.url("/v1/chat/completions");
-            wrk(&url, &forged_h, CHAT_BODY, 1);
+            let r = throughput(&envoy, CHAT_PATH, &forged);
             measure(
                 "native jwt_authn, forged RS256 tokens (401)",
-                wrk(&url, &forged_h, CHAT_BODY, WRK_SECS),
+                r,
                 None,
                 false,
             );

@@ -485,16 +485,21 @@ fn redis_helper_starts_a_throwaway_redis() {
 // ---------------------------------------------------------------------------------------------
 // Counters in Redis: two RLS replicas on one Redis are one Limitador deployment
 
-/// The kuadrant scheme across two replicas: what one replica counts, the other sees; another
-/// workload has its own counter; a counter's window ends with its Redis key.
-#[tokio::test]
-async fn redis_replicas_share_one_budget_and_windows_expire() {
+/// A throwaway Redis and two RLS replicas keeping their counters in it.
+async fn redis_replicas(limits: Vec<LimitSpec>) -> (azure_rls::RedisServer, RlsServer, RlsServer) {
     let redis = azure_rls::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let limits = vec![LimitSpec::per_workload(DOMAIN, 100, 2)];
     let one = RlsServer::start_redis(&redis.url(), limits.clone())
         .await
         .unwrap();
     let two = RlsServer::start_redis(&redis.url(), limits).await.unwrap();
+    (redis, one, two)
+}
+
+/// The kuadrant scheme across two replicas: what one replica counts, the other sees; another
+/// workload has its own counter; a counter's window ends with its Redis key.
+#[tokio::test]
+async fn redis_replicas_share_one_budget_and_windows_expire() {
+    let (_redis, one, two) = redis_replicas(vec![LimitSpec::per_workload(DOMAIN, 100, 2)]).await;
     let mut a = Client::connect(&one).await;
     let mut b = Client::connect(&two).await;
     let p = Protocol::Kuadrant;
@@ -528,15 +533,11 @@ async fn redis_replicas_share_one_budget_and_windows_expire() {
 /// of one call, whichever replica is asked.
 #[tokio::test]
 async fn redis_check_and_update_is_all_or_nothing() {
-    let redis = azure_rls::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let limits = vec![
+    let (_redis, one, two) = redis_replicas(vec![
         LimitSpec::per_workload(DOMAIN, 100, 60),
         LimitSpec::per_workload_model(DOMAIN, "gpt-4o", 50, 60),
-    ];
-    let one = RlsServer::start_redis(&redis.url(), limits.clone())
-        .await
-        .unwrap();
-    let two = RlsServer::start_redis(&redis.url(), limits).await.unwrap();
+    ])
+    .await;
     let mut a = Client::connect(&one).await;
     let mut b = Client::connect(&two).await;
     let p = Protocol::Envoy;
