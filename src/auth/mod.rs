@@ -36,7 +36,7 @@ mod tests;
 pub use config::{AuthConfig, JwksSource, JwtProvider, RawAuthConfig};
 pub use error::AuthError;
 
-use cache::{token_key, VerifiedCache};
+use cache::VerifiedCache;
 use jwks::{JwksError, JwksLocation, JwksState, KeySet};
 use policy::IssuerPattern;
 
@@ -323,13 +323,12 @@ impl Authenticator {
         if token.len() > jwt::MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
-        let key = token_key(token);
-        if let Some(caller) = self.cache.get(&key, now_ms) {
+        if let Some(caller) = self.cache.get(token, now_ms) {
             return Ok(caller.clone());
         }
         let v = jwt::verify_token(&self.config.providers, &self.keys, token, now_ms / 1000)?;
         self.cache
-            .insert(key, v.caller.clone(), v.exp_s, v.provider, v.kid, now_ms);
+            .insert(token, v.caller.clone(), v.exp_s, v.provider, v.kid, now_ms);
         Ok(v.caller)
     }
 
