@@ -4,6 +4,7 @@
 //! while the token is fetched.
 
 use super::limits;
+use super::metrics::Family;
 use super::now_ms;
 use super::tokens::{self, TokenLookup};
 use super::worker::{Waiter, WorkerState};
@@ -97,7 +98,7 @@ impl HttpFilter {
 
     fn reply_error(&mut self, error: &FilterError) -> Action {
         self.answered = true;
-        self.count(metrics::requests(error.code));
+        self.count(Family::Requests, error.code);
         log::debug!(
             "azure-llm-filter: answering {} ({})",
             error.status,
@@ -109,7 +110,7 @@ impl HttpFilter {
 
     fn reply_json(&mut self, body: &str) -> Action {
         self.answered = true;
-        self.count(metrics::requests("discovery"));
+        self.count(Family::Requests, "discovery");
         self.send_http_response(
             200,
             vec![("content-type", "application/json")],
@@ -208,7 +209,7 @@ impl HttpFilter {
             } else {
                 ("quota_exceeded", "quota")
             };
-            self.count(metrics::ratelimit(code));
+            self.count(Family::RateLimit, code);
             self.set_property(vec!["azure_llm_ratelimit"], Some(code.as_bytes()));
             let mut e = FilterError::new(
                 refusal.status(),
@@ -227,7 +228,7 @@ impl HttpFilter {
         }
         self.counters = counters;
         self.standings = standings;
-        self.count(metrics::ratelimit("allowed"));
+        self.count(Family::RateLimit, "allowed");
         self.set_property(vec!["azure_llm_ratelimit"], Some(b"allowed"));
         Ok(())
     }
@@ -269,13 +270,13 @@ impl HttpFilter {
 
     /// The request is admitted: attach the credential's token, or pause until it comes.
     fn forward(&mut self, config: &Config, credential: usize) -> Result<Action, FilterError> {
-        self.count(metrics::requests("routed"));
+        self.count(Family::Requests, "routed");
         let now = now_ms();
         let mut state = self.state.borrow_mut();
         match tokens::token_for_request(&mut state, credential, now) {
-            TokenLookup::Ready(token) => {
+            TokenLookup::Ready(authorization) => {
                 drop(state);
-                self.set_http_request_header("authorization", Some(&format!("Bearer {token}")));
+                self.set_http_request_header("authorization", Some(&authorization));
                 Ok(Action::Continue)
             }
             TokenLookup::Wait => {
@@ -344,14 +345,14 @@ impl HttpFilter {
                 } else {
                     "global_allowed"
                 };
-                self.count(metrics::ratelimit(decision));
+                self.count(Family::RateLimit, decision);
                 self.set_property(vec!["azure_llm_ratelimit"], Some(decision.as_bytes()));
                 let config = self.state.borrow().config.clone();
                 self.forward(&config, credential)
             }
             CheckOutcome::OverLimit { retry_after_s } => {
                 let code = "rate_limit_exceeded";
-                self.count(metrics::ratelimit(code));
+                self.count(Family::RateLimit, code);
                 self.set_property(vec!["azure_llm_ratelimit"], Some(code.as_bytes()));
                 Err(FilterError::new(
                     429,
@@ -370,7 +371,7 @@ impl HttpFilter {
                     self.workload
                 );
                 let decision = "global_failed_closed";
-                self.count(metrics::ratelimit(decision));
+                self.count(Family::RateLimit, decision);
                 self.set_property(vec!["azure_llm_ratelimit"], Some(decision.as_bytes()));
                 Err(FilterError::unavailable(
                     "rate_limit_service_unavailable",
@@ -539,7 +540,7 @@ impl HttpContext for HttpFilter {
         self.pending = Some(PendingBody { op, known_model });
         self.state
             .borrow_mut()
-            .watch_body(self.context_id, now_ms() + config.body_wait_timeout_ms);
+            .watch_body(self.context_id, || now_ms() + config.body_wait_timeout_ms);
         // The model, hence the backend, is in the body: hold the headers until it is read.
         // This needs `allow_on_headers_stop_iteration: true` in the Wasm plugin config; the
         // body watch answers 500 if the body never comes because it is missing.
@@ -628,9 +629,9 @@ impl HttpContext for HttpFilter {
 }
 
 impl HttpFilter {
-    fn count(&self, name: String) {
+    fn count(&self, family: Family, label: &'static str) {
         if let Ok(mut s) = self.state.try_borrow_mut() {
-            s.metrics.count(name, 1);
+            s.metrics.count_fixed(family, label);
         }
     }
 
@@ -660,13 +661,11 @@ impl HttpFilter {
             Some(u.completion_tokens.to_string().as_bytes()),
         );
         if let (Some((model, backend)), Ok(mut s)) = (&self.routed, self.state.try_borrow_mut()) {
-            let workload = s.metrics.workloads.label(&self.workload).to_string();
-            s.metrics.count(
-                metrics::tokens(&workload, model, backend, "prompt"),
+            s.metrics.count_tokens(
+                &self.workload,
+                model,
+                backend,
                 u.prompt_tokens,
-            );
-            s.metrics.count(
-                metrics::tokens(&workload, model, backend, "completion"),
                 u.completion_tokens,
             );
         }
