@@ -1,7 +1,7 @@
 //! Token slots in Envoy shared data, and handing tokens to paused requests.
 
 use super::shared;
-use super::worker::{LocalToken, Waiter, WorkerState};
+use super::worker::{bearer, LocalToken, Waiter, WorkerState};
 use crate::errors::FilterError;
 use crate::token_cache::TokenSlot;
 use proxy_wasm::hostcalls;
@@ -44,6 +44,7 @@ pub fn update_slot(
 
 /// What a request gets when it asks for its credential's token.
 pub enum TokenLookup {
+    /// The upstream `authorization` value (`Bearer <token>`).
     Ready(String),
     /// No token yet: pause, a fetch has been asked for.
     Wait,
@@ -71,7 +72,7 @@ pub fn token_for_request(state: &mut WorkerState, credential: usize, now_ms: u64
         want_fetch(state, credential);
     }
     if let Some(t) = slot.usable_token(now_ms) {
-        let token = t.to_string();
+        let token = bearer(t);
         if let Some(l) = state.local_tokens.get_mut(credential) {
             *l = LocalToken::from_slot(&slot);
         }
@@ -119,8 +120,11 @@ pub fn resume_with_token(waiter: &Waiter, token: &str) {
         );
         return; // the request is gone (caller disconnected)
     }
-    let value = format!("Bearer {token}");
-    let set = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", Some(&value));
+    let set = hostcalls::set_map_value(
+        MapType::HttpRequestHeaders,
+        "authorization",
+        Some(&bearer(token)),
+    );
     let resumed = hostcalls::resume_http_request();
     log::debug!(
         "azure-llm-filter: request {} resumed with token ({set:?}, {resumed:?})",

@@ -18,6 +18,8 @@ use std::rc::Rc;
 #[derive(Clone, Default)]
 pub struct LocalToken {
     pub token: String,
+    /// `Bearer <token>`, the upstream `authorization` value, built once per token.
+    pub authorization: String,
     pub usable_until_ms: u64,
     pub refresh_at_ms: u64,
 }
@@ -26,17 +28,24 @@ impl LocalToken {
     pub fn from_slot(slot: &TokenSlot) -> LocalToken {
         LocalToken {
             token: slot.token.clone(),
+            authorization: bearer(&slot.token),
             usable_until_ms: slot.usable_until_ms,
             refresh_at_ms: slot.refresh_at_ms,
         }
     }
 
-    /// The token, while it may be used and no refresh is due (a due refresh sends the caller
-    /// through the shared slot, which may hold a newer token from another worker).
+    /// The `authorization` value, while the token may be used and no refresh is due (a due
+    /// refresh sends the caller through the shared slot, which may hold a newer token from
+    /// another worker).
     pub fn fresh(&self, now_ms: u64) -> Option<&str> {
         (!self.token.is_empty() && now_ms < self.usable_until_ms && now_ms < self.refresh_at_ms)
-            .then_some(self.token.as_str())
+            .then_some(self.authorization.as_str())
     }
+}
+
+/// The upstream `authorization` header value for an Entra access token.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
 }
 
 /// A request paused until its credential has a token.
@@ -143,9 +152,11 @@ impl WorkerState {
         self.body_watch.retain(|(id, _)| *id != context_id);
     }
 
-    pub fn watch_body(&mut self, context_id: u32, deadline_ms: u64) {
+    /// Watches a request paused for its body, until a body callback shows Envoy delivers them
+    /// (`deadline_ms` is only asked for then: it costs a host call).
+    pub fn watch_body(&mut self, context_id: u32, deadline_ms: impl FnOnce() -> u64) {
         if !self.body_callbacks_seen {
-            self.body_watch.push((context_id, deadline_ms));
+            self.body_watch.push((context_id, deadline_ms()));
         }
     }
 
@@ -217,12 +228,12 @@ mod tests {
     #[test]
     fn body_watch_stops_once_a_body_was_seen() {
         let mut s = state();
-        s.watch_body(1, 100);
-        s.watch_body(2, 300);
+        s.watch_body(1, || 100);
+        s.watch_body(2, || 300);
         assert_eq!(s.take_expired_body_watches(200), vec![1]);
         s.body_arrived(2);
         assert!(s.body_watch.is_empty());
-        s.watch_body(3, 100);
+        s.watch_body(3, || 100);
         assert!(s.body_watch.is_empty(), "option known to be set");
     }
 
@@ -236,11 +247,12 @@ mod tests {
     #[test]
     fn local_token_is_not_fresh_once_refresh_is_due() {
         let t = LocalToken {
+            authorization: bearer("t"),
             token: "t".into(),
             usable_until_ms: 100,
             refresh_at_ms: 50,
         };
-        assert_eq!(t.fresh(10), Some("t"));
+        assert_eq!(t.fresh(10), Some("Bearer t"));
         assert_eq!(t.fresh(50), None);
         assert_eq!(LocalToken::default().fresh(0), None);
     }
