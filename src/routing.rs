@@ -333,6 +333,10 @@ pub fn rewrite_body(
     set_model: Option<&str>,
     include_usage: bool,
 ) -> Result<Option<Vec<u8>>, FilterError> {
+    if set_model.is_none() && !include_usage {
+        // The common case (Azure OpenAI, no streaming): spare the whole-document parse.
+        return Ok(None);
+    }
     let bad = || FilterError::bad_request("invalid_json", "request body is not a JSON object");
     let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad())?;
     let obj = value.as_object_mut().ok_or_else(bad)?;
@@ -552,6 +556,8 @@ mod tests {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+        // Nothing asked: the body is not even parsed (read_body already checked it).
+        assert_eq!(rewrite_body(b"{", None, false).unwrap(), None);
     }
 
     #[test]

@@ -434,7 +434,9 @@ impl HttpFilter {
             .ok_or_else(missing_model)?;
         let plan = routing::plan(config, op, &model)?;
         let include_usage = routing::wants_include_usage(op, plan.backend, &info);
-        if let Some(new_body) = routing::rewrite_body(body, plan.body_model, include_usage)? {
+        // A body that already names the backend's model needs no rewrite for it.
+        let set_model = plan.body_model.filter(|m| info.model.as_deref() != Some(*m));
+        if let Some(new_body) = routing::rewrite_body(body, set_model, include_usage)? {
             self.set_http_request_body(0, body.len(), &new_body);
             // Headers are still held, so the length can be corrected before they leave.
             self.set_http_request_header("content-length", Some(&new_body.len().to_string()));
