@@ -149,36 +149,19 @@ mod tests {
     fn bounded_and_evicts_expired_then_soonest() {
         let mut c = VerifiedCache::new(3);
         for i in 0..3u64 {
-            c.insert(
-                &format!("t{i}"),
-                caller("w"),
-                100 + i,
-                0,
-                "k".into(),
-                0,
-            );
+            c.insert(&format!("t{i}"), caller("w"), 100 + i, 0, "k".into(), 0);
         }
         assert_eq!(c.len(), 3);
         c.insert("t3", caller("w"), 200, 0, "k".into(), 0);
         assert_eq!(c.len(), 3);
-        assert!(
-            c.get("t0", 0).is_none(),
-            "soonest expiring evicted"
-        );
+        assert!(c.get("t0", 0).is_none(), "soonest expiring evicted");
         assert!(c.get("t3", 0).is_some());
         // At t=101.5 s, t1 (exp 101) has expired: it goes first.
         c.insert("t4", caller("w"), 300, 0, "k".into(), 101_500);
         assert_eq!(c.len(), 3);
         assert!(c.get("t2", 101_500).is_some());
         for i in 0..10_000u64 {
-            c.insert(
-                &format!("x{i}"),
-                caller("w"),
-                1000 + i,
-                0,
-                "k".into(),
-                0,
-            );
+            c.insert(&format!("x{i}"), caller("w"), 1000 + i, 0, "k".into(), 0);
             assert!(c.len() <= 3);
         }
     }

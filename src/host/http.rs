@@ -435,7 +435,9 @@ impl HttpFilter {
         let plan = routing::plan(config, op, &model)?;
         let include_usage = routing::wants_include_usage(op, plan.backend, &info);
         // A body that already names the backend's model needs no rewrite for it.
-        let set_model = plan.body_model.filter(|m| info.model.as_deref() != Some(*m));
+        let set_model = plan
+            .body_model
+            .filter(|m| info.model.as_deref() != Some(*m));
         if let Some(new_body) = routing::rewrite_body(body, set_model, include_usage)? {
             self.set_http_request_body(0, body.len(), &new_body);
             // Headers are still held, so the length can be corrected before they leave.
