@@ -5,6 +5,9 @@
 //!
 //! - Throughput: `wrk` (Debian package, `make bench` installs it), 1 thread, a fixed number of
 //!   connections, a fixed duration after a warm-up; every answer must be the expected status.
+//!   Bare Envoy runs first and last, and ratios are taken against the mean of the two, since
+//!   the machine drifts over a run. A Wasm filter that does nothing (written in WebAssembly
+//!   text) shows what any proxy-wasm filter costs before it does anything.
 //! - Latency added: one connection, requests one after another, p50/p99 minus bare Envoy's.
 //! - Streaming: time to first byte and per-event delay of an SSE answer whose events carry the
 //!   upstream's send time, so holding chunks back would show.
@@ -216,6 +219,52 @@ fn bare_options(fx: &Fixture) -> EnvoyOptions {
     o.access_log = false;
     o.extra_routes_yaml =
         Some("- match: { prefix: \"/\" }\n  route: { cluster: aoai, timeout: 30s }\n".to_string());
+    o
+}
+
+/// The smallest proxy-wasm filter there is: every callback returns at once, it never calls
+/// Envoy. What any Wasm filter costs before it does anything (VM entry on every phase).
+const TRIVIAL_FILTER_WAT: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  ;; Envoy allocates in the VM only to hand it data, which this module never asks for.
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_delete") (param i32)))
+"#;
+
+/// Bare Envoy's listener and route with the trivial Wasm filter in front.
+fn trivial_wasm_options(fx: &Fixture) -> EnvoyOptions {
+    let wasm = wat::parse_str(TRIVIAL_FILTER_WAT).expect("the trivial filter's text is valid");
+    let path = std::env::temp_dir().join(format!(
+        "azure-llm-bench-trivial-{}.wasm",
+        std::process::id()
+    ));
+    std::fs::write(&path, wasm).unwrap();
+    let mut o = bare_options(fx);
+    o.extra_http_filters_yaml = Some(format!(
+        "- name: envoy.filters.http.wasm
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      name: trivial
+      root_id: trivial
+      vm_config:
+        vm_id: trivial
+        runtime: envoy.wasm.runtime.v8
+        code: {{ local: {{ filename: {} }} }}
+",
+        serde_json::to_string(&path.to_string_lossy()).unwrap()
+    ));
     o
 }
 
@@ -671,6 +720,17 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
     );
     drop(envoy);
 
+    // What any Wasm filter costs: one that does nothing at all.
+    let envoy = Envoy::start(trivial_wasm_options(&fx)).await;
+    let r = throughput(&envoy, CHAT_PATH, &token);
+    measure(
+        "a Wasm filter that does nothing (any filter's floor)",
+        r,
+        None,
+        true,
+    );
+    drop(envoy);
+
     // Where the filter's cost goes: routing and token injection only, then with JWT auth.
     for (auth, name) in [
         (None, "azure-llm-filter: routing + Entra token only"),
@@ -703,6 +763,12 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
         }
     }
 
+    // Bare Envoy once more: the machine drifts over a run; the ratios use both bare runs.
+    let envoy = Envoy::start(bare_options(&fx)).await;
+    let r = throughput(&envoy, CHAT_PATH, &token);
+    measure("bare Envoy (again, last)", r, None, true);
+    drop(envoy);
+
     let (mem_before, mem_after) = memory_with_many_workloads(&fx).await;
     let wasm_bytes = std::fs::metadata(common::wasm_path())
         .map(|m| m.len())
@@ -715,13 +781,13 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
             .map(|(_, r, _)| r.requests_per_s)
             .unwrap_or(f64::NAN)
     };
-    let bare = rps("bare Envoy");
+    let bare = (rps("bare Envoy") + rps("bare Envoy (again, last)")) / 2.0;
     let filter = rps("azure-llm-filter, full path");
     let native_nocache = rps("native jwt_authn (no cache) + header_mutation");
     let native_cache = rps("native jwt_authn (cache) + header_mutation");
     println!();
     println!(
-        "Envoy 1 worker, wrk 1 thread x {CONNECTIONS} connections x {WRK_SECS} s, POST chat completion, fast local upstream"
+        "Envoy 1 worker, wrk 1 thread x {CONNECTIONS} connections x {WRK_SECS} s, POST chat completion, fast local upstream; x bare: against the mean of the two bare runs ({bare:.0} req/s)"
     );
     println!(
         "| scenario | req/s | x bare | wrk p50 | wrk p99 | 1-conn p50 | 1-conn p99 | p50 added | p99 added |"
