@@ -6,13 +6,16 @@
 //! comparison cannot. (A truncated SHA-256 was used before; it cost ~3 µs per request in V8,
 //! a tenth of the filter's whole cost on the cached path.) The map's hasher is std's SipHash
 //! with random keys (WASI `random_get`), so callers cannot aim tokens at one bucket. Memory is
-//! bounded by the capacity times `jwt::MAX_TOKEN_BYTES`; typical Entra tokens are 1-2 KB.
+//! bounded twice: at most `capacity` tokens and at most `DEFAULT_MAX_BYTES` of them per worker
+//! (typical Entra tokens are 1-2 KB, the largest accepted 16 KB).
 
 use super::jwks::KeySet;
 use super::Caller;
 use std::collections::HashMap;
 
 pub const DEFAULT_CAPACITY: usize = 4096;
+/// The tokens kept by one worker, in bytes.
+pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -27,6 +30,9 @@ struct Entry {
 pub struct VerifiedCache {
     map: HashMap<Box<str>, Entry>,
     capacity: usize,
+    /// Sum of the lengths of the tokens in `map`, and its bound.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl Default for VerifiedCache {
@@ -37,10 +43,36 @@ impl Default for VerifiedCache {
 
 impl VerifiedCache {
     pub fn new(capacity: usize) -> Self {
+        VerifiedCache::with_limits(capacity, DEFAULT_MAX_BYTES)
+    }
+
+    pub fn with_limits(capacity: usize, max_bytes: usize) -> Self {
         VerifiedCache {
             map: HashMap::new(),
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes,
         }
+    }
+
+    /// Bytes of tokens held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.map.remove(key).is_some() {
+            self.bytes = self.bytes.saturating_sub(key.len());
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Entry) -> bool) {
+        self.map.retain(|_, e| keep(e));
+        self.bytes = self.map.keys().map(|k| k.len()).sum();
+    }
+
+    fn has_room_for(&self, key: &str) -> bool {
+        self.map.len() < self.capacity && self.bytes.saturating_add(key.len()) <= self.max_bytes
     }
 
     pub fn len(&self) -> usize {
@@ -59,15 +91,15 @@ impl VerifiedCache {
             Some(e) => now_ms >= e.exp_ms,
         };
         if expired {
-            self.map.remove(key);
+            self.remove(key);
             return None;
         }
         self.map.get(key).map(|e| &e.caller)
     }
 
     /// Stores a verified token. Already expired tokens (accepted within the clock skew) are
-    /// not cached. When full, expired entries are dropped first, then the entry closest to
-    /// expiry.
+    /// not cached. When full (entries or bytes), expired entries are dropped first, then the
+    /// entries closest to expiry.
     pub fn insert(
         &mut self,
         key: &str,
@@ -81,39 +113,46 @@ impl VerifiedCache {
         if now_ms >= exp_ms {
             return;
         }
-        if self.map.len() >= self.capacity && !self.map.contains_key(key) {
-            self.map.retain(|_, e| now_ms < e.exp_ms);
-            if self.map.len() >= self.capacity {
-                let victim = self
-                    .map
-                    .iter()
-                    .min_by_key(|(_, e)| e.exp_ms)
-                    .map(|(k, _)| k.clone());
-                if let Some(v) = victim {
-                    self.map.remove(&v);
-                }
+        let entry = Entry {
+            caller,
+            exp_ms,
+            provider,
+            kid,
+        };
+        if let Some(existing) = self.map.get_mut(key) {
+            *existing = entry;
+            return;
+        }
+        if key.len() > self.max_bytes {
+            return; // larger than the whole budget: never evict everything for it
+        }
+        if !self.has_room_for(key) {
+            self.retain(|e| now_ms < e.exp_ms);
+        }
+        while !self.has_room_for(key) {
+            let victim = self
+                .map
+                .iter()
+                .min_by_key(|(_, e)| e.exp_ms)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(v) => self.remove(&v),
+                None => return,
             }
         }
-        self.map.insert(
-            key.into(),
-            Entry {
-                caller,
-                exp_ms,
-                provider,
-                kid,
-            },
-        );
+        self.bytes += key.len();
+        self.map.insert(key.into(), entry);
     }
 
     /// After a provider's JWKS changed: forget tokens signed with keys it no longer publishes
     /// (a withdrawn key stops working at once, not at the tokens' expiry).
     pub fn retain_keys(&mut self, provider: usize, keys: &KeySet) {
-        self.map
-            .retain(|_, e| e.provider != provider || keys.contains(&e.kid));
+        self.retain(|e| e.provider != provider || keys.contains(&e.kid));
     }
 
     pub fn clear(&mut self) {
         self.map.clear();
+        self.bytes = 0;
     }
 }
 
@@ -164,6 +203,30 @@ mod tests {
             c.insert(&format!("x{i}"), caller("w"), 1000 + i, 0, "k".into(), 0);
             assert!(c.len() <= 3);
         }
+    }
+
+    #[test]
+    fn bounded_in_bytes_too() {
+        let mut c = VerifiedCache::with_limits(100, 10);
+        c.insert("aaaa", caller("a"), 100, 0, "k".into(), 0);
+        c.insert("bbbb", caller("b"), 200, 0, "k".into(), 0);
+        assert_eq!((c.len(), c.bytes()), (2, 8));
+        // 8 + 4 > 10: the entry closest to expiry makes room.
+        c.insert("cccc", caller("c"), 300, 0, "k".into(), 0);
+        assert_eq!((c.len(), c.bytes()), (2, 8));
+        assert!(c.get("aaaa", 0).is_none());
+        assert!(c.get("cccc", 0).is_some());
+        // Storing a token again replaces its entry without counting it twice.
+        c.insert("cccc", caller("c2"), 300, 0, "k".into(), 0);
+        assert_eq!(c.bytes(), 8);
+        // Larger than the whole budget: not cached, nothing else lost.
+        c.insert("x".repeat(11).as_str(), caller("x"), 400, 0, "k".into(), 0);
+        assert_eq!(c.bytes(), 8);
+        // Expiry on lookup gives the bytes back.
+        assert!(c.get("bbbb", 200_000).is_none());
+        assert_eq!((c.len(), c.bytes()), (1, 4));
+        c.clear();
+        assert_eq!((c.len(), c.bytes()), (0, 0));
     }
 
     #[test]
