@@ -141,6 +141,17 @@ struct RawConfig {
     body_wait_timeout_ms: Option<u64>,
     #[cfg_attr(
         feature = "schema",
+        schemars(
+            description = "Leave each request's workload, model, backend, deployment, token \
+                           counts and rate-limit decision in Envoy filter state for access logs \
+                           (wasm.azure_llm_*; default true). Off saves a few microseconds per \
+                           request where no access log reads them."
+        )
+    )]
+    #[serde(default)]
+    access_log_properties: Option<bool>,
+    #[cfg_attr(
+        feature = "schema",
         schemars(description = "Per-workload and per-model token and request limits.")
     )]
     #[serde(default)]
@@ -774,6 +785,8 @@ pub struct Config {
     pub response_headers_to_remove: Vec<String>,
     pub token_wait_timeout_ms: u64,
     pub body_wait_timeout_ms: u64,
+    /// Per-request data left in filter state for access logs (`wasm.azure_llm_*`).
+    pub access_log_properties: bool,
     pub max_body_bytes: usize,
     pub credentials: Vec<Credential>,
     pub backends: Vec<Backend>,
@@ -944,6 +957,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         response_headers_to_remove,
         token_wait_timeout_ms,
         body_wait_timeout_ms,
+        access_log_properties: raw.access_log_properties.unwrap_or(true),
         max_body_bytes,
         credentials,
         backends,
@@ -1872,6 +1886,16 @@ mod tests {
         assert_eq!(c.credentials[0].authority_host, DEFAULT_AUTHORITY_HOST);
         assert_eq!(c.models["gpt-4o"].deployment, "gpt-4o-prod");
         assert_eq!(c.backends[0].credential, 0);
+        assert!(c.access_log_properties);
+    }
+
+    #[test]
+    fn access_log_properties_switch() {
+        let mut v = base();
+        v["access_log_properties"] = json!(false);
+        assert!(!parse(v.clone()).unwrap().access_log_properties);
+        v["access_log_properties"] = json!("off");
+        assert_eq!(parse(v).unwrap_err().field, "access_log_properties");
     }
 
     #[test]

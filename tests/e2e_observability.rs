@@ -8,22 +8,31 @@ use common::{client, Cluster, Envoy, EnvoyOptions};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-#[tokio::test]
-async fn metrics_and_access_log_fields() {
-    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
-    let plugin = json!({
+/// One Azure OpenAI backend with a token limit, behind the stand-in; `extra` is merged into
+/// the plugin config.
+async fn start(standin: &StandIn, extra: Value) -> Envoy {
+    let mut plugin = json!({
         "credentials": common::standin_credentials(&standin.tenant_id()),
         "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"}},
         "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}},
         "rate_limits": {"default": {"tokens_per_minute": 1000000}}
     });
+    if let (Some(p), Some(e)) = (plugin.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
     let mut o = EnvoyOptions::new(plugin);
     o.clusters = vec![
         Cluster::new("entra", standin.port()),
         Cluster::new("aoai", standin.port()),
     ];
     o.backend_routes = vec!["aoai".into()];
-    let envoy = Envoy::start(o).await;
+    Envoy::start(o).await
+}
+
+#[tokio::test]
+async fn metrics_and_access_log_fields() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let envoy = start(&standin, json!({})).await;
 
     let resp = client()
         .post(envoy.url("/v1/chat/completions"))
@@ -89,4 +98,41 @@ async fn metrics_and_access_log_fields() {
         "{routed_line}"
     );
     assert!(routed_line.contains("ratelimit=allowed"), "{routed_line}");
+}
+
+#[tokio::test]
+async fn access_log_properties_can_be_turned_off() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let envoy = start(&standin, json!({"access_log_properties": false})).await;
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Routing, the token limit and its headers work as before.
+    assert!(
+        common::header_u64(&resp, "x-ratelimit-remaining-tokens").is_some(),
+        "{resp:?}"
+    );
+    let _ = resp.bytes().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let line = loop {
+        let logs = envoy.logs();
+        if let Some(l) = logs.lines().find(|l| l.contains("/chat/completions")) {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log line:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        line.contains(
+            "workload=- model=- backend=- deployment=- prompt_tokens=- completion_tokens=- ratelimit=-"
+        ),
+        "{line}"
+    );
 }

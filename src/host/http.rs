@@ -74,6 +74,8 @@ pub struct HttpFilter {
     /// The request is paused for the rate limit service's answer; it then needs a token of
     /// this credential.
     global_check: Option<usize>,
+    /// `access_log_properties` of the config this request started with.
+    access_log_properties: bool,
 }
 
 /// gRPC UNAVAILABLE: what a call that could not even be dispatched amounts to.
@@ -81,7 +83,11 @@ const GRPC_UNAVAILABLE: u32 = 14;
 
 impl HttpFilter {
     pub fn new(context_id: u32, state: Rc<RefCell<WorkerState>>) -> HttpFilter {
+        let access_log_properties = state
+            .try_borrow()
+            .map_or(true, |s| s.config.access_log_properties);
         HttpFilter {
+            access_log_properties,
             context_id,
             state,
             pending: None,
@@ -210,7 +216,7 @@ impl HttpFilter {
                 ("quota_exceeded", "quota")
             };
             self.count(Family::RateLimit, code);
-            self.set_property(vec!["azure_llm_ratelimit"], Some(code.as_bytes()));
+            self.property("azure_llm_ratelimit", code.as_bytes());
             let mut e = FilterError::new(
                 refusal.status(),
                 "rate_limit_error",
@@ -229,7 +235,7 @@ impl HttpFilter {
         self.counters = counters;
         self.standings = standings;
         self.count(Family::RateLimit, "allowed");
-        self.set_property(vec!["azure_llm_ratelimit"], Some(b"allowed"));
+        self.property("azure_llm_ratelimit", b"allowed");
         Ok(())
     }
 
@@ -248,7 +254,7 @@ impl HttpFilter {
             ("azure_llm_backend", plan.backend.name.as_str()),
             ("azure_llm_deployment", plan.deployment),
         ] {
-            self.set_property(vec![name], Some(value.as_bytes()));
+            self.property(name, value.as_bytes());
         }
         self.set_http_request_header(":authority", Some(&plan.backend.host));
         self.set_http_request_header(":path", Some(&plan.path));
@@ -346,14 +352,14 @@ impl HttpFilter {
                     "global_allowed"
                 };
                 self.count(Family::RateLimit, decision);
-                self.set_property(vec!["azure_llm_ratelimit"], Some(decision.as_bytes()));
+                self.property("azure_llm_ratelimit", decision.as_bytes());
                 let config = self.state.borrow().config.clone();
                 self.forward(&config, credential)
             }
             CheckOutcome::OverLimit { retry_after_s } => {
                 let code = "rate_limit_exceeded";
                 self.count(Family::RateLimit, code);
-                self.set_property(vec!["azure_llm_ratelimit"], Some(code.as_bytes()));
+                self.property("azure_llm_ratelimit", code.as_bytes());
                 Err(FilterError::new(
                     429,
                     "rate_limit_error",
@@ -372,7 +378,7 @@ impl HttpFilter {
                 );
                 let decision = "global_failed_closed";
                 self.count(Family::RateLimit, decision);
-                self.set_property(vec!["azure_llm_ratelimit"], Some(decision.as_bytes()));
+                self.property("azure_llm_ratelimit", decision.as_bytes());
                 Err(FilterError::unavailable(
                     "rate_limit_service_unavailable",
                     "the rate limit service did not answer; retry later",
@@ -519,7 +525,7 @@ impl HttpContext for HttpFilter {
             return self.discovery(&config, &inbound);
         };
         // Known from here on, for the access log of refusals too.
-        self.set_property(vec!["azure_llm_workload"], Some(self.workload.as_bytes()));
+        self.property("azure_llm_workload", self.workload.as_bytes());
         let known_model = path_model.or_else(|| Self::header_model(&config, &headers));
         if config.routing_mode == RoutingMode::Header || end_of_stream {
             let result = match &known_model {
@@ -633,6 +639,14 @@ impl HttpContext for HttpFilter {
 }
 
 impl HttpFilter {
+    /// Leaves per-request data in filter state for access logs:
+    /// `%FILTER_STATE(wasm.<name>:PLAIN)%`, unless the config turned that off.
+    fn property(&self, name: &str, value: &[u8]) {
+        if self.access_log_properties {
+            self.set_property(vec![name], Some(value));
+        }
+    }
+
     fn count(&self, family: Family, label: &'static str) {
         if let Ok(mut s) = self.state.try_borrow_mut() {
             s.metrics.count_fixed(family, label);
@@ -656,14 +670,16 @@ impl HttpFilter {
             limits::charge_tokens(&self.counters, now_ms() / 1000, u.total());
         }
         self.charge_global(u.total());
-        self.set_property(
-            vec!["azure_llm_prompt_tokens"],
-            Some(u.prompt_tokens.to_string().as_bytes()),
-        );
-        self.set_property(
-            vec!["azure_llm_completion_tokens"],
-            Some(u.completion_tokens.to_string().as_bytes()),
-        );
+        if self.access_log_properties {
+            self.property(
+                "azure_llm_prompt_tokens",
+                u.prompt_tokens.to_string().as_bytes(),
+            );
+            self.property(
+                "azure_llm_completion_tokens",
+                u.completion_tokens.to_string().as_bytes(),
+            );
+        }
         if let (Some((model, backend)), Ok(mut s)) = (&self.routed, self.state.try_borrow_mut()) {
             s.metrics.count_tokens(
                 &self.workload,
