@@ -703,6 +703,19 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
     );
     drop(envoy);
 
+    // The same without the access-log properties (`access_log_properties: false`).
+    let mut o = filter_options(&fx, jwt_auth(&fx));
+    o.plugin_config["access_log_properties"] = json!(false);
+    let envoy = Envoy::start(o).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    measure(
+        "azure-llm-filter, full path, access_log_properties off",
+        r,
+        Some(lat),
+        true,
+    );
+    drop(envoy);
+
     // The floor: the filter loaded with the full config, on a path it does not handle (it
     // only looks at the method and path), which Envoy routes to the same upstream.
     let mut o = filter_options(&fx, jwt_auth(&fx));
