@@ -29,17 +29,22 @@ async fn start(standin: &StandIn, extra: Value) -> Envoy {
     Envoy::start(o).await
 }
 
+/// A chat completion of gpt-4o asking for at most 5 tokens.
+async fn chat(envoy: &Envoy, content: &str) -> reqwest::Response {
+    client()
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": content}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn metrics_and_access_log_fields() {
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
     let envoy = start(&standin, json!({})).await;
 
-    let resp = client()
-        .post(envoy.url("/v1/chat/completions"))
-        .json(&json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "count these four words"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = chat(&envoy, "count these four words").await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap();
@@ -104,12 +109,7 @@ async fn metrics_and_access_log_fields() {
 async fn access_log_properties_can_be_turned_off() {
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
     let envoy = start(&standin, json!({"access_log_properties": false})).await;
-    let resp = client()
-        .post(envoy.url("/v1/chat/completions"))
-        .json(&json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = chat(&envoy, "hi").await;
     assert_eq!(resp.status(), 200);
     // Routing, the token limit and its headers work as before.
     assert!(

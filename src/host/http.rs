@@ -670,16 +670,14 @@ impl HttpFilter {
             limits::charge_tokens(&self.counters, now_ms() / 1000, u.total());
         }
         self.charge_global(u.total());
-        if self.access_log_properties {
-            self.property(
-                "azure_llm_prompt_tokens",
-                u.prompt_tokens.to_string().as_bytes(),
-            );
-            self.property(
-                "azure_llm_completion_tokens",
-                u.completion_tokens.to_string().as_bytes(),
-            );
-        }
+        self.property(
+            "azure_llm_prompt_tokens",
+            u.prompt_tokens.to_string().as_bytes(),
+        );
+        self.property(
+            "azure_llm_completion_tokens",
+            u.completion_tokens.to_string().as_bytes(),
+        );
         if let (Some((model, backend)), Ok(mut s)) = (&self.routed, self.state.try_borrow_mut()) {
             s.metrics.count_tokens(
                 &self.workload,
