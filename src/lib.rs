@@ -18,6 +18,7 @@ pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+pub mod meter;
 pub mod metrics;
 pub mod ratelimit;
 pub mod rls;

@@ -1,0 +1,78 @@
+//! Phase authenticate: who is calling (JWT, API key or mTLS peer → workload), and the
+//! removal of the caller's credentials, which never reach Azure.
+
+use super::{first_header, HttpFilter};
+use crate::auth::AuthError;
+use crate::config::Config;
+use crate::errors::FilterError;
+use crate::host::{now_ms, tokens};
+use crate::metrics;
+use proxy_wasm::traits::Context;
+use proxy_wasm::traits::HttpContext;
+
+/// Caller credentials that must never reach Azure: the filter authenticates to Azure itself.
+const CALLER_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
+
+impl HttpFilter {
+    /// Checks the caller's credential. `Ok(None)`: anonymous (authentication optional).
+    pub(super) fn authenticate(
+        &mut self,
+        headers: &[(String, String)],
+    ) -> Result<Option<String>, FilterError> {
+        let values = |name: &str| -> Vec<&str> {
+            headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        let authorization = values("authorization");
+        let mut api_keys = values("api-key");
+        api_keys.extend(values("x-api-key"));
+        let state_rc = self.state.clone();
+        let mut state = state_rc.borrow_mut();
+        let Some(authn) = state.auth.as_mut() else {
+            return Ok(None);
+        };
+        // Envoy's attribute for the first URI SAN of the downstream peer's certificate: with
+        // mTLS (Istio), the caller's SPIFFE identity. Read only when the config can use it.
+        let mtls_peer = if authn.config().mtls_peers.is_empty() {
+            None
+        } else {
+            self.get_property(vec!["connection", "uri_san_peer_certificate"])
+                .and_then(|b| String::from_utf8(b).ok())
+        };
+        match authn.authenticate(&authorization, &api_keys, mtls_peer.as_deref(), now_ms()) {
+            Ok(caller) => Ok(caller.map(|c| c.workload)),
+            Err(e) => {
+                log::debug!("azure-llm-filter: caller refused: {}", e.code());
+                state.metrics.count(metrics::jwt_rejections(e.code()), 1);
+                if let AuthError::UnknownKid { provider } = e {
+                    if let Some(flag) = state.jwks_unknown_kid.get_mut(provider) {
+                        *flag = true;
+                    }
+                    tokens::request_tick_now(&mut state);
+                }
+                let mut err = e.to_filter_error();
+                if let Some(v) = e.www_authenticate() {
+                    err.extra_headers.push(("www-authenticate", v));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Whatever happens next, neither the caller's credentials nor a routing decision the
+    /// caller made up go any further (removing removes every value of a name).
+    pub(super) fn strip_caller_headers(&self, config: &Config, headers: &[(String, String)]) {
+        for name in CALLER_CREDENTIAL_HEADERS
+            .iter()
+            .copied()
+            .chain([config.routing_header.as_str()])
+        {
+            if first_header(headers, name).is_some() {
+                self.set_http_request_header(name, None);
+            }
+        }
+    }
+}

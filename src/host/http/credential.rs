@@ -1,0 +1,46 @@
+//! Phase credential: the backend credential's Entra token (cached in shared data for every
+//! worker) replaces any caller authorization, or the request pauses until the root context
+//! has fetched one (`host::tokens::resume_with_token` resumes it).
+
+use super::HttpFilter;
+use crate::config::Config;
+use crate::errors::FilterError;
+use crate::host::metrics::Family;
+use crate::host::now_ms;
+use crate::host::tokens::{self, TokenLookup};
+use crate::host::worker::Waiter;
+use proxy_wasm::traits::HttpContext;
+use proxy_wasm::types::Action;
+
+impl HttpFilter {
+    /// The request is admitted: attach the credential's token, or pause until it comes.
+    pub(super) fn attach_credential(
+        &mut self,
+        config: &Config,
+        credential: usize,
+    ) -> Result<Action, FilterError> {
+        self.count(Family::Requests, "routed");
+        let now = now_ms();
+        let mut state = self.state.borrow_mut();
+        match tokens::token_for_request(&mut state, credential, now) {
+            TokenLookup::Ready(authorization) => {
+                drop(state);
+                self.set_http_request_header("authorization", Some(&authorization));
+                Ok(Action::Continue)
+            }
+            TokenLookup::Wait => {
+                log::debug!(
+                    "azure-llm-filter: request {} waits for a token",
+                    self.context_id
+                );
+                state.waiters.push(Waiter {
+                    context_id: self.context_id,
+                    credential,
+                    deadline_ms: now + config.token_wait_timeout_ms,
+                });
+                Ok(Action::Pause)
+            }
+            TokenLookup::Unavailable(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Phase forward: the admitted request is pointed at its backend: `:authority`, `:path`, the
+//! routing header Envoy's route table matches, the backend's fixed headers and defaults, and
+//! the access-log properties naming model, backend and deployment.
+
+use super::HttpFilter;
+use crate::config::Config;
+use crate::routing::RoutePlan;
+use proxy_wasm::traits::HttpContext;
+
+impl HttpFilter {
+    /// Sets the upstream headers of a plan.
+    pub(super) fn forward(&mut self, config: &Config, plan: &RoutePlan) {
+        self.routed = Some((plan.model.to_string(), plan.backend.name.clone()));
+        // Per-request data for access logs: %FILTER_STATE(wasm.azure_llm_<name>:PLAIN)%.
+        for (name, value) in [
+            ("azure_llm_model", plan.model),
+            ("azure_llm_backend", plan.backend.name.as_str()),
+            ("azure_llm_deployment", plan.deployment),
+        ] {
+            self.property(name, value.as_bytes());
+        }
+        self.set_http_request_header(":authority", Some(&plan.backend.host));
+        self.set_http_request_header(":path", Some(&plan.path));
+        self.set_http_request_header(&config.routing_header, Some(&plan.backend.name));
+        for (name, value) in &plan.backend.headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        for (name, value) in &plan.default_headers {
+            if self.get_http_request_header(name).is_none() {
+                self.set_http_request_header(name, Some(value));
+            }
+        }
+    }
+}

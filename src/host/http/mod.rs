@@ -1,0 +1,234 @@
+//! HTTP context: one per request. Its life is a pipeline of phases, one module each, called
+//! from the proxy-wasm callbacks below:
+//!
+//! | phase        | module            | callback                         |
+//! |--------------|-------------------|----------------------------------|
+//! | authenticate | `authenticate`    | request headers                  |
+//! | route        | `route`           | request headers, or request body |
+//! | admit        | `admit`, `global` | after routing (global: gRPC answer) |
+//! | forward      | `forward`         | after admission                  |
+//! | credential   | `credential`      | after forwarding headers are set |
+//! | meter        | `meter`           | response headers and body        |
+//! | charge       | `charge`          | end of the answer, or on_log     |
+//!
+//! Every decision is made by the host-free modules (`crate::routing`, `crate::ratelimit`,
+//! `crate::rls`, `crate::meter`, `crate::auth`); the phases here call the host and keep the
+//! request's state in `HttpFilter`.
+
+mod admit;
+mod authenticate;
+mod charge;
+mod credential;
+mod forward;
+mod global;
+mod meter;
+mod route;
+
+use super::metrics::Family;
+use super::tokens;
+use super::worker::WorkerState;
+use crate::config::{Config, RoutingMode};
+use crate::errors::FilterError;
+use crate::meter::Meter;
+use crate::ratelimit::{Counter, Standing};
+use crate::routing::{self, Inbound, Operation, RoutePlan};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// The first value of header `name` (names compared case-insensitively).
+fn first_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// A request waiting for its body.
+struct PendingBody {
+    op: Operation,
+    /// Model named by the path or the model header, which wins over the body's.
+    known_model: Option<String>,
+}
+
+/// Who is calling, until caller authentication names workloads.
+const ANONYMOUS_WORKLOAD: &str = "anonymous";
+
+/// One request's state, filled in phase by phase.
+pub struct HttpFilter {
+    context_id: u32,
+    state: Rc<RefCell<WorkerState>>,
+    /// route: the request waits for its body.
+    pending: Option<PendingBody>,
+    /// Set once the filter answered the request itself.
+    answered: bool,
+    /// authenticate: the caller's workload.
+    workload: String,
+    /// admit: rate-limit counters of this request and their standing at admission.
+    counters: Vec<Counter>,
+    standings: Vec<Standing>,
+    /// meter: how the answer's usage is read.
+    meter: Meter,
+    /// charge: done (once per request).
+    charged: bool,
+    /// forward: (model, backend) of a routed request, for metrics and access-log properties.
+    routed: Option<(String, String)>,
+    /// global: the request is paused for the rate limit service's answer; it then needs a
+    /// token of this credential.
+    global_check: Option<usize>,
+    /// `access_log_properties` of the config this request started with.
+    access_log_properties: bool,
+}
+
+impl HttpFilter {
+    pub fn new(context_id: u32, state: Rc<RefCell<WorkerState>>) -> HttpFilter {
+        let access_log_properties = state
+            .try_borrow()
+            .map_or(true, |s| s.config.access_log_properties);
+        HttpFilter {
+            access_log_properties,
+            context_id,
+            state,
+            pending: None,
+            answered: false,
+            workload: ANONYMOUS_WORKLOAD.to_string(),
+            counters: Vec::new(),
+            standings: Vec::new(),
+            meter: Meter::None,
+            charged: false,
+            routed: None,
+            global_check: None,
+        }
+    }
+
+    fn reply_error(&mut self, error: &FilterError) -> Action {
+        self.answered = true;
+        self.count(Family::Requests, error.code);
+        log::debug!(
+            "azure-llm-filter: answering {} ({})",
+            error.status,
+            error.code
+        );
+        tokens::send_error(error);
+        Action::Pause
+    }
+
+    /// Leaves per-request data in filter state for access logs:
+    /// `%FILTER_STATE(wasm.<name>:PLAIN)%`, unless the config turned that off.
+    fn property(&self, name: &str, value: &[u8]) {
+        if self.access_log_properties {
+            self.set_property(vec![name], Some(value));
+        }
+    }
+
+    fn count(&self, family: Family, label: &'static str) {
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.metrics.count_fixed(family, label);
+        }
+    }
+
+    /// The spine of a routed request, once its plan is known: admit (local limits), forward
+    /// (upstream headers), then the global limit if configured (it pauses for the rate limit
+    /// service, whose answer continues in `global`), then the credential (token attached, or
+    /// the request pauses until the root context has one).
+    fn dispatch(
+        &mut self,
+        config: &Config,
+        plan: &RoutePlan,
+        body_len: usize,
+    ) -> Result<Action, FilterError> {
+        self.admit(config, plan, body_len)?;
+        self.forward(config, plan);
+        let credential = plan.backend.credential;
+        if let Some(global) = &config.rate_limits.global {
+            return self.check_global(global, plan.model, credential);
+        }
+        self.attach_credential(config, credential)
+    }
+}
+
+impl Context for HttpFilter {
+    /// The rate limit service's answer to this request's check (global mode).
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        self.global_answered(status_code, response_size);
+    }
+}
+
+impl HttpContext for HttpFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let config = self.state.borrow().config.clone();
+        // One host call for every header this phase reads: each call that returns data has
+        // Envoy call back into the VM to allocate it.
+        let headers = self.get_http_request_headers();
+        let method = first_header(&headers, ":method").unwrap_or_default();
+        let path = first_header(&headers, ":path").unwrap_or_default();
+        let classified = routing::classify(method, path);
+        // Authenticate what the filter serves, before the credentials are removed.
+        let authenticated = match &classified {
+            Ok(Some(_)) if config.auth.is_some() => Some(self.authenticate(&headers)),
+            _ => None,
+        };
+        self.strip_caller_headers(&config, &headers);
+
+        let inbound = match classified {
+            Ok(Some(i)) => i,
+            Ok(None) => return Action::Continue,
+            Err(e) => return self.reply_error(&e),
+        };
+        match authenticated {
+            Some(Err(e)) => return self.reply_error(&e),
+            Some(Ok(Some(workload))) => self.workload = workload,
+            _ => {}
+        }
+        let Inbound::Api { op, path_model } = inbound else {
+            return self.discovery(&config, &inbound);
+        };
+        // Known from here on, for the access log of refusals too.
+        self.property("azure_llm_workload", self.workload.as_bytes());
+        let known_model = path_model.or_else(|| route::header_model(&config, &headers));
+        if config.routing_mode == RoutingMode::Header || end_of_stream {
+            return self
+                .route_from_headers(&config, op, known_model.as_deref(), end_of_stream)
+                .unwrap_or_else(|e| self.reply_error(&e));
+        }
+        self.wait_for_body(&config, &headers, op, known_model)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.answered {
+            return Action::Pause;
+        }
+        self.body_arrived(body_size, end_of_stream)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.answered || self.routed.is_none() {
+            return Action::Continue;
+        }
+        self.meter_response_headers();
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.meter_response_body(body_size);
+        if end_of_stream {
+            self.charge();
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // A stream cut short still pays for what it reported.
+        self.charge();
+    }
+}
+
+impl Drop for HttpFilter {
+    fn drop(&mut self) {
+        // A request that goes away while waiting must not be resumed later.
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.forget_context(self.context_id);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Phase route: discovery answers, and the model of an API request (path, model header or
+//! body) → backend, deployment and upstream path; the body is rewritten where the backend
+//! needs it. Ends by handing the plan to `dispatch` (admit → forward → credential).
+
+use super::{first_header, HttpFilter, PendingBody};
+use crate::config::Config;
+use crate::discovery;
+use crate::errors::FilterError;
+use crate::host::metrics::Family;
+use crate::host::now_ms;
+use crate::routing::{self, Inbound, Operation};
+use proxy_wasm::traits::HttpContext;
+use proxy_wasm::types::Action;
+
+/// The model named by the configured model header, if any.
+pub(super) fn header_model(config: &Config, headers: &[(String, String)]) -> Option<String> {
+    let name = config.model_header.as_deref()?;
+    first_header(headers, name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn missing_model() -> FilterError {
+    FilterError::bad_request("missing_model", "the request must name a `model`")
+}
+
+impl HttpFilter {
+    fn reply_json(&mut self, body: &str) -> Action {
+        self.answered = true;
+        self.count(Family::Requests, "discovery");
+        self.send_http_response(
+            200,
+            vec![("content-type", "application/json")],
+            Some(body.as_bytes()),
+        );
+        Action::Pause
+    }
+
+    /// Discovery requests are answered from the config; API requests go on.
+    pub(super) fn discovery(&mut self, config: &Config, inbound: &Inbound) -> Action {
+        match inbound {
+            Inbound::ListModels => self.reply_json(&discovery::list_models(config)),
+            Inbound::ListDeployments => self.reply_json(&discovery::list_deployments(config)),
+            Inbound::GetDeployment(name) => match discovery::get_deployment(config, name) {
+                Ok(body) => self.reply_json(&body),
+                Err(e) => self.reply_error(&e),
+            },
+            Inbound::Api { .. } => Action::Continue,
+        }
+    }
+
+    /// Routing in the header phase: header routing mode, or a request without a body.
+    pub(super) fn route_from_headers(
+        &mut self,
+        config: &Config,
+        op: Operation,
+        known_model: Option<&str>,
+        end_of_stream: bool,
+    ) -> Result<Action, FilterError> {
+        match known_model {
+            Some(model) => self.route_without_body(config, op, model, 0),
+            None if end_of_stream => Err(FilterError::bad_request(
+                "missing_body",
+                "this API needs a JSON request body naming a `model`",
+            )),
+            None => Err(FilterError::bad_request(
+                "missing_model",
+                "header routing mode needs the model in the path (/openai/deployments/{name}/...) or in the model header",
+            )),
+        }
+    }
+
+    /// The model, hence the backend, is in the body: hold the headers until it is read.
+    /// This needs `allow_on_headers_stop_iteration: true` in the Wasm plugin config; the body
+    /// watch answers 500 if the body never comes because it is missing.
+    pub(super) fn wait_for_body(
+        &mut self,
+        config: &Config,
+        headers: &[(String, String)],
+        op: Operation,
+        known_model: Option<String>,
+    ) -> Action {
+        let limit = config.max_body_bytes;
+        let declared =
+            first_header(headers, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return self.reply_error(&FilterError::too_large(limit));
+        }
+        self.pending = Some(PendingBody { op, known_model });
+        self.state
+            .borrow_mut()
+            .watch_body(self.context_id, || now_ms() + config.body_wait_timeout_ms);
+        Action::Pause
+    }
+
+    /// A request body chunk: buffered until the whole body is here, then routed.
+    pub(super) fn body_arrived(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(pending) = self.pending.take() else {
+            return Action::Continue;
+        };
+        self.state.borrow_mut().body_arrived(self.context_id);
+        let config = self.state.borrow().config.clone();
+        if body_size > config.max_body_bytes {
+            return self.reply_error(&FilterError::too_large(config.max_body_bytes));
+        }
+        if !end_of_stream {
+            self.pending = Some(pending);
+            return Action::Pause; // buffer until the whole body is here
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        match self.route_with_body(&config, &pending, &body) {
+            Ok(action) => action,
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    /// Header-phase routing: the model is in the path or the model header.
+    fn route_without_body(
+        &mut self,
+        config: &Config,
+        op: Operation,
+        model: &str,
+        body_len: usize,
+    ) -> Result<Action, FilterError> {
+        let plan = routing::plan(config, op, model)?;
+        if let Some(deployment) = plan.body_model {
+            // The body cannot be rewritten without reading it: the name the caller uses must
+            // already be the deployment name.
+            if deployment != model {
+                return Err(FilterError::bad_request(
+                    "alias_needs_body_routing",
+                    format!(
+                        "in header routing mode call this model by its deployment name `{deployment}`"
+                    ),
+                ));
+            }
+        }
+        self.dispatch(config, &plan, body_len)
+    }
+
+    /// Body-phase routing: reads the model from the body, rewrites the body if the backend
+    /// needs it, then dispatches.
+    fn route_with_body(
+        &mut self,
+        config: &Config,
+        pending: &PendingBody,
+        body: &[u8],
+    ) -> Result<Action, FilterError> {
+        let op = pending.op;
+        if op.is_multipart() {
+            let content_type = self
+                .get_http_request_header("content-type")
+                .unwrap_or_default();
+            let model = pending
+                .known_model
+                .clone()
+                .or_else(|| routing::multipart_model(&content_type, body))
+                .ok_or_else(missing_model)?;
+            return self.route_without_body(config, op, &model, body.len());
+        }
+        let info = routing::read_body(body)?;
+        let model = pending
+            .known_model
+            .clone()
+            .or(info.model.clone())
+            .ok_or_else(missing_model)?;
+        let plan = routing::plan(config, op, &model)?;
+        let include_usage = routing::wants_include_usage(op, plan.backend, &info);
+        // A body that already names the backend's model needs no rewrite for it.
+        let set_model = plan
+            .body_model
+            .filter(|m| info.model.as_deref() != Some(*m));
+        if let Some(new_body) = routing::rewrite_body(body, set_model, include_usage)? {
+            self.set_http_request_body(0, body.len(), &new_body);
+            // Headers are still held, so the length can be corrected before they leave.
+            self.set_http_request_header("content-length", Some(&new_body.len().to_string()));
+        }
+        self.dispatch(config, &plan, body.len())
+    }
+}
