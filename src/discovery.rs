@@ -2,8 +2,9 @@
 //! and `GET /deployments[/{name}]` (the AzureOpenAI format Foundry Agent Service's gateway
 //! connections read; ../shared/AZURE-WIRE.md section 5).
 
-use crate::config::{Config, ModelInfo};
+use crate::config::Config;
 use crate::errors::FilterError;
+use crate::routing::config::ModelInfo;
 use serde_json::{json, Value};
 
 pub fn list_models(config: &Config) -> String {

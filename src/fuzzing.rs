@@ -10,7 +10,8 @@
 
 use crate::auth::jwks::KeySet;
 use crate::auth::{AuthConfig, Authenticator, RawAuthConfig};
-use crate::config::{AssertionResponse, Config, ManagedIdentityEndpoint};
+use crate::config::Config;
+use crate::entra::credential::{AssertionResponse, ManagedIdentityEndpoint};
 use crate::{entra, rls, routing, usage};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

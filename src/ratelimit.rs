@@ -10,7 +10,7 @@
 //! request that crosses a budget completes and the next one is refused: at most one
 //! in-flight request per worker can overshoot. Requests are counted when admitted.
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 

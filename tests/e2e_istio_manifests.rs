@@ -8,7 +8,8 @@
 //! No cluster is needed: these are static checks of the files (Istio itself is not run here).
 
 use azure_llm_filter::auth::JwksSource;
-use azure_llm_filter::config::{Config, RoutingMode};
+use azure_llm_filter::config::Config;
+use azure_llm_filter::routing::config::RoutingMode;
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;

@@ -7,7 +7,7 @@ use super::api_key::{parse_sha256_hex, ApiKeys};
 use super::jwks::KeySet;
 use super::jwt::Alg;
 use super::policy::{ClaimRequirement, ClaimRule, IssuerPattern};
-use crate::config::{check_name, check_range, fnv1a64, ConfigError};
+use crate::config::error::{check_name, check_range, fnv1a64, ConfigError};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -9,7 +9,6 @@
 //!
 //! Nothing here ever puts key material in an error, a log line or Debug output.
 
-use crate::config::SigningAlgorithm;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -18,10 +17,32 @@ use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::pkcs8::DecodePrivateKey;
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use rsa::{Pkcs1v15Sign, Pss, RsaPrivateKey};
+use serde::Deserialize;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Signature algorithm of a certificate credential's client assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum SigningAlgorithm {
+    /// RSASSA-PSS with SHA-256 (what Entra asks for today).
+    #[serde(rename = "PS256")]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (still accepted).
+    #[serde(rename = "RS256")]
+    Rs256,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::Ps256 => "PS256",
+            SigningAlgorithm::Rs256 => "RS256",
+        }
+    }
+}
 
 /// Entra refuses shorter keys.
 pub const MIN_KEY_BITS: usize = 2048;

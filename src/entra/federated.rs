@@ -4,7 +4,7 @@
 //! trusts (audience `api://AzureADTokenExchange`), as plain text or in a JSON field.
 
 use super::{retry_after_ms, CalloutRequest, TokenFailure};
-use crate::config::AssertionResponse;
+use crate::entra::credential::AssertionResponse;
 
 /// Largest assertion accepted.
 const MAX_ASSERTION_LEN: usize = 16 * 1024;

@@ -14,7 +14,7 @@
 use super::{
     error_from_body, parse_success, retry_after_ms, CalloutRequest, TokenFailure, TokenGrant,
 };
-use crate::config::{IdentitySelector, ManagedIdentity, ManagedIdentityEndpoint};
+use crate::entra::credential::{IdentitySelector, ManagedIdentity, ManagedIdentityEndpoint};
 
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
 pub const IMDS_API_VERSION: &str = "2018-02-01";

@@ -16,10 +16,11 @@
 //! `TokenFailure` or in any message built here.
 
 pub mod assertion;
+pub mod credential;
 pub mod federated;
 pub mod managed_identity;
 
-use crate::config::{
+use credential::{
     AssertionResponse, AssertionSource, Credential, CredentialKind, ManagedIdentityEndpoint,
     ResolvedSecret,
 };

@@ -8,7 +8,8 @@
 use super::keys::JwksFetch;
 use super::metrics::Metrics;
 use crate::auth::Authenticator;
-use crate::config::{Config, ResolvedSecret};
+use crate::config::Config;
+use crate::entra::credential::ResolvedSecret;
 use crate::entra::TokenFetch;
 use crate::token_cache::TokenSlot;
 use std::collections::HashMap;

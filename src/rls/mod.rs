@@ -90,7 +90,7 @@
 //! with `failure_mode: allow` the request goes on (logged), with `deny` it is refused with 503
 //! (see [`CheckOutcome`]). A failed charge is logged and lost.
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use serde::Deserialize;
 
 /// The standard Envoy rate limit service.

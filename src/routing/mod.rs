@@ -1,8 +1,12 @@
 //! Which API a caller asked for, which backend serves the model, the Azure path to call and
-//! the changes the request body needs on the way.
+//! the changes the request body needs on the way. Its configuration (backends, models):
+//! `routing::config`.
 
-use crate::config::{is_valid_model_name, Backend, BackendKind, Config, ModelRoute};
+pub mod config;
+
+use crate::config::Config;
 use crate::errors::FilterError;
+use config::{is_valid_model_name, Backend, BackendKind, ModelRoute};
 use serde::Deserialize;
 use std::borrow::Cow;
 

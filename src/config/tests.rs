@@ -1,0 +1,184 @@
+//! Tests of the assembled configuration, and the fixtures the domains' configuration tests
+//! share (`base()`: one credential, backend and model; helpers to swap in other credentials).
+
+use super::*;
+use crate::entra::assertion::tests::{CERT, KEY_PKCS8};
+use crate::entra::credential::{DEFAULT_AUTHORITY_HOST, DEFAULT_SCOPE};
+use serde_json::json;
+
+pub(crate) fn base() -> serde_json::Value {
+    json!({
+        "credentials": {"main": {"kind": "client_secret", "tenant_id": "t1", "client_id": "c1",
+                                 "client_secret": "s", "token_cluster": "entra"}},
+        "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com",
+                              "api_version": "2024-10-21", "credential": "main"}},
+        "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}}
+    })
+}
+
+pub(crate) fn parse(v: serde_json::Value) -> Result<Config, ConfigError> {
+    Config::parse(v.to_string().as_bytes())
+}
+
+/// `base()` with its credential replaced by `creds` (the backend uses the first).
+pub(crate) fn with_credentials(creds: serde_json::Value) -> serde_json::Value {
+    let mut v = base();
+    let first = creds.as_object().unwrap().keys().next().unwrap().clone();
+    v["credentials"] = creds;
+    v["backends"]["aoai"]["credential"] = json!(first);
+    v
+}
+
+pub(crate) fn cert_cred() -> serde_json::Value {
+    json!({"kind": "client_certificate", "tenant_id": "t1", "client_id": "c1",
+           "private_key_pem": KEY_PKCS8, "certificate_pem": CERT, "token_cluster": "entra"})
+}
+
+pub(crate) fn mi_cred() -> serde_json::Value {
+    json!({"kind": "managed_identity", "token_cluster": "imds"})
+}
+
+pub(crate) fn federated(assertion: serde_json::Value) -> serde_json::Value {
+    json!({"kind": "federated", "tenant_id": "customer", "client_id": "mt-app",
+           "token_cluster": "entra", "assertion": assertion})
+}
+
+pub(crate) fn err_field(v: serde_json::Value) -> String {
+    let e = parse(v).unwrap_err();
+    assert!(!e.to_string().contains("MII"), "key material in {e}");
+    e.field
+}
+
+#[test]
+fn valid_config_gets_defaults() {
+    let c = parse(base()).unwrap();
+    assert_eq!(c.routing_header, DEFAULT_ROUTING_HEADER);
+    assert_eq!(c.credentials[0].scope, DEFAULT_SCOPE);
+    assert_eq!(c.credentials[0].authority_host, DEFAULT_AUTHORITY_HOST);
+    assert_eq!(c.models["gpt-4o"].deployment, "gpt-4o-prod");
+    assert_eq!(c.backends[0].credential, 0);
+    assert!(c.access_log_properties);
+}
+
+#[test]
+fn access_log_properties_switch() {
+    let mut v = base();
+    v["access_log_properties"] = json!(false);
+    assert!(!parse(v.clone()).unwrap().access_log_properties);
+    v["access_log_properties"] = json!("off");
+    assert_eq!(parse(v).unwrap_err().field, "access_log_properties");
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let mut v = base();
+    v["credentials"]["main"]["client_sekret"] = json!("x");
+    let e = parse(v).unwrap_err();
+    assert_eq!(e.field, "credentials.main");
+    assert!(e.reason.contains("client_sekret"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let mut v = base();
+    v["token_wait_timeout_ms"] = json!("soon");
+    let e = parse(v).unwrap_err();
+    assert_eq!(e.field, "token_wait_timeout_ms");
+}
+
+#[test]
+fn dangling_references_are_named() {
+    let mut v = base();
+    v["models"]["gpt-4o"]["backend"] = json!("nope");
+    assert_eq!(parse(v).unwrap_err().field, "models.gpt-4o.backend");
+    let mut v = base();
+    v["backends"]["aoai"]["credential"] = json!("nope");
+    assert_eq!(parse(v).unwrap_err().field, "backends.aoai.credential");
+}
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let c = parse(base()).unwrap();
+    let text = format!("{c:?}");
+    assert!(!text.contains("\"s\""), "{text}");
+    assert!(text.contains("redacted"));
+}
+
+#[test]
+fn response_headers_to_remove_are_checked_and_include_the_routing_header() {
+    let mut v = base();
+    v["response_headers_to_remove"] = json!(["x-ms-region", "apim-request-id"]);
+    let c = parse(v.clone()).unwrap();
+    assert_eq!(
+        c.response_headers_to_remove,
+        vec![DEFAULT_ROUTING_HEADER, "x-ms-region", "apim-request-id"]
+    );
+    v["response_headers_to_remove"] = json!(["ok", "Bad Header"]);
+    assert_eq!(parse(v).unwrap_err().field, "response_headers_to_remove[1]");
+}
+
+#[test]
+fn bad_hosts_and_ranges() {
+    let mut v = base();
+    v["backends"]["aoai"]["host"] = json!("evil.com/path");
+    assert_eq!(parse(v).unwrap_err().field, "backends.aoai.host");
+    let mut v = base();
+    v["max_body_bytes"] = json!(0);
+    assert_eq!(parse(v).unwrap_err().field, "max_body_bytes");
+    let mut v = base();
+    v["routing_header"] = json!("X-Upper");
+    assert_eq!(parse(v).unwrap_err().field, "routing_header");
+    let mut v = base();
+    v["backends"]["aoai"]["kind"] = json!("bogus");
+    assert_eq!(parse(v).unwrap_err().field, "backends.aoai.kind");
+}
+
+#[test]
+fn not_json_and_missing_sections() {
+    assert!(Config::parse(b"{not json").is_err());
+    assert!(Config::parse(b"").is_err());
+    let e = Config::parse(b"{}").unwrap_err();
+    assert!(e.reason.contains("credentials"), "{e}");
+}
+
+#[test]
+fn no_secret_in_any_debug_output() {
+    let v = with_credentials(json!({
+        "sec": {"kind": "client_secret", "tenant_id": "t", "client_id": "c",
+                "client_secret": "TOPSECRET-VALUE", "token_cluster": "e"},
+        "cert": cert_cred(),
+        "app": {"kind": "managed_identity", "endpoint": "app_service", "token_cluster": "id",
+                "authority": "localhost:1"},
+        "fed": federated(json!({"source": "http", "cluster": "c", "authority": "a", "path": "/", "header_env": "AUTH"})),
+    }));
+    let c = parse(v.clone()).unwrap();
+    let secrets = resolve_secrets(&c, |k| match k {
+        "IDENTITY_HEADER" => Some("IDHEADER-VALUE".into()),
+        "AUTH" => Some("Bearer ENDPOINT-KEY".into()),
+        _ => None,
+    })
+    .unwrap();
+    let key_body: String = KEY_PKCS8.lines().nth(3).unwrap().to_string();
+    for text in [
+        format!("{c:?}"),
+        format!("{secrets:?}"),
+        format!("{c:#?}{secrets:#?}"),
+    ] {
+        for secret in [
+            "TOPSECRET",
+            "IDHEADER-VALUE",
+            "ENDPOINT-KEY",
+            "BEGIN PRIVATE",
+            &key_body,
+        ] {
+            assert!(!text.contains(secret), "{secret} in Debug output");
+        }
+        assert!(text.contains("redacted"));
+    }
+    let raw: RawConfig = serde_json::from_value(v).unwrap();
+    let text = format!("{raw:?}");
+    assert!(
+        !text.contains("TOPSECRET") && !text.contains("BEGIN PRIVATE"),
+        "{text}"
+    );
+}

@@ -1,0 +1,371 @@
+//! The routing domain's configuration: backends (the Azure resources and their APIs) and
+//! models (the names callers use), as written and validated. `config` calls these with the
+//! credentials already validated, so a backend can name one.
+
+use crate::config::error::{
+    check_bytes, check_host, check_name, is_header_name, is_name_byte, is_safe_path_byte,
+    ConfigError,
+};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+
+const DEFAULT_FOUNDRY_API_VERSION: &str = "2024-05-01-preview";
+const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawBackend {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Azure OpenAI, dated API: /openai/deployments/{deployment}/{op}?api-version="
+        )
+    )]
+    AzureOpenai {
+        host: String,
+        api_version: String,
+        credential: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Azure OpenAI v1 API: /openai/v1/{op}, deployment in the body's model."
+        )
+    )]
+    AzureOpenaiV1 {
+        host: String,
+        credential: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Foundry model inference: /models/{op}?api-version=, deployment in the \
+                           body's model."
+        )
+    )]
+    FoundryModels {
+        host: String,
+        #[serde(default)]
+        api_version: Option<String>,
+        credential: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Claude on Foundry: /anthropic/v1/messages, deployment in the body's model."
+        )
+    )]
+    FoundryAnthropic {
+        host: String,
+        credential: String,
+        #[serde(default)]
+        anthropic_version: Option<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    backend: String,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(pattern(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"))
+    )]
+    deployment: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    model_name: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// How the filter finds the model of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingMode {
+    /// Read `model` from the JSON body (needs `allow_on_headers_stop_iteration: true`).
+    Body,
+    /// Use only the path (`/openai/deployments/{name}/...`, `/deployments/{name}/...`) or the
+    /// model header; never pause for the body (works under Istio's WasmPlugin).
+    Header,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Azure OpenAI dated API: `/openai/deployments/{deployment}/...?api-version=`.
+    AzureOpenai { api_version: String },
+    /// Azure OpenAI v1 API: `/openai/v1/...`, deployment in the body's `model`.
+    AzureOpenaiV1,
+    /// Foundry model inference: `/models/...?api-version=`, deployment in the body's `model`.
+    FoundryModels { api_version: String },
+    /// Claude on Foundry: `/anthropic/v1/messages`, deployment in the body's `model`.
+    FoundryAnthropic { anthropic_version: String },
+}
+
+impl BackendKind {
+    /// The `model.format` Foundry's gateway connections read from `/deployments`.
+    pub fn model_format(&self) -> &'static str {
+        match self {
+            BackendKind::FoundryAnthropic { .. } => "Anthropic",
+            BackendKind::FoundryModels { .. } => "NonOpenAI",
+            _ => "OpenAI",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub name: String,
+    pub kind: BackendKind,
+    pub host: String,
+    /// Index into `Config::credentials`.
+    pub credential: usize,
+    /// Extra request headers for this backend (e.g. `extra-parameters: pass-through`).
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRoute {
+    /// The model's configured name (an alias resolves to it).
+    pub name: String,
+    /// Index into `Config::backends`.
+    pub backend: usize,
+    pub deployment: String,
+}
+
+/// A model as discovery endpoints list it (aliases are not listed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub model_name: String,
+    pub version: String,
+    pub backend: usize,
+}
+
+/// Validates one backend. `credential_index`: the index of a validated credential by name
+/// (backends name their credential; credentials are validated first).
+pub fn validate_backend(
+    name: String,
+    backend: RawBackend,
+    credential_index: impl Fn(&str) -> Option<usize>,
+) -> Result<Backend, ConfigError> {
+    let field = format!("backends.{name}");
+    check_name(&field, &name)?;
+    let (host, credential, headers, kind) = match backend {
+        RawBackend::AzureOpenai {
+            host,
+            api_version,
+            credential,
+            headers,
+        } => {
+            check_api_version(&format!("{field}.api_version"), &api_version)?;
+            (
+                host,
+                credential,
+                headers,
+                BackendKind::AzureOpenai { api_version },
+            )
+        }
+        RawBackend::AzureOpenaiV1 {
+            host,
+            credential,
+            headers,
+        } => (host, credential, headers, BackendKind::AzureOpenaiV1),
+        RawBackend::FoundryModels {
+            host,
+            api_version,
+            credential,
+            headers,
+        } => {
+            let api_version =
+                api_version.unwrap_or_else(|| DEFAULT_FOUNDRY_API_VERSION.to_string());
+            check_api_version(&format!("{field}.api_version"), &api_version)?;
+            (
+                host,
+                credential,
+                headers,
+                BackendKind::FoundryModels { api_version },
+            )
+        }
+        RawBackend::FoundryAnthropic {
+            host,
+            credential,
+            anthropic_version,
+            headers,
+        } => {
+            let anthropic_version =
+                anthropic_version.unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_string());
+            check_api_version(&format!("{field}.anthropic_version"), &anthropic_version)?;
+            (
+                host,
+                credential,
+                headers,
+                BackendKind::FoundryAnthropic { anthropic_version },
+            )
+        }
+    };
+    check_host(&format!("{field}.host"), &host)?;
+    let credential = credential_index(&credential).ok_or_else(|| {
+        ConfigError::new(
+            format!("{field}.credential"),
+            format!("no credential named {credential:?} in credentials"),
+        )
+    })?;
+    let mut extra = Vec::with_capacity(headers.len());
+    for (k, v) in headers {
+        let hfield = format!("{field}.headers.{k}");
+        if !is_header_name(&k) || RESERVED_HEADERS.contains(&k.as_str()) {
+            return Err(ConfigError::new(
+                hfield,
+                "must be a lowercase header name other than authorization, api-key, host or the routing header",
+            ));
+        }
+        if v.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(ConfigError::new(
+                hfield,
+                "header values may not contain control characters",
+            ));
+        }
+        extra.push((k, v));
+    }
+    Ok(Backend {
+        name,
+        kind,
+        host,
+        credential,
+        headers: extra,
+    })
+}
+
+/// Headers a backend's `headers` may not set: the filter owns them.
+const RESERVED_HEADERS: [&str; 6] = [
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "host",
+    "content-length",
+    "transfer-encoding",
+];
+
+/// Validates the models against the validated backends: every name and alias a caller may
+/// use, and the list discovery endpoints show.
+pub fn validate_models(
+    raw: BTreeMap<String, RawModel>,
+    backends: &[Backend],
+) -> Result<(HashMap<String, ModelRoute>, Vec<ModelInfo>), ConfigError> {
+    let mut models = HashMap::with_capacity(raw.len());
+    let mut model_list = Vec::with_capacity(raw.len());
+    for (name, model) in raw {
+        let field = format!("models.{name}");
+        check_model_name(&field, &name)?;
+        let backend = backends
+            .iter()
+            .position(|b| b.name == model.backend)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.backend"),
+                    format!("no backend named {:?} in backends", model.backend),
+                )
+            })?;
+        check_deployment(&format!("{field}.deployment"), &model.deployment)?;
+        let route = ModelRoute {
+            name: name.clone(),
+            backend,
+            deployment: model.deployment.clone(),
+        };
+        for (i, alias) in model.aliases.iter().enumerate() {
+            check_model_name(&format!("{field}.aliases[{i}]"), alias)?;
+        }
+        for caller_name in std::iter::once(&name).chain(model.aliases.iter()) {
+            if models.insert(caller_name.clone(), route.clone()).is_some() {
+                return Err(ConfigError::new(
+                    field.clone(),
+                    format!("the name {caller_name:?} is used by more than one model or alias"),
+                ));
+            }
+        }
+        model_list.push(ModelInfo {
+            model_name: model.model_name.unwrap_or_else(|| name.clone()),
+            version: model.version.unwrap_or_default(),
+            name,
+            backend,
+        });
+    }
+    if models.is_empty() {
+        return Err(ConfigError::new("models", "at least one model is needed"));
+    }
+    Ok((models, model_list))
+}
+
+fn check_api_version(field: &str, v: &str) -> Result<(), ConfigError> {
+    check_bytes(
+        field,
+        v,
+        64,
+        is_safe_path_byte,
+        "must be a non-empty version such as 2024-10-21",
+    )
+}
+
+/// Model names reach paths and error messages: letters, digits and a few separators only.
+pub fn is_valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(is_safe_path_byte)
+        && !name.starts_with('.')
+}
+
+fn check_model_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if !is_valid_model_name(name) {
+        return Err(ConfigError::new(
+            field,
+            "model names may use letters, digits, '.', '_', '-' and ':' (1-128 characters, not starting with '.')",
+        ));
+    }
+    Ok(())
+}
+
+/// The deployment goes into the upstream path: allow only what Azure allows in a deployment
+/// name, so a config can never produce a path with '/', '..' or '?'.
+fn check_deployment(field: &str, deployment: &str) -> Result<(), ConfigError> {
+    const REASON: &str = "must be 1-64 characters of letters, digits, '-', '_', '.'";
+    check_bytes(field, deployment, 64, is_name_byte, REASON)?;
+    if deployment.starts_with('.') {
+        return Err(ConfigError::new(field, REASON));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{base, parse};
+    use serde_json::json;
+
+    #[test]
+    fn unsafe_deployment_and_model_names_are_refused() {
+        for bad in ["../x", "a/b", "a?b", "", ".hidden", "a b", "a%2f"] {
+            let mut v = base();
+            v["models"]["gpt-4o"]["deployment"] = json!(bad);
+            assert_eq!(
+                parse(v).unwrap_err().field,
+                "models.gpt-4o.deployment",
+                "{bad}"
+            );
+        }
+        let mut v = base();
+        v["models"] = json!({"a/b": {"backend": "aoai", "deployment": "d"}});
+        assert_eq!(parse(v).unwrap_err().field, "models.a/b");
+    }
+}
