@@ -307,31 +307,7 @@ fn validate_provider(
 ) -> Result<JwtProvider, ConfigError> {
     check_name(field, &name)?;
 
-    // Issuers: `issuer` and/or `issuers`, at least one.
-    let mut issuers = Vec::new();
-    let listed = p
-        .issuer
-        .iter()
-        .map(|i| (format!("{field}.issuer"), i))
-        .chain(
-            p.issuers
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("{field}.issuers[{i}]"), s)),
-        );
-    for (ifield, iss) in listed {
-        let pattern = IssuerPattern::parse(iss).map_err(|reason| err(&ifield, reason))?;
-        if issuers.contains(&pattern) {
-            return Err(err(ifield, "issuer listed twice"));
-        }
-        issuers.push(pattern);
-    }
-    if issuers.is_empty() {
-        return Err(err(
-            format!("{field}.issuer"),
-            "an issuer (or issuers) is required, e.g. https://login.microsoftonline.com/{tenant}/v2.0",
-        ));
-    }
+    let issuers = validate_issuers(field, p.issuer.as_ref(), &p.issuers)?;
 
     if p.audiences.is_empty() {
         return Err(err(
@@ -350,36 +326,7 @@ fn validate_provider(
 
     let jwks = validate_jwks(&format!("{field}.jwks"), p.jwks)?;
 
-    let algorithms = match p.algorithms {
-        None => vec![Alg::RS256],
-        Some(list) => {
-            if list.is_empty() {
-                return Err(err(
-                    format!("{field}.algorithms"),
-                    "at least one algorithm is required",
-                ));
-            }
-            let mut algs = Vec::with_capacity(list.len());
-            for (i, a) in list.iter().enumerate() {
-                match Alg::from_name(a) {
-                    Some(alg) => {
-                        if !algs.contains(&alg) {
-                            algs.push(alg);
-                        }
-                    }
-                    None => {
-                        return Err(err(
-                            format!("{field}.algorithms[{i}]"),
-                            format!(
-                                "{a:?} is not supported; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA (none and HMAC are never accepted)"
-                            ),
-                        ))
-                    }
-                }
-            }
-            algs
-        }
-    };
+    let algorithms = validate_algorithms(field, p.algorithms)?;
 
     let clock_skew_s = p.clock_skew_s.unwrap_or(DEFAULT_CLOCK_SKEW_S);
     check_range(
@@ -397,45 +344,9 @@ fn validate_provider(
         )?);
     }
 
-    let mut tenants = Vec::with_capacity(p.tenants.len());
-    for (i, t) in p.tenants.iter().enumerate() {
-        if t.is_empty()
-            || t.len() > 64
-            || !t
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
-            return Err(err(
-                format!("{field}.tenants[{i}]"),
-                "must be a tenant id (GUID)",
-            ));
-        }
-        tenants.push(t.to_ascii_lowercase());
-    }
-    if tenants.is_empty() && issuers.iter().any(IssuerPattern::is_template) {
-        return Err(err(
-            format!("{field}.tenants"),
-            "an issuer with {tid} accepts tokens from any tenant: list the allowed tenants",
-        ));
-    }
+    let tenants = validate_tenants(field, &p.tenants, &issuers)?;
 
-    let workload_claims: Vec<String> = match p.workload_claim {
-        None => DEFAULT_WORKLOAD_CLAIMS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        Some(OneOrMany::One(s)) => vec![s],
-        Some(OneOrMany::Many(v)) => v,
-    };
-    if workload_claims.is_empty() {
-        return Err(err(
-            format!("{field}.workload_claim"),
-            "at least one claim is required",
-        ));
-    }
-    for (i, c) in workload_claims.iter().enumerate() {
-        check_claim_name(&format!("{field}.workload_claim[{i}]"), c)?;
-    }
+    let workload_claims = validate_workload_claims(field, p.workload_claim)?;
 
     let jwks_refresh_s = p.jwks_refresh_s.unwrap_or(DEFAULT_JWKS_REFRESH_S);
     check_range(
@@ -465,6 +376,130 @@ fn validate_provider(
         jwks_refresh_s,
         jwks_min_refetch_s,
     })
+}
+
+/// `issuer` and/or `issuers`: at least one, each once.
+fn validate_issuers(
+    field: &str,
+    issuer: Option<&String>,
+    issuers: &[String],
+) -> Result<Vec<IssuerPattern>, ConfigError> {
+    let mut patterns = Vec::new();
+    let listed = issuer
+        .into_iter()
+        .map(|i| (format!("{field}.issuer"), i))
+        .chain(
+            issuers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("{field}.issuers[{i}]"), s)),
+        );
+    for (ifield, iss) in listed {
+        let pattern = IssuerPattern::parse(iss).map_err(|reason| err(&ifield, reason))?;
+        if patterns.contains(&pattern) {
+            return Err(err(ifield, "issuer listed twice"));
+        }
+        patterns.push(pattern);
+    }
+    if patterns.is_empty() {
+        return Err(err(
+            format!("{field}.issuer"),
+            "an issuer (or issuers) is required, e.g. https://login.microsoftonline.com/{tenant}/v2.0",
+        ));
+    }
+    Ok(patterns)
+}
+
+/// The accepted signature algorithms (default RS256); never none or HMAC.
+fn validate_algorithms(
+    field: &str,
+    algorithms: Option<Vec<String>>,
+) -> Result<Vec<Alg>, ConfigError> {
+    Ok(match algorithms {
+        None => vec![Alg::RS256],
+        Some(list) => {
+            if list.is_empty() {
+                return Err(err(
+                    format!("{field}.algorithms"),
+                    "at least one algorithm is required",
+                ));
+            }
+            let mut algs = Vec::with_capacity(list.len());
+            for (i, a) in list.iter().enumerate() {
+                match Alg::from_name(a) {
+                    Some(alg) => {
+                        if !algs.contains(&alg) {
+                            algs.push(alg);
+                        }
+                    }
+                    None => {
+                        return Err(err(
+                            format!("{field}.algorithms[{i}]"),
+                            format!(
+                                "{a:?} is not supported; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA (none and HMAC are never accepted)"
+                            ),
+                        ))
+                    }
+                }
+            }
+            algs
+        }
+    })
+}
+
+/// Allowed tenant ids (lowercased); required when an issuer is a `{tid}` template.
+fn validate_tenants(
+    field: &str,
+    listed: &[String],
+    issuers: &[IssuerPattern],
+) -> Result<Vec<String>, ConfigError> {
+    let mut tenants = Vec::with_capacity(listed.len());
+    for (i, t) in listed.iter().enumerate() {
+        if t.is_empty()
+            || t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(err(
+                format!("{field}.tenants[{i}]"),
+                "must be a tenant id (GUID)",
+            ));
+        }
+        tenants.push(t.to_ascii_lowercase());
+    }
+    if tenants.is_empty() && issuers.iter().any(IssuerPattern::is_template) {
+        return Err(err(
+            format!("{field}.tenants"),
+            "an issuer with {tid} accepts tokens from any tenant: list the allowed tenants",
+        ));
+    }
+    Ok(tenants)
+}
+
+/// The claims that name the workload, tried in order (default azp, then appid).
+fn validate_workload_claims(
+    field: &str,
+    workload_claim: Option<OneOrMany>,
+) -> Result<Vec<String>, ConfigError> {
+    let workload_claims: Vec<String> = match workload_claim {
+        None => DEFAULT_WORKLOAD_CLAIMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    if workload_claims.is_empty() {
+        return Err(err(
+            format!("{field}.workload_claim"),
+            "at least one claim is required",
+        ));
+    }
+    for (i, c) in workload_claims.iter().enumerate() {
+        check_claim_name(&format!("{field}.workload_claim[{i}]"), c)?;
+    }
+    Ok(workload_claims)
 }
 
 fn validate_jwks(field: &str, j: RawJwksSource) -> Result<JwksSource, ConfigError> {
