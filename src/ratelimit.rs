@@ -135,7 +135,7 @@ pub struct RawRateLimits {
     /// Refuse a request whose prompt estimate (body bytes / 4) exceeds the tokens left.
     #[serde(default)]
     pub estimate_prompt_tokens: bool,
-    /// Budgets shared by a fleet of Envoys, kept by a rate limit service (src/rls.rs). Local
+    /// Budgets shared by a fleet of Envoys, kept by a rate limit service (src/rls/). Local
     /// limits above, if any, apply as well.
     #[serde(default)]
     pub global: Option<crate::rls::RawGlobal>,

@@ -19,7 +19,7 @@ pub const DEFAULT_TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 pub struct RawFederated {
     tenant_id: String,
     client_id: String,
-    /// Parsed by `validate_credential` so its errors name `...assertion.<field>` (serde
+    /// Parsed by `validate` so its errors name `...assertion.<field>` (serde
     /// cannot track paths inside the internally tagged credential).
     #[cfg_attr(
         feature = "schema",
