@@ -13,6 +13,7 @@ pub mod config;
 pub mod discovery;
 pub mod entra;
 pub mod errors;
+pub mod failover;
 /// Fuzz targets (native only; used by fuzz/ and tests/fuzz_smoke.rs).
 #[cfg(not(target_arch = "wasm32"))]
 #[doc(hidden)]

@@ -1,0 +1,400 @@
+//! Failover across the targets of a model's pool (plain Rust, no host calls).
+//!
+//! A target (a backend plus its deployment) that answered 429 is *throttled* until its
+//! `retry-after-ms` / `retry-after` has passed; a target that failed (5xx) several times in a
+//! row is *ejected* for a while. Either way it is *closed*: requests start at the first open
+//! target instead, and when every target is closed the caller gets 429 at once with the
+//! smallest time left, instead of a request that would only be throttled again.
+//!
+//! The state of every target lives in Envoy shared data (one small value per target), so
+//! what one worker learnt holds for all of them; this module only computes it. Envoy's router
+//! does the retry itself (see README "Failover between Azure resources").
+
+/// How long throttled or failing targets are kept out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverPolicy {
+    /// Consecutive failures (5xx) after which a target is ejected.
+    pub eject_after_failures: u32,
+    /// How long an ejected target is skipped.
+    pub eject_for_ms: u64,
+    /// How long a 429 without (readable) Retry-After closes its target.
+    pub default_retry_after_ms: u64,
+    /// Upper bound on what a Retry-After can ask for (a mistaken huge value must not take a
+    /// target out for hours).
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for FailoverPolicy {
+    fn default() -> Self {
+        FailoverPolicy {
+            eject_after_failures: 3,
+            eject_for_ms: 30_000,
+            default_retry_after_ms: 1_000,
+            max_retry_after_ms: 300_000,
+        }
+    }
+}
+
+/// What one answer of a target says about the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It answered (2xx, or a 4xx that is the caller's business): healthy.
+    Answered,
+    /// 429: throttled for this long (`None`: it did not say).
+    Throttled { retry_after_ms: Option<u64> },
+    /// 5xx: the target failed.
+    Failed,
+}
+
+impl Outcome {
+    /// The outcome of an HTTP status and the answer's Retry-After (already parsed).
+    pub fn of_status(status: u32, retry_after_ms: Option<u64>) -> Outcome {
+        match status {
+            429 => Outcome::Throttled { retry_after_ms },
+            500..=599 => Outcome::Failed,
+            _ => Outcome::Answered,
+        }
+    }
+}
+
+/// The health of one target, as kept in shared data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetHealth {
+    /// Unix ms until which the target is throttled (0: not throttled).
+    pub throttled_until_ms: u64,
+    /// Failures in a row since the last answer.
+    pub failures: u32,
+    /// Unix ms until which the target is ejected (0: not ejected).
+    pub ejected_until_ms: u64,
+}
+
+impl TargetHealth {
+    /// Shared-data form: `throttled_until_ms,failures,ejected_until_ms`.
+    pub fn encode(&self) -> Vec<u8> {
+        format!(
+            "{},{},{}",
+            self.throttled_until_ms, self.failures, self.ejected_until_ms
+        )
+        .into_bytes()
+    }
+
+    /// Reads the shared-data form; anything unreadable is a healthy target (the state only
+    /// ever makes the filter skip a target, so forgetting it is the safe direction).
+    pub fn decode(bytes: &[u8]) -> TargetHealth {
+        let text = std::str::from_utf8(bytes).unwrap_or_default();
+        let mut parts = text.split(',');
+        let mut next = || parts.next().and_then(|p| p.trim().parse::<u64>().ok());
+        match (next(), next(), next()) {
+            (Some(throttled_until_ms), Some(failures), Some(ejected_until_ms)) => TargetHealth {
+                throttled_until_ms,
+                failures: u32::try_from(failures).unwrap_or(u32::MAX),
+                ejected_until_ms,
+            },
+            _ => TargetHealth::default(),
+        }
+    }
+
+    /// The health after an answer with `outcome` at `now_ms`.
+    pub fn record(self, outcome: Outcome, now_ms: u64, policy: &FailoverPolicy) -> TargetHealth {
+        match outcome {
+            Outcome::Answered => TargetHealth {
+                failures: 0,
+                ..self
+            },
+            Outcome::Throttled { retry_after_ms } => {
+                let wait = retry_after_ms
+                    .unwrap_or(policy.default_retry_after_ms)
+                    .min(policy.max_retry_after_ms);
+                TargetHealth {
+                    // Several workers may record 429s out of order: keep the latest horizon.
+                    throttled_until_ms: self.throttled_until_ms.max(now_ms.saturating_add(wait)),
+                    ..self
+                }
+            }
+            Outcome::Failed => {
+                let failures = self.failures.saturating_add(1);
+                if policy.eject_after_failures > 0 && failures >= policy.eject_after_failures {
+                    TargetHealth {
+                        failures: 0,
+                        ejected_until_ms: self
+                            .ejected_until_ms
+                            .max(now_ms.saturating_add(policy.eject_for_ms)),
+                        ..self
+                    }
+                } else {
+                    TargetHealth { failures, ..self }
+                }
+            }
+        }
+    }
+
+    /// When the target opens again, if it is closed at `now_ms`.
+    pub fn closed_until(&self, now_ms: u64) -> Option<u64> {
+        let until = self.throttled_until_ms.max(self.ejected_until_ms);
+        (until > now_ms).then_some(until)
+    }
+}
+
+/// The wait a throttled answer asks for, in ms: Azure OpenAI sends both `retry-after-ms` and
+/// `retry-after` (seconds); the first readable one wins. HTTP dates are not used by Azure
+/// OpenAI and are ignored (the policy's default applies).
+pub fn retry_after_ms(retry_after_ms: Option<&str>, retry_after: Option<&str>) -> Option<u64> {
+    let ms = retry_after_ms.and_then(|v| {
+        let v = v.trim();
+        v.parse::<u64>().ok().or_else(|| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f.ceil() as u64)
+        })
+    });
+    ms.or_else(|| {
+        retry_after
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| s.saturating_mul(1000))
+    })
+}
+
+/// Where a request starts in its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At target `index` (the first open one); the later ones stay as fallbacks.
+    At(usize),
+    /// Every target is closed; the first opens again in this many ms (at least 1).
+    AllClosed { retry_after_ms: u64 },
+}
+
+/// The start of a pool whose targets (in priority order) are closed until the given times.
+pub fn choose_start(closed_until: &[Option<u64>], now_ms: u64) -> Start {
+    if let Some(index) = closed_until
+        .iter()
+        .position(|c| c.is_none_or(|until| until <= now_ms))
+    {
+        return Start::At(index);
+    }
+    let soonest = closed_until.iter().flatten().min().copied().unwrap_or(now_ms);
+    Start::AllClosed {
+        retry_after_ms: soonest.saturating_sub(now_ms).max(1),
+    }
+}
+
+/// Seconds for a `Retry-After` header: rounded up, so a caller never comes back too early.
+pub fn retry_after_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+/// The routing-header value of a request that may try `backends` in this order: the names
+/// joined by `+`. One backend is just its name, the route of a plain backend, so the last
+/// target of a pool needs no route of its own.
+pub fn route_key<'a>(backends: impl IntoIterator<Item = &'a str>) -> String {
+    let mut key = String::new();
+    for (i, b) in backends.into_iter().enumerate() {
+        if i > 0 {
+            key.push('+');
+        }
+        key.push_str(b);
+    }
+    key
+}
+
+/// The shared-data key of a target's health (backend and deployment: Azure throttles per
+/// deployment).
+pub fn health_key(backend: &str, deployment: &str) -> String {
+    format!("azure_llm.target.{backend}/{deployment}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn throttled_until_retry_after_then_open_again() {
+        let p = FailoverPolicy::default();
+        let h = TargetHealth::default().record(
+            Outcome::Throttled {
+                retry_after_ms: Some(1500),
+            },
+            NOW,
+            &p,
+        );
+        assert_eq!(h.closed_until(NOW), Some(NOW + 1500));
+        assert_eq!(h.closed_until(NOW + 1499), Some(NOW + 1500));
+        assert_eq!(h.closed_until(NOW + 1500), None);
+    }
+
+    #[test]
+    fn a_later_shorter_retry_after_does_not_reopen_early() {
+        let p = FailoverPolicy::default();
+        let h = TargetHealth::default()
+            .record(
+                Outcome::Throttled {
+                    retry_after_ms: Some(10_000),
+                },
+                NOW,
+                &p,
+            )
+            .record(
+                Outcome::Throttled {
+                    retry_after_ms: Some(1_000),
+                },
+                NOW + 100,
+                &p,
+            );
+        assert_eq!(h.throttled_until_ms, NOW + 10_000);
+    }
+
+    #[test]
+    fn retry_after_is_capped_and_defaulted() {
+        let p = FailoverPolicy::default();
+        let huge = TargetHealth::default().record(
+            Outcome::Throttled {
+                retry_after_ms: Some(u64::MAX),
+            },
+            NOW,
+            &p,
+        );
+        assert_eq!(huge.throttled_until_ms, NOW + p.max_retry_after_ms);
+        let unsaid = TargetHealth::default().record(
+            Outcome::Throttled {
+                retry_after_ms: None,
+            },
+            NOW,
+            &p,
+        );
+        assert_eq!(unsaid.throttled_until_ms, NOW + p.default_retry_after_ms);
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_and_an_answer_resets_the_count() {
+        let p = FailoverPolicy::default();
+        let mut h = TargetHealth::default();
+        h = h.record(Outcome::Failed, NOW, &p);
+        h = h.record(Outcome::Failed, NOW, &p);
+        assert_eq!(h.closed_until(NOW), None, "two failures do not eject");
+        h = h.record(Outcome::Answered, NOW, &p);
+        assert_eq!(h.failures, 0);
+        for _ in 0..3 {
+            h = h.record(Outcome::Failed, NOW, &p);
+        }
+        assert_eq!(h.closed_until(NOW), Some(NOW + p.eject_for_ms));
+        assert_eq!(h.failures, 0, "the count starts over after an ejection");
+        assert_eq!(h.closed_until(NOW + p.eject_for_ms), None);
+    }
+
+    #[test]
+    fn ejection_can_be_turned_off() {
+        let p = FailoverPolicy {
+            eject_after_failures: 0,
+            ..FailoverPolicy::default()
+        };
+        let mut h = TargetHealth::default();
+        for _ in 0..10 {
+            h = h.record(Outcome::Failed, NOW, &p);
+        }
+        assert_eq!(h.closed_until(NOW), None);
+    }
+
+    #[test]
+    fn outcome_of_status() {
+        assert_eq!(Outcome::of_status(200, None), Outcome::Answered);
+        assert_eq!(Outcome::of_status(400, Some(5)), Outcome::Answered);
+        assert_eq!(
+            Outcome::of_status(429, Some(5)),
+            Outcome::Throttled {
+                retry_after_ms: Some(5)
+            }
+        );
+        assert_eq!(Outcome::of_status(503, None), Outcome::Failed);
+        assert_eq!(Outcome::of_status(500, None), Outcome::Failed);
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_garbage_is_healthy() {
+        let h = TargetHealth {
+            throttled_until_ms: NOW,
+            failures: 2,
+            ejected_until_ms: NOW + 5,
+        };
+        assert_eq!(TargetHealth::decode(&h.encode()), h);
+        for garbage in [
+            &b""[..],
+            b"1,2",
+            b"a,b,c",
+            b"\xff\xfe",
+            b"1,2,3,4",
+            b"-1,0,0",
+        ] {
+            let d = TargetHealth::decode(garbage);
+            if garbage == b"1,2,3,4" {
+                // Extra fields are ignored (room for later additions).
+                assert_eq!(d.ejected_until_ms, 3);
+            } else {
+                assert_eq!(d, TargetHealth::default(), "{garbage:?}");
+            }
+        }
+        let big = TargetHealth::decode(b"0,99999999999,0");
+        assert_eq!(big.failures, u32::MAX);
+    }
+
+    #[test]
+    fn retry_after_headers() {
+        assert_eq!(retry_after_ms(Some("1500"), Some("2")), Some(1500));
+        assert_eq!(retry_after_ms(Some(" 12.2 "), None), Some(13));
+        assert_eq!(retry_after_ms(None, Some("7")), Some(7000));
+        assert_eq!(retry_after_ms(Some("soon"), Some("3")), Some(3000));
+        assert_eq!(retry_after_ms(Some("-5"), None), None);
+        assert_eq!(retry_after_ms(Some("NaN"), None), None);
+        assert_eq!(
+            retry_after_ms(None, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+        assert_eq!(
+            retry_after_ms(None, Some("99999999999999999")),
+            Some(u64::MAX)
+        );
+        assert_eq!(retry_after_ms(None, None), None);
+    }
+
+    #[test]
+    fn start_at_the_first_open_target() {
+        assert_eq!(choose_start(&[None, None], NOW), Start::At(0));
+        assert_eq!(choose_start(&[Some(NOW + 10), None], NOW), Start::At(1));
+        assert_eq!(
+            choose_start(&[Some(NOW), Some(NOW + 10)], NOW),
+            Start::At(0),
+            "a horizon that has passed is open"
+        );
+        assert_eq!(
+            choose_start(&[Some(NOW + 10), None, Some(NOW + 1)], NOW),
+            Start::At(1)
+        );
+    }
+
+    #[test]
+    fn all_closed_gives_the_smallest_wait() {
+        assert_eq!(
+            choose_start(&[Some(NOW + 9000), Some(NOW + 1200)], NOW),
+            Start::AllClosed {
+                retry_after_ms: 1200
+            }
+        );
+        assert_eq!(
+            choose_start(&[], NOW),
+            Start::AllClosed { retry_after_ms: 1 }
+        );
+        assert_eq!(retry_after_secs(1200), 2);
+        assert_eq!(retry_after_secs(1000), 1);
+        assert_eq!(retry_after_secs(1), 1);
+        assert_eq!(retry_after_secs(0), 1);
+    }
+
+    #[test]
+    fn route_keys() {
+        assert_eq!(route_key(["ptu", "payg"]), "ptu+payg");
+        assert_eq!(route_key(["payg"]), "payg");
+        assert_eq!(route_key(Vec::<&str>::new()), "");
+        assert_eq!(health_key("ptu", "gpt-4o"), "azure_llm.target.ptu/gpt-4o");
+    }
+}
