@@ -256,6 +256,9 @@ pub enum Fault {
     Status { status: u16, body: String },
     /// An Azure / Entra style 429 with `retry-after` (data plane: also `retry-after-ms`).
     RateLimited { retry_after_secs: u64 },
+    /// A data-plane 429 whose `retry-after-ms` is this (and `retry-after` the seconds rounded
+    /// up), as Azure OpenAI sends when the wait is not whole seconds.
+    RateLimitedMs { retry_after_ms: u64 },
     /// Close the connection without answering.
     DropConnection,
     /// 200 with a body that is not JSON.
@@ -626,6 +629,14 @@ async fn handle(
         }
         Some(Fault::RateLimited { retry_after_secs }) => {
             Some(rate_limited(&shared, kind, &ctx, retry_after_secs))
+        }
+        Some(Fault::RateLimitedMs { retry_after_ms }) => {
+            let mut r = rate_limited(&shared, kind, &ctx, retry_after_ms.div_ceil(1000));
+            r.headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("retry-after-ms"));
+            r.headers
+                .push(("retry-after-ms".into(), retry_after_ms.to_string()));
+            Some(r)
         }
         Some(Fault::DropConnection) => None,
         Some(Fault::GarbageBody) => Some(garbage()),
