@@ -10,6 +10,103 @@
 //! what one worker learnt holds for all of them; this module only computes it. Envoy's router
 //! does the retry itself (see README "Failover between Azure resources").
 
+use crate::config::error::{check_range, ConfigError};
+use serde::Deserialize;
+
+/// Where in Envoy this instance of the filter runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The listener's HTTP filter: authenticates, admits, routes (and chooses where a pool
+    /// starts).
+    #[default]
+    Downstream,
+    /// An upstream HTTP filter of a pool's aggregate cluster: rewrites each attempt for the
+    /// target Envoy picked.
+    Upstream,
+}
+
+/// `failover` as written: how long throttled or failing targets are left out.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawFailover {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "5xx answers in a row after which a target is ejected (default 3; 0: never).",
+            range(max = 1000)
+        )
+    )]
+    #[serde(default)]
+    eject_after_failures: Option<u32>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "How long an ejected target is skipped (default 30000).",
+            range(min = 1, max = 3_600_000)
+        )
+    )]
+    #[serde(default)]
+    eject_for_ms: Option<u64>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "How long a 429 without a readable retry-after-ms / retry-after closes \
+                           its target (default 1000).",
+            range(min = 1, max = 3_600_000)
+        )
+    )]
+    #[serde(default)]
+    default_retry_after_ms: Option<u64>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Cap on the wait a 429 can ask for (default 300000).",
+            range(min = 1, max = 86_400_000)
+        )
+    )]
+    #[serde(default)]
+    max_retry_after_ms: Option<u64>,
+}
+
+impl FailoverPolicy {
+    /// Validates `failover` (`None`: the defaults).
+    pub fn from_raw(raw: Option<&RawFailover>) -> Result<FailoverPolicy, ConfigError> {
+        let d = FailoverPolicy::default();
+        let Some(raw) = raw else { return Ok(d) };
+        let p = FailoverPolicy {
+            eject_after_failures: raw.eject_after_failures.unwrap_or(d.eject_after_failures),
+            eject_for_ms: raw.eject_for_ms.unwrap_or(d.eject_for_ms),
+            default_retry_after_ms: raw
+                .default_retry_after_ms
+                .unwrap_or(d.default_retry_after_ms),
+            max_retry_after_ms: raw.max_retry_after_ms.unwrap_or(d.max_retry_after_ms),
+        };
+        check_range(
+            "failover.eject_after_failures",
+            u64::from(p.eject_after_failures),
+            0,
+            1000,
+        )?;
+        check_range("failover.eject_for_ms", p.eject_for_ms, 1, 3_600_000)?;
+        check_range(
+            "failover.default_retry_after_ms",
+            p.default_retry_after_ms,
+            1,
+            3_600_000,
+        )?;
+        check_range(
+            "failover.max_retry_after_ms",
+            p.max_retry_after_ms,
+            1,
+            86_400_000,
+        )?;
+        Ok(p)
+    }
+}
+
 /// How long throttled or failing targets are kept out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailoverPolicy {

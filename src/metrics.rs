@@ -75,6 +75,16 @@ pub fn ratelimit(decision: &str) -> String {
     format!("azure_llm.ratelimit.decision.{}", sanitize(decision))
 }
 
+/// Attempts of failover pools by target backend and outcome (`answered`, `throttled`,
+/// `failed`), counted by the upstream filter once per attempt.
+pub fn target_attempts(backend: &str, outcome: &str) -> String {
+    format!(
+        "azure_llm.target_attempts.backend.{}.outcome.{}",
+        sanitize(backend),
+        sanitize(outcome)
+    )
+}
+
 /// Caps the distinct workloads that get their own series on a worker.
 #[derive(Debug, Default)]
 pub struct WorkloadCap {

@@ -167,10 +167,32 @@ struct RawConfig {
         )
     )]
     models: BTreeMap<String, RawModel>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "downstream (default): the listener's filter. upstream: the same \
+                           configuration as an upstream HTTP filter of a failover pool's \
+                           aggregate cluster, rewriting each attempt for its target."
+        )
+    )]
+    #[serde(default)]
+    role: Option<crate::failover::Role>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "How long failover pools leave out a throttled (429) or failing (5xx) \
+                           target."
+        )
+    )]
+    #[serde(default)]
+    failover: Option<crate::failover::RawFailover>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// Listener filter or a pool's per-attempt upstream filter.
+    pub role: crate::failover::Role,
+    pub failover: crate::failover::FailoverPolicy,
     pub routing_header: String,
     pub routing_mode: RoutingMode,
     /// A request header that names the model (optional; used before the body).
@@ -293,7 +315,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(r) => crate::ratelimit::RateLimits::from_raw(r, |m| models.contains_key(m))?,
         None => crate::ratelimit::RateLimits::default(),
     };
+    let failover = crate::failover::FailoverPolicy::from_raw(raw.failover.as_ref())?;
     Ok(Config {
+        role: raw.role.unwrap_or_default(),
+        failover,
         rate_limits,
         auth,
         routing_header,

@@ -5,9 +5,11 @@ pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod pool;
 pub mod root;
 pub mod shared;
 pub mod tokens;
+pub mod upstream;
 pub mod worker;
 
 use std::time::UNIX_EPOCH;

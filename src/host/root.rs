@@ -3,6 +3,8 @@
 //! slots, and resumes or fails the requests that wait for a token.
 
 use super::http::HttpFilter;
+use super::upstream::UpstreamFilter;
+use crate::failover::Role;
 use super::keys;
 use super::now_ms;
 use super::tokens::{self, TICK_IDLE_MS, TICK_WHILE_WAITING_MS};
@@ -82,7 +84,7 @@ impl Context for FilterRoot {
 impl RootContext for FilterRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match Config::parse(&bytes) {
+        let mut config = match Config::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("azure-llm-filter: {e}");
@@ -96,6 +98,12 @@ impl RootContext for FilterRoot {
                 return false;
             }
         };
+        if config.role == Role::Upstream {
+            // Per-attempt rewrites only: callers were authenticated and admitted by the
+            // listener's filter (no JWKS fetches, no counters here).
+            config.auth = None;
+            config.rate_limits = Default::default();
+        }
         let mut state = WorkerState::new(config, secrets);
         for key in &state.slot_keys {
             tokens::ensure_slot(key);
@@ -189,6 +197,10 @@ impl RootContext for FilterRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let state = self.state.clone()?;
+        let role = state.try_borrow().map_or(Role::Downstream, |s| s.config.role);
+        if role == Role::Upstream {
+            return Some(Box::new(UpstreamFilter::new(context_id, state)));
+        }
         Some(Box::new(HttpFilter::new(context_id, state)))
     }
 

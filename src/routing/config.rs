@@ -76,12 +76,29 @@ pub enum RawBackend {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
-    backend: String,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(description = "The backend serving the model (or `targets` for a pool).")
+    )]
+    #[serde(default)]
+    backend: Option<String>,
     #[cfg_attr(
         feature = "schema",
         schemars(pattern(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"))
     )]
-    deployment: String,
+    #[serde(default)]
+    deployment: Option<String>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "A failover pool instead of backend + deployment: targets tried in \
+                           priority order within one caller request (README \"Failover between \
+                           Azure resources\").",
+            length(min = 1, max = 8)
+        )
+    )]
+    #[serde(default)]
+    targets: Option<Vec<RawTarget>>,
     #[serde(default)]
     aliases: Vec<String>,
     #[serde(default)]
@@ -89,6 +106,28 @@ pub struct RawModel {
     #[serde(default)]
     version: Option<String>,
 }
+
+/// One target of a model's failover pool.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    backend: String,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(pattern(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"))
+    )]
+    deployment: String,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(description = "Lower is tried first (default: the position in the list).")
+    )]
+    #[serde(default)]
+    priority: Option<u32>,
+}
+
+/// Most targets a pool may have (each is one more attempt at most).
+pub const MAX_TARGETS: usize = 8;
 
 /// How the filter finds the model of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -140,6 +179,25 @@ pub struct Backend {
 pub struct ModelRoute {
     /// The model's configured name (an alias resolves to it).
     pub name: String,
+    /// Index into `Config::backends` of the first target.
+    pub backend: usize,
+    /// The first target's deployment.
+    pub deployment: String,
+    /// Every target in the order they are tried (one for a model without a pool; the first is
+    /// `backend` + `deployment`).
+    pub targets: Vec<Target>,
+}
+
+impl ModelRoute {
+    /// A model served by more than one target.
+    pub fn is_pool(&self) -> bool {
+        self.targets.len() > 1
+    }
+}
+
+/// A backend and the deployment a model has on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
     /// Index into `Config::backends`.
     pub backend: usize,
     pub deployment: String,
@@ -270,20 +328,19 @@ pub fn validate_models(
     for (name, model) in raw {
         let field = format!("models.{name}");
         check_model_name(&field, &name)?;
-        let backend = backends
-            .iter()
-            .position(|b| b.name == model.backend)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    format!("{field}.backend"),
-                    format!("no backend named {:?} in backends", model.backend),
-                )
-            })?;
-        check_deployment(&format!("{field}.deployment"), &model.deployment)?;
+        let targets = validate_targets(&field, &model, backends)?;
+        let Some(first) = targets.first() else {
+            return Err(ConfigError::new(
+                format!("{field}.targets"),
+                "at least one target is needed",
+            ));
+        };
+        let backend = first.backend;
         let route = ModelRoute {
             name: name.clone(),
             backend,
-            deployment: model.deployment.clone(),
+            deployment: first.deployment.clone(),
+            targets: targets.clone(),
         };
         for (i, alias) in model.aliases.iter().enumerate() {
             check_model_name(&format!("{field}.aliases[{i}]"), alias)?;
@@ -307,6 +364,97 @@ pub fn validate_models(
         return Err(ConfigError::new("models", "at least one model is needed"));
     }
     Ok((models, model_list))
+}
+
+/// A model's targets: `backend` + `deployment`, or `targets` (a pool: sorted by priority,
+/// each backend once, one API family, at most [`MAX_TARGETS`]).
+fn validate_targets(
+    field: &str,
+    model: &RawModel,
+    backends: &[Backend],
+) -> Result<Vec<Target>, ConfigError> {
+    let backend_index = |field: String, name: &str| {
+        backends.iter().position(|b| b.name == name).ok_or_else(|| {
+            ConfigError::new(field, format!("no backend named {name:?} in backends"))
+        })
+    };
+    let Some(raw_targets) = &model.targets else {
+        let (Some(backend), Some(deployment)) = (&model.backend, &model.deployment) else {
+            let missing = if model.backend.is_none() {
+                "backend"
+            } else {
+                "deployment"
+            };
+            return Err(ConfigError::new(
+                format!("{field}.{missing}"),
+                "a model needs backend and deployment, or targets",
+            ));
+        };
+        let backend = backend_index(format!("{field}.backend"), backend)?;
+        check_deployment(&format!("{field}.deployment"), deployment)?;
+        return Ok(vec![Target {
+            backend,
+            deployment: deployment.clone(),
+        }]);
+    };
+    if model.backend.is_some() || model.deployment.is_some() {
+        let both = if model.backend.is_some() {
+            "backend"
+        } else {
+            "deployment"
+        };
+        return Err(ConfigError::new(
+            format!("{field}.{both}"),
+            "a model has either backend and deployment, or targets (each with its own deployment)",
+        ));
+    }
+    if raw_targets.is_empty() || raw_targets.len() > MAX_TARGETS {
+        return Err(ConfigError::new(
+            format!("{field}.targets"),
+            format!("a pool has 1 to {MAX_TARGETS} targets"),
+        ));
+    }
+    let mut ordered: Vec<(u32, Target)> = Vec::with_capacity(raw_targets.len());
+    for (i, t) in raw_targets.iter().enumerate() {
+        let tfield = format!("{field}.targets[{i}]");
+        let backend = backend_index(format!("{tfield}.backend"), &t.backend)?;
+        check_deployment(&format!("{tfield}.deployment"), &t.deployment)?;
+        if ordered.iter().any(|(_, o)| o.backend == backend) {
+            return Err(ConfigError::new(
+                format!("{tfield}.backend"),
+                format!(
+                    "backend {:?} is already a target of this model (one target per backend: a \
+                     retry picks the next cluster)",
+                    t.backend
+                ),
+            ));
+        }
+        let anthropic = |b: usize| {
+            backends
+                .get(b)
+                .is_some_and(|b| matches!(b.kind, BackendKind::FoundryAnthropic { .. }))
+        };
+        if let Some((_, first)) = ordered.first() {
+            if anthropic(first.backend) != anthropic(backend) {
+                return Err(ConfigError::new(
+                    format!("{tfield}.backend"),
+                    "the targets of a pool must all serve Anthropic Messages (foundry_anthropic) or \
+                     all OpenAI-style APIs: a caller's request must fit every target",
+                ));
+            }
+        }
+        let priority = t.priority.unwrap_or(u32::try_from(i).unwrap_or(u32::MAX));
+        ordered.push((
+            priority,
+            Target {
+                backend,
+                deployment: t.deployment.clone(),
+            },
+        ));
+    }
+    // Stable: equal priorities keep their order in the list.
+    ordered.sort_by_key(|(p, _)| *p);
+    Ok(ordered.into_iter().map(|(_, t)| t).collect())
 }
 
 fn check_api_version(field: &str, v: &str) -> Result<(), ConfigError> {

@@ -26,7 +26,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    fn from_suffix(suffix: &str) -> Option<Operation> {
+    pub fn from_suffix(suffix: &str) -> Option<Operation> {
         Some(match suffix {
             "chat/completions" => Operation::ChatCompletions,
             "completions" => Operation::Completions,
@@ -255,16 +255,27 @@ pub fn lookup<'c>(config: &'c Config, model: &str) -> Result<&'c ModelRoute, Fil
     })
 }
 
+/// The plan for a model's first target.
 pub fn plan<'c>(
     config: &'c Config,
     op: Operation,
     model: &str,
 ) -> Result<RoutePlan<'c>, FilterError> {
+    plan_target(config, op, model, 0)
+}
+
+/// The plan for target `target` of a model's pool (0: the first, or the only one).
+pub fn plan_target<'c>(
+    config: &'c Config,
+    op: Operation,
+    model: &str,
+    target: usize,
+) -> Result<RoutePlan<'c>, FilterError> {
     let route = lookup(config, model)?;
-    let backend = config.backends.get(route.backend).ok_or_else(|| {
-        FilterError::internal("config_error", "model refers to a missing backend")
-    })?;
-    let deployment = route.deployment.as_str();
+    let missing = || FilterError::internal("config_error", "model refers to a missing backend");
+    let target = route.targets.get(target).ok_or_else(missing)?;
+    let backend = config.backends.get(target.backend).ok_or_else(missing)?;
+    let deployment = target.deployment.as_str();
     let unsupported = || {
         FilterError::bad_request(
             "unsupported_api",
@@ -313,7 +324,7 @@ pub fn plan<'c>(
     };
     Ok(RoutePlan {
         backend,
-        backend_index: route.backend,
+        backend_index: target.backend,
         model: route.name.as_str(),
         deployment,
         path,

@@ -1,0 +1,311 @@
+//! The upstream HTTP filter of a failover pool (`"role": "upstream"`): Envoy runs one per
+//! attempt, on the aggregate cluster of the pool, after it picked the attempt's host. It
+//! rewrites the attempt for the target that host belongs to (`:authority`, `:path`, the
+//! backend's headers, the body's `model`, the target's Entra token) and records what the
+//! target answered in shared data.
+//!
+//! It never decides whether a request may go (the listener filter did) and never charges
+//! usage (the listener filter charges the answer the caller gets, once). The request headers
+//! it sees are the ones the previous attempt left (Envoy shares them between attempts), so
+//! it rewrites from the listener filter's hand-over, never from the headers.
+
+use super::metrics::Family;
+use super::now_ms;
+use super::pool::{self, Handover, HANDOVER_PROPERTY, TARGET_PROPERTY};
+use super::tokens::{self, TokenLookup};
+use super::worker::{Waiter, WorkerState};
+use crate::config::Config;
+use crate::errors::FilterError;
+use crate::failover::{self, Outcome};
+use crate::metrics;
+use crate::routing::{self, RoutePlan};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// The endpoint metadata naming the target of a host:
+/// `metadata: {filter_metadata: {azure_llm: {backend: <backend name>}}}`.
+const TARGET_METADATA: [&str; 5] = [
+    "xds",
+    "upstream_host_metadata",
+    "filter_metadata",
+    "azure_llm",
+    "backend",
+];
+
+/// The attempt's target, once known.
+struct Attempt {
+    backend: String,
+    deployment: String,
+    credential: usize,
+    /// The body's `model` must become this.
+    body_model: Option<String>,
+}
+
+pub struct UpstreamFilter {
+    context_id: u32,
+    state: Rc<RefCell<WorkerState>>,
+    attempt: Option<Attempt>,
+    /// Paused until the whole body is here (to set its `model`).
+    body_pending: bool,
+    /// Paused until the target's token is here (the root context resumes the attempt).
+    token_pending: bool,
+}
+
+impl UpstreamFilter {
+    pub fn new(context_id: u32, state: Rc<RefCell<WorkerState>>) -> UpstreamFilter {
+        UpstreamFilter {
+            context_id,
+            state,
+            attempt: None,
+            body_pending: false,
+            token_pending: false,
+        }
+    }
+
+    fn fail(&mut self, error: &FilterError) -> Action {
+        log::warn!(
+            "azure-llm-filter (upstream): answering {} ({}): {}",
+            error.status,
+            error.code,
+            error.message
+        );
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.metrics.count_fixed(Family::Requests, error.code);
+        }
+        tokens::send_error(error);
+        Action::Pause
+    }
+
+    /// The plan of this attempt: the hand-over's model on the target of the picked host.
+    fn plan<'c>(&self, config: &'c Config) -> Result<RoutePlan<'c>, FilterError> {
+        let misconfigured = |message: String| FilterError::internal("pool_misconfigured", message);
+        let handover = self
+            .get_property(vec![HANDOVER_PROPERTY])
+            .and_then(|b| Handover::decode(&b))
+            .ok_or_else(|| {
+                misconfigured(
+                    "this cluster's upstream azure-llm-filter got a request that the listener's \
+                     azure-llm-filter did not route to a pool"
+                        .into(),
+                )
+            })?;
+        let backend = self
+            .get_property(TARGET_METADATA.to_vec())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                misconfigured(
+                    "the host Envoy picked has no endpoint metadata \
+                     filter_metadata.azure_llm.backend naming its backend"
+                        .into(),
+                )
+            })?;
+        let route = routing::lookup(config, &handover.model)?;
+        let index = route
+            .targets
+            .iter()
+            .position(|t| config.backends.get(t.backend).is_some_and(|b| b.name == backend))
+            .ok_or_else(|| {
+                misconfigured(format!(
+                    "the host Envoy picked belongs to backend `{}`, which is not a target of model `{}`",
+                    crate::metrics::sanitize(&backend),
+                    handover.model
+                ))
+            })?;
+        routing::plan_target(config, handover.op, &handover.model, index)
+    }
+
+    /// Sets the attempt's headers; returns what the body needs.
+    fn rewrite_headers(&mut self, config: &Config, plan: &RoutePlan) {
+        // Headers another target of the pool added on an earlier attempt go first.
+        if let Ok(route) = routing::lookup(config, plan.model) {
+            for t in &route.targets {
+                let Some(b) = config.backends.get(t.backend) else {
+                    continue;
+                };
+                for (name, _) in &b.headers {
+                    if !plan.backend.headers.iter().any(|(n, _)| n == name) {
+                        self.set_http_request_header(name, None);
+                    }
+                }
+            }
+        }
+        self.set_http_request_header(":authority", Some(&plan.backend.host));
+        self.set_http_request_header(":path", Some(&plan.path));
+        for (name, value) in &plan.backend.headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        for (name, value) in &plan.default_headers {
+            if self.get_http_request_header(name).is_none() {
+                self.set_http_request_header(name, Some(value));
+            }
+        }
+        self.set_property(vec![TARGET_PROPERTY], Some(plan.backend.name.as_bytes()));
+        if config.access_log_properties {
+            self.set_property(
+                vec!["azure_llm_deployment"],
+                Some(plan.deployment.as_bytes()),
+            );
+        }
+    }
+
+    /// Attaches the target's token, or registers the attempt to be resumed with it.
+    fn attach_token(&mut self, config: &Config) -> Result<(), FilterError> {
+        let Some(credential) = self.attempt.as_ref().map(|a| a.credential) else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let mut state = self.state.borrow_mut();
+        match tokens::token_for_request(&mut state, credential, now) {
+            TokenLookup::Ready(authorization) => {
+                drop(state);
+                self.set_http_request_header("authorization", Some(&authorization));
+                Ok(())
+            }
+            TokenLookup::Wait => {
+                state.waiters.push(Waiter {
+                    context_id: self.context_id,
+                    credential,
+                    deadline_ms: now + config.token_wait_timeout_ms,
+                });
+                self.token_pending = true;
+                Ok(())
+            }
+            TokenLookup::Unavailable(e) => Err(e),
+        }
+    }
+
+    fn count_attempt(&self, outcome: &str) {
+        let Some(a) = &self.attempt else { return };
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.metrics
+                .count(metrics::target_attempts(&a.backend, outcome), 1);
+        }
+    }
+}
+
+impl Context for UpstreamFilter {}
+
+impl HttpContext for UpstreamFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let config = self.state.borrow().config.clone();
+        let plan = match self.plan(&config) {
+            Ok(p) => p,
+            Err(e) => return self.fail(&e),
+        };
+        self.rewrite_headers(&config, &plan);
+        self.attempt = Some(Attempt {
+            backend: plan.backend.name.clone(),
+            deployment: plan.deployment.to_string(),
+            credential: plan.backend.credential,
+            body_model: plan.body_model.map(str::to_string),
+        });
+        if self
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.body_model.is_some())
+            && !end_of_stream
+        {
+            // The body's model is this target's deployment: hold the headers until the body
+            // (replayed by Envoy) is rewritten and its length is known.
+            self.set_http_request_header("content-length", None);
+            self.body_pending = true;
+            return Action::Pause;
+        }
+        if let Err(e) = self.attach_token(&config) {
+            return self.fail(&e);
+        }
+        if self.token_pending {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.body_pending {
+            // Body callbacks come while the headers wait for a token: hold them too, or the
+            // attempt would leave without its token.
+            return if self.token_pending {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.body_pending = false;
+        let config = self.state.borrow().config.clone();
+        let model = self.attempt.as_ref().and_then(|a| a.body_model.clone());
+        if let Some(model) = model {
+            let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+            let info = match routing::read_body(&body) {
+                Ok(i) => i,
+                Err(e) => return self.fail(&e),
+            };
+            let set_model = (info.model.as_deref() != Some(model.as_str())).then_some(model);
+            match routing::rewrite_body(&body, set_model.as_deref(), false) {
+                Ok(Some(new_body)) => {
+                    self.set_http_request_body(0, body_size, &new_body);
+                    self.set_http_request_header(
+                        "content-length",
+                        Some(&new_body.len().to_string()),
+                    );
+                }
+                Ok(None) => {
+                    self.set_http_request_header("content-length", Some(&body.len().to_string()));
+                }
+                Err(e) => return self.fail(&e),
+            }
+        }
+        if let Err(e) = self.attach_token(&config) {
+            return self.fail(&e);
+        }
+        if self.token_pending {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(attempt) = &self.attempt else {
+            return Action::Continue;
+        };
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        let wait = failover::retry_after_ms(
+            self.get_http_response_header("retry-after-ms").as_deref(),
+            self.get_http_response_header("retry-after").as_deref(),
+        );
+        let outcome = Outcome::of_status(status, wait);
+        let config = self.state.borrow().config.clone();
+        pool::record(
+            &attempt.backend,
+            &attempt.deployment,
+            outcome,
+            now_ms(),
+            &config.failover,
+        );
+        self.count_attempt(match outcome {
+            Outcome::Answered => "answered",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Failed => "failed",
+        });
+        Action::Continue
+    }
+}
+
+impl Drop for UpstreamFilter {
+    fn drop(&mut self) {
+        // An attempt that goes away while waiting (caller gone, per-try timeout) must not be
+        // resumed later.
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.forget_context(self.context_id);
+        }
+    }
+}
