@@ -1,8 +1,13 @@
-//! Issue 5, failover: a model served by a pool of Azure resources in priority order (like an
-//! APIM backend pool). The filter routes to the pool; Envoy's router retries a 429 or 5xx on
-//! the next priority and sets `Host` per attempt from the member's hostname. Same deployment
-//! name, api-version and credential across the pool (one token serves every resource the
-//! identity has a role on).
+//! Failover through a real Envoy.
+//!
+//! Issue 5: one backend cluster whose endpoints are Azure resources at increasing priority
+//! (same deployment, api-version and credential on every member); Envoy retries a 429 or 5xx
+//! on the next priority and sets `Host` per attempt.
+//!
+//! Issue 16 (`pools` below): a model's `targets`, each its own backend, deployment and
+//! credential (another tenant). The pool is an aggregate cluster of one cluster per target;
+//! Envoy retries, and the filter as that cluster's upstream filter rewrites each attempt for
+//! its target. Throttled targets are skipped by later requests until their Retry-After.
 
 mod common;
 
@@ -129,4 +134,391 @@ async fn throttled_or_failing_primary_fails_over_to_the_next_priority() {
         .unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "7");
+}
+
+mod pools {
+    use super::common::{self, client, Cluster, Envoy, EnvoyOptions};
+    use azure_standin::{
+        ClientRegistration, Deployment, EndpointKind, EntraKey, Fault, StandIn, StandInConfig,
+    };
+    use futures_util::StreamExt;
+    use serde_json::{json, Value};
+    use std::time::{Duration, Instant};
+
+    const PTU_HOST: &str = "contoso-ptu.openai.azure.com";
+    const PAYG_HOST: &str = "partner-payg.openai.azure.com";
+    const PAYG_TENANT: &str = "99999999-9999-9999-9999-999999999999";
+    const PAYG_CLIENT: &str = "88888888-8888-8888-8888-888888888888";
+
+    /// The PTU resource (tenant of the stand-in's default) and the PAYG resource in another
+    /// tenant, signing with another key: a token of one is refused by the other.
+    async fn resources() -> (StandIn, StandIn) {
+        let ptu = StandIn::start(StandInConfig {
+            deployments: vec![Deployment::new("gpt-4o-ptu", "gpt-4o", "OpenAI")],
+            ..StandInConfig::default()
+        })
+        .await
+        .unwrap();
+        let payg = StandIn::start(StandInConfig {
+            tenant_id: PAYG_TENANT.into(),
+            clients: vec![ClientRegistration {
+                client_id: PAYG_CLIENT.into(),
+                client_secret: Some("partner-secret".into()),
+                ..ClientRegistration::default()
+            }],
+            deployments: vec![Deployment::new("gpt-4o-global", "gpt-4o", "OpenAI")],
+            signing_key: EntraKey::Secondary,
+            ..StandInConfig::default()
+        })
+        .await
+        .unwrap();
+        (ptu, payg)
+    }
+
+    fn plugin_config(ptu: &StandIn) -> Value {
+        json!({
+            "credentials": {
+                "contoso": {"kind": "client_secret", "tenant_id": ptu.tenant_id(),
+                            "client_id": common::STANDIN_CLIENT_ID, "client_secret": "standin-secret",
+                            "token_cluster": "entra-contoso"},
+                "partner": {"kind": "client_secret", "tenant_id": PAYG_TENANT,
+                            "client_id": PAYG_CLIENT, "client_secret": "partner-secret",
+                            "token_cluster": "entra-partner"}
+            },
+            "backends": {
+                "ptu":  {"kind": "azure_openai", "host": PTU_HOST, "api_version": "2024-10-21", "credential": "contoso"},
+                "payg": {"kind": "azure_openai_v1", "host": PAYG_HOST, "credential": "partner"}
+            },
+            "models": {"gpt-4o": {"targets": [
+                {"backend": "ptu", "deployment": "gpt-4o-ptu"},
+                {"backend": "payg", "deployment": "gpt-4o-global"}
+            ]}},
+            "failover": {"eject_after_failures": 3, "eject_for_ms": 60000},
+            "rate_limits": {"default": {"tokens_per_minute": 1000000}}
+        })
+    }
+
+    /// One target cluster: its endpoint names the target's backend in metadata.
+    fn target_cluster(name: &str, port: u16) -> String {
+        format!(
+            "- name: {name}\n  type: STATIC\n  connect_timeout: 0.5s\n  load_assignment:\n    cluster_name: {name}\n    endpoints:\n      - lb_endpoints:\n          - endpoint:\n              address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}\n            metadata: {{ filter_metadata: {{ azure_llm: {{ backend: {name} }} }} }}\n"
+        )
+    }
+
+    /// The pool's aggregate cluster, with the filter as its upstream filter (role upstream).
+    fn aggregate_cluster(plugin: &Value) -> String {
+        let mut upstream = plugin.clone();
+        upstream["role"] = json!("upstream");
+        let config = serde_json::to_string(&serde_json::to_string(&upstream).unwrap()).unwrap();
+        let wasm = serde_json::to_string(&common::wasm_path().to_string_lossy()).unwrap();
+        format!(
+            r#"- name: "ptu+payg"
+  connect_timeout: 0.5s
+  lb_policy: CLUSTER_PROVIDED
+  cluster_type:
+    name: envoy.clusters.aggregate
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig
+      clusters: [ptu, payg]
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config: {{ http_protocol_options: {{}} }}
+      http_filters:
+        - name: envoy.filters.http.wasm
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+            config:
+              name: azure_llm_filter_upstream
+              root_id: azure_llm_filter
+              failure_policy: FAIL_CLOSED
+              allow_on_headers_stop_iteration: true
+              vm_config:
+                vm_id: azure_llm_filter
+                runtime: envoy.wasm.runtime.v8
+                code: {{ local: {{ filename: {wasm} }} }}
+              configuration:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {config}
+        - name: envoy.filters.http.upstream_codec
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
+"#
+        )
+    }
+
+    /// Routes: the whole pool (retried by Envoy on the next target), and its last target alone
+    /// (where requests start while the PTU is throttled).
+    const ROUTES: &str = r#"- match:
+    prefix: "/"
+    headers: [{ name: x-azure-llm-backend, string_match: { exact: "ptu+payg" } }]
+  route:
+    cluster: "ptu+payg"
+    timeout: 20s
+    retry_policy:
+      retry_on: "5xx,reset,connect-failure,retriable-status-codes"
+      retriable_status_codes: [429]
+      num_retries: 1
+      retry_back_off: { base_interval: 0.01s, max_interval: 0.05s }
+      retry_priority:
+        name: envoy.retry_priorities.previous_priorities
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig
+          update_frequency: 1
+- match:
+    prefix: "/"
+    headers: [{ name: x-azure-llm-backend, string_match: { exact: payg } }]
+  route: { cluster: payg, timeout: 20s }
+"#;
+
+    /// Envoy with the pool; `ptu_port` is where the PTU cluster connects (a closed port
+    /// plays a resource that refuses connections).
+    async fn envoy(ptu: &StandIn, payg: &StandIn, ptu_port: u16) -> Envoy {
+        let plugin = plugin_config(ptu);
+        let mut o = EnvoyOptions::new(plugin.clone());
+        o.clusters = vec![
+            Cluster::new("entra-contoso", ptu.port()),
+            Cluster::new("entra-partner", payg.port()),
+        ];
+        o.extra_clusters_yaml = Some(format!(
+            "{}{}{}",
+            target_cluster("ptu", ptu_port),
+            target_cluster("payg", payg.port()),
+            aggregate_cluster(&plugin)
+        ));
+        o.extra_routes_yaml = Some(ROUTES.to_string());
+        Envoy::start(o).await
+    }
+
+    async fn setup() -> (StandIn, StandIn, Envoy) {
+        let (ptu, payg) = resources().await;
+        let envoy = envoy(&ptu, &payg, ptu.port()).await;
+        (ptu, payg, envoy)
+    }
+
+    async fn chat(envoy: &Envoy) -> reqwest::Response {
+        client()
+            .post(envoy.url("/v1/chat/completions"))
+            .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn data_plane(s: &StandIn) -> Vec<azure_standin::RecordedRequest> {
+        s.requests_of(EndpointKind::DataPlane)
+    }
+
+    fn body_json(r: &azure_standin::RecordedRequest) -> Value {
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+    }
+
+    async fn tokens_stat(envoy: &Envoy, backend: &str) -> u64 {
+        let mut total = 0;
+        for kind in ["prompt", "completion"] {
+            total += envoy
+                .stat(&format!(
+                    "wasmcustom.azure_llm.tokens.workload.anonymous.model.gpt-4o.backend.{backend}.kind.{kind}"
+                ))
+                .await
+                .unwrap_or(0);
+        }
+        total
+    }
+
+    #[tokio::test]
+    async fn ptu_429_spills_to_payg_in_another_tenant_and_is_skipped_until_retry_after() {
+        let (ptu, payg, envoy) = setup().await;
+        ptu.push_fault(
+            EndpointKind::DataPlane,
+            Fault::RateLimitedMs {
+                retry_after_ms: 1500,
+            },
+            1,
+        );
+        let throttled_at = Instant::now();
+        let resp = chat(&envoy).await;
+        let status = resp.status();
+        let remaining_first = common::header_u64(&resp, "x-ratelimit-remaining-tokens");
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{body} {}", envoy.logs());
+
+        let p = data_plane(&ptu);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].outcome_status, 429);
+        assert_eq!(p[0].header("host"), Some(PTU_HOST));
+        assert_eq!(p[0].path, "/openai/deployments/gpt-4o-ptu/chat/completions");
+        let g = data_plane(&payg);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].outcome_status, 200, "the partner tenant's own token was accepted");
+        assert_eq!(g[0].header("host"), Some(PAYG_HOST));
+        assert_eq!(g[0].path, "/openai/v1/chat/completions");
+        assert_eq!(body_json(&g[0])["model"], "gpt-4o-global");
+        assert_eq!(body_json(&g[0])["messages"][0]["content"], "hello", "body replayed intact");
+        assert_ne!(
+            p[0].header("authorization"),
+            g[0].header("authorization"),
+            "each attempt carries its own target's token"
+        );
+        assert_eq!(g[0].header_count("authorization"), 1);
+        let served = body["usage"]["total_tokens"].as_u64().unwrap();
+        assert_eq!(tokens_stat(&envoy, "payg").await, served, "charged to the target that answered");
+        assert_eq!(tokens_stat(&envoy, "ptu").await, 0);
+        assert_eq!(
+            envoy
+                .stat("wasmcustom.azure_llm.target_attempts.backend.ptu.outcome.throttled")
+                .await,
+            Some(1)
+        );
+
+        // Every later request skips the PTU until its retry-after-ms has passed.
+        let resp = chat(&envoy).await;
+        assert_eq!(resp.status(), 200);
+        let remaining_second = common::header_u64(&resp, "x-ratelimit-remaining-tokens");
+        assert_eq!(data_plane(&ptu).len(), 1, "throttled PTU skipped");
+        assert_eq!(data_plane(&payg).len(), 2);
+        let (a, b) = (remaining_first.unwrap(), remaining_second.unwrap());
+        assert_eq!(a - b, served, "usage counted once, from the answer the caller got");
+
+        let wait = Duration::from_millis(1500 + 200).saturating_sub(throttled_at.elapsed());
+        tokio::time::sleep(wait).await;
+        let resp = chat(&envoy).await;
+        assert_eq!(resp.status(), 200);
+        let p = data_plane(&ptu);
+        assert_eq!(p.len(), 2, "the PTU serves again once its Retry-After passed");
+        assert_eq!(p[1].outcome_status, 200);
+        assert_eq!(data_plane(&payg).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_503_fails_over_and_failures_in_a_row_eject_the_target() {
+        let (ptu, payg, envoy) = setup().await;
+        ptu.push_fault(
+            EndpointKind::DataPlane,
+            Fault::Status {
+                status: 503,
+                body: r#"{"error":{"code":"ServiceUnavailable","message":"busy"}}"#.into(),
+            },
+            3,
+        );
+        for i in 1..=3 {
+            let resp = chat(&envoy).await;
+            assert_eq!(resp.status(), 200, "request {i}: {}", envoy.logs());
+            assert_eq!(data_plane(&ptu).len(), i);
+            assert_eq!(data_plane(&payg).len(), i);
+        }
+        // Three 5xx in a row: ejected, the next request goes straight to PAYG.
+        let resp = chat(&envoy).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(data_plane(&ptu).len(), 3, "ejected PTU skipped");
+        assert_eq!(data_plane(&payg).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_fails_over() {
+        let (ptu, payg) = resources().await;
+        let closed = common::free_port();
+        let envoy = envoy(&ptu, &payg, closed).await;
+        for _ in 0..2 {
+            let resp = chat(&envoy).await;
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 200, "{body} {}", envoy.logs());
+            assert!(body["usage"]["total_tokens"].as_u64().is_some());
+        }
+        assert_eq!(data_plane(&payg).len(), 2);
+        assert_eq!(data_plane(&ptu).len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_fails_over_before_its_first_byte() {
+        let (ptu, payg, envoy) = setup().await;
+        ptu.push_fault(
+            EndpointKind::DataPlane,
+            Fault::RateLimitedMs {
+                retry_after_ms: 800,
+            },
+            1,
+        );
+        let resp = client()
+            .post(envoy.url("/v1/chat/completions"))
+            .json(&json!({"model": "gpt-4o", "stream": true,
+                          "messages": [{"role": "user", "content": "stream please"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let mut stream = resp.bytes_stream();
+        let mut text = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        assert_eq!(data_plane(&ptu)[0].outcome_status, 429);
+        let g = data_plane(&payg);
+        assert_eq!(g.len(), 1);
+        let sent = body_json(&g[0]);
+        assert_eq!(sent["model"], "gpt-4o-global");
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+        assert!(tokens_stat(&envoy, "payg").await > 0, "the stream's usage is charged");
+    }
+
+    #[tokio::test]
+    async fn every_target_throttled_gives_429_with_the_smallest_retry_after() {
+        let (ptu, payg, envoy) = setup().await;
+        ptu.push_fault(
+            EndpointKind::DataPlane,
+            Fault::RateLimitedMs {
+                retry_after_ms: 9000,
+            },
+            1,
+        );
+        payg.push_fault(
+            EndpointKind::DataPlane,
+            Fault::RateLimitedMs {
+                retry_after_ms: 2500,
+            },
+            1,
+        );
+        let resp = chat(&envoy).await;
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "3", "the smallest wait (PAYG's 2.5 s)");
+        let ms = common::header_u64(&resp, "retry-after-ms").unwrap();
+        assert!((2000..=2500).contains(&ms), "{ms}");
+        assert_eq!(data_plane(&ptu).len(), 1);
+        assert_eq!(data_plane(&payg).len(), 1);
+
+        // Now every target is closed: the filter answers at once, Azure sees nothing.
+        let resp = chat(&envoy).await;
+        assert_eq!(resp.status(), 429);
+        let secs = common::header_u64(&resp, "retry-after").unwrap();
+        assert!((1..=3).contains(&secs), "{secs}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "all_targets_throttled");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(data_plane(&ptu).len(), 1, "no retry storm");
+        assert_eq!(data_plane(&payg).len(), 1);
+        assert_eq!(tokens_stat(&envoy, "payg").await + tokens_stat(&envoy, "ptu").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_caller_cannot_pick_the_pool_route_or_reach_it_without_the_listener_filter() {
+        let (ptu, payg, envoy) = setup().await;
+        // The caller's routing header is removed; its model decides.
+        let resp = client()
+            .post(envoy.url("/v1/chat/completions"))
+            .header("x-azure-llm-backend", "payg")
+            .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(data_plane(&ptu).len(), 1, "started at the PTU regardless");
+        assert_eq!(data_plane(&payg).len(), 0);
+    }
 }
