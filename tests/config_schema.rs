@@ -244,6 +244,21 @@ fn schema_rejects_what_the_filter_rejects() {
     c["rate_limits"] = json!({"default": {"tokens_per_second": 1}});
     cases.push(("unknown rate limit window", c));
     let mut c = base();
+    c["models"]["gpt-4o"]["targets"] = json!([{"backend": "aoai", "deployment": "d"}]);
+    cases.push(("model with backend and targets", c));
+    let mut c = base();
+    c["models"]["gpt-4o"] = json!({"targets": []});
+    cases.push(("pool without targets", c));
+    let mut c = base();
+    c["models"]["gpt-4o"] = json!({"aliases": ["x"]});
+    cases.push(("model without backend or targets", c));
+    let mut c = base();
+    c["models"]["gpt-4o"] = json!({"targets": [{"backend": "aoai", "deployment": "d", "weight": 1}]});
+    cases.push(("unknown target field", c));
+    let mut c = base();
+    c["failover"] = json!({"eject_for_ms": 0});
+    cases.push(("failover out of range", c));
+    let mut c = base();
     c["credentials"]["mi"] = json!({"kind": "managed_identity", "token_cluster": "imds",
                                     "endpoint": "arc"});
     cases.push(("unknown managed identity endpoint", c));

@@ -74,6 +74,13 @@ pub enum RawBackend {
 
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(extend("oneOf" = [
+        {"required": ["backend", "deployment"], "not": {"required": ["targets"]}},
+        {"required": ["targets"], "not": {"anyOf": [{"required": ["backend"]}, {"required": ["deployment"]}]}}
+    ]))
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     #[cfg_attr(
@@ -515,5 +522,128 @@ mod tests {
         let mut v = base();
         v["models"] = json!({"a/b": {"backend": "aoai", "deployment": "d"}});
         assert_eq!(parse(v).unwrap_err().field, "models.a/b");
+    }
+
+    fn pool() -> serde_json::Value {
+        let mut v = base();
+        v["backends"]["payg"] = json!({"kind": "azure_openai_v1", "host": "p.openai.azure.com",
+                                       "credential": "main"});
+        v["backends"]["claude"] = json!({"kind": "foundry_anthropic",
+                                         "host": "f.services.ai.azure.com", "credential": "main"});
+        v["models"]["gpt-4o"] = json!({"targets": [
+            {"backend": "aoai", "deployment": "gpt-4o-ptu"},
+            {"backend": "payg", "deployment": "gpt-4o-global"}
+        ], "aliases": ["gpt-4o-latest"]});
+        v
+    }
+
+    #[test]
+    fn a_pool_keeps_its_order_and_a_single_target_is_the_simple_case() {
+        let c = parse(pool()).unwrap();
+        let m = &c.models["gpt-4o"];
+        assert!(m.is_pool());
+        let names: Vec<(&str, &str)> = m
+            .targets
+            .iter()
+            .map(|t| (c.backends[t.backend].name.as_str(), t.deployment.as_str()))
+            .collect();
+        assert_eq!(names, [("aoai", "gpt-4o-ptu"), ("payg", "gpt-4o-global")]);
+        assert_eq!((m.backend, m.deployment.as_str()), (m.targets[0].backend, "gpt-4o-ptu"));
+        assert_eq!(c.models["gpt-4o-latest"], *m);
+
+        let c = parse(base()).unwrap();
+        let m = &c.models["gpt-4o"];
+        assert!(!m.is_pool());
+        assert_eq!(m.targets.len(), 1);
+        assert_eq!(m.targets[0].deployment, "gpt-4o-prod");
+    }
+
+    #[test]
+    fn priorities_order_the_targets() {
+        let mut v = pool();
+        v["models"]["gpt-4o"]["targets"][0]["priority"] = json!(5);
+        v["models"]["gpt-4o"]["targets"][1]["priority"] = json!(1);
+        let c = parse(v).unwrap();
+        let first = &c.models["gpt-4o"].targets[0];
+        assert_eq!(c.backends[first.backend].name, "payg");
+    }
+
+    #[test]
+    fn bad_pools_are_refused_naming_the_field() {
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (json!({"targets": []}), "models.gpt-4o.targets"),
+            (
+                json!({"backend": "aoai", "targets": [{"backend": "aoai", "deployment": "d"}]}),
+                "models.gpt-4o.backend",
+            ),
+            (
+                json!({"deployment": "d", "targets": [{"backend": "aoai", "deployment": "d"}]}),
+                "models.gpt-4o.deployment",
+            ),
+            (json!({"backend": "aoai"}), "models.gpt-4o.deployment"),
+            (json!({"deployment": "d"}), "models.gpt-4o.backend"),
+            (json!({}), "models.gpt-4o.backend"),
+            (
+                json!({"targets": [{"backend": "nope", "deployment": "d"}]}),
+                "models.gpt-4o.targets[0].backend",
+            ),
+            (
+                json!({"targets": [{"backend": "aoai", "deployment": "../x"}]}),
+                "models.gpt-4o.targets[0].deployment",
+            ),
+            (
+                json!({"targets": [{"backend": "aoai", "deployment": "a"},
+                                    {"backend": "aoai", "deployment": "b"}]}),
+                "models.gpt-4o.targets[1].backend",
+            ),
+            (
+                json!({"targets": [{"backend": "aoai", "deployment": "a"},
+                                    {"backend": "claude", "deployment": "b"}]}),
+                "models.gpt-4o.targets[1].backend",
+            ),
+            (
+                json!({"targets": [{"backend": "aoai", "deployment": "a", "weight": 2}]}),
+                "models.gpt-4o.targets[0]",
+            ),
+        ];
+        for (model, field) in cases {
+            let mut v = pool();
+            v["models"]["gpt-4o"] = model.clone();
+            let e = parse(v).unwrap_err();
+            assert!(e.field.starts_with(field), "{model}: {} ({e})", e.field);
+        }
+        let mut v = pool();
+        v["models"]["gpt-4o"]["targets"] = json!((0..9)
+            .map(|i| json!({"backend": "aoai", "deployment": format!("d{i}")}))
+            .collect::<Vec<_>>());
+        assert_eq!(parse(v).unwrap_err().field, "models.gpt-4o.targets");
+    }
+
+    #[test]
+    fn failover_policy_and_role() {
+        use crate::failover::{FailoverPolicy, Role};
+        let c = parse(pool()).unwrap();
+        assert_eq!(c.role, Role::Downstream);
+        assert_eq!(c.failover, FailoverPolicy::default());
+        let mut v = pool();
+        v["role"] = json!("upstream");
+        v["failover"] = json!({"eject_after_failures": 0, "eject_for_ms": 5000});
+        let c = parse(v).unwrap();
+        assert_eq!(c.role, Role::Upstream);
+        assert_eq!(c.failover.eject_after_failures, 0);
+        assert_eq!(c.failover.eject_for_ms, 5000);
+        for (bad, field) in [
+            (json!({"eject_for_ms": 0}), "failover.eject_for_ms"),
+            (json!({"max_retry_after_ms": 0}), "failover.max_retry_after_ms"),
+            (json!({"eject_after_failures": 5000}), "failover.eject_after_failures"),
+            (json!({"retry_after": 1}), "failover"),
+        ] {
+            let mut v = pool();
+            v["failover"] = bad;
+            assert!(parse(v).unwrap_err().field.starts_with(field), "{field}");
+        }
+        let mut v = pool();
+        v["role"] = json!("sidecar");
+        assert_eq!(parse(v).unwrap_err().field, "role");
     }
 }
