@@ -269,7 +269,12 @@ pub fn choose_start(closed_until: &[Option<u64>], now_ms: u64) -> Start {
     {
         return Start::At(index);
     }
-    let soonest = closed_until.iter().flatten().min().copied().unwrap_or(now_ms);
+    let soonest = closed_until
+        .iter()
+        .flatten()
+        .min()
+        .copied()
+        .unwrap_or(now_ms);
     Start::AllClosed {
         retry_after_ms: soonest.saturating_sub(now_ms).max(1),
     }

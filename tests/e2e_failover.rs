@@ -350,11 +350,18 @@ mod pools {
         assert_eq!(p[0].path, "/openai/deployments/gpt-4o-ptu/chat/completions");
         let g = data_plane(&payg);
         assert_eq!(g.len(), 1);
-        assert_eq!(g[0].outcome_status, 200, "the partner tenant's own token was accepted");
+        assert_eq!(
+            g[0].outcome_status, 200,
+            "the partner tenant's own token was accepted"
+        );
         assert_eq!(g[0].header("host"), Some(PAYG_HOST));
         assert_eq!(g[0].path, "/openai/v1/chat/completions");
         assert_eq!(body_json(&g[0])["model"], "gpt-4o-global");
-        assert_eq!(body_json(&g[0])["messages"][0]["content"], "hello", "body replayed intact");
+        assert_eq!(
+            body_json(&g[0])["messages"][0]["content"],
+            "hello",
+            "body replayed intact"
+        );
         assert_ne!(
             p[0].header("authorization"),
             g[0].header("authorization"),
@@ -362,7 +369,11 @@ mod pools {
         );
         assert_eq!(g[0].header_count("authorization"), 1);
         let served = body["usage"]["total_tokens"].as_u64().unwrap();
-        assert_eq!(tokens_stat(&envoy, "payg").await, served, "charged to the target that answered");
+        assert_eq!(
+            tokens_stat(&envoy, "payg").await,
+            served,
+            "charged to the target that answered"
+        );
         assert_eq!(tokens_stat(&envoy, "ptu").await, 0);
         assert_eq!(
             envoy
@@ -378,14 +389,22 @@ mod pools {
         assert_eq!(data_plane(&ptu).len(), 1, "throttled PTU skipped");
         assert_eq!(data_plane(&payg).len(), 2);
         let (a, b) = (remaining_first.unwrap(), remaining_second.unwrap());
-        assert_eq!(a - b, served, "usage counted once, from the answer the caller got");
+        assert_eq!(
+            a - b,
+            served,
+            "usage counted once, from the answer the caller got"
+        );
 
         let wait = Duration::from_millis(1500 + 200).saturating_sub(throttled_at.elapsed());
         tokio::time::sleep(wait).await;
         let resp = chat(&envoy).await;
         assert_eq!(resp.status(), 200);
         let p = data_plane(&ptu);
-        assert_eq!(p.len(), 2, "the PTU serves again once its Retry-After passed");
+        assert_eq!(
+            p.len(),
+            2,
+            "the PTU serves again once its Retry-After passed"
+        );
         assert_eq!(p[1].outcome_status, 200);
         assert_eq!(data_plane(&payg).len(), 2);
     }
@@ -465,7 +484,10 @@ mod pools {
         let sent = body_json(&g[0]);
         assert_eq!(sent["model"], "gpt-4o-global");
         assert_eq!(sent["stream_options"]["include_usage"], true);
-        assert!(tokens_stat(&envoy, "payg").await > 0, "the stream's usage is charged");
+        assert!(
+            tokens_stat(&envoy, "payg").await > 0,
+            "the stream's usage is charged"
+        );
     }
 
     #[tokio::test]
@@ -487,7 +509,11 @@ mod pools {
         );
         let resp = chat(&envoy).await;
         assert_eq!(resp.status(), 429);
-        assert_eq!(resp.headers()["retry-after"], "3", "the smallest wait (PAYG's 2.5 s)");
+        assert_eq!(
+            resp.headers()["retry-after"],
+            "3",
+            "the smallest wait (PAYG's 2.5 s)"
+        );
         let ms = common::header_u64(&resp, "retry-after-ms").unwrap();
         assert!((2000..=2500).contains(&ms), "{ms}");
         assert_eq!(data_plane(&ptu).len(), 1);
@@ -503,7 +529,10 @@ mod pools {
         assert_eq!(body["error"]["type"], "rate_limit_error");
         assert_eq!(data_plane(&ptu).len(), 1, "no retry storm");
         assert_eq!(data_plane(&payg).len(), 1);
-        assert_eq!(tokens_stat(&envoy, "payg").await + tokens_stat(&envoy, "ptu").await, 0);
+        assert_eq!(
+            tokens_stat(&envoy, "payg").await + tokens_stat(&envoy, "ptu").await,
+            0
+        );
     }
 
     #[tokio::test]

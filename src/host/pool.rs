@@ -3,9 +3,9 @@
 //! each attempt), and the hand-over from the listener filter to the upstream filter.
 
 use super::shared;
-use crate::failover::{self, FailoverPolicy, Outcome, Start, TargetHealth};
 use crate::config::Config;
 use crate::errors::FilterError;
+use crate::failover::{self, FailoverPolicy, Outcome, Start, TargetHealth};
 use crate::routing::config::{Backend, ModelRoute};
 use crate::routing::{self, Operation, RoutePlan};
 
@@ -123,8 +123,8 @@ pub fn choose<'c>(
         }
     };
     let plan = routing::plan_target(config, op, model, from)?;
-    let pool_key = (from + 1 < route.targets.len())
-        .then(|| route_key(&config.backends, route, from));
+    let pool_key =
+        (from + 1 < route.targets.len()).then(|| route_key(&config.backends, route, from));
     Ok(Choice {
         plan,
         pool_key,

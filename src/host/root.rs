@@ -3,15 +3,15 @@
 //! slots, and resumes or fails the requests that wait for a token.
 
 use super::http::HttpFilter;
-use super::upstream::UpstreamFilter;
-use crate::failover::Role;
 use super::keys;
 use super::now_ms;
 use super::tokens::{self, TICK_IDLE_MS, TICK_WHILE_WAITING_MS};
+use super::upstream::UpstreamFilter;
 use super::worker::{LocalToken, WorkerState};
 use crate::config::{resolve_secrets, Config};
 use crate::entra::{self, CalloutRequest, FetchStep, TokenFailure, TokenFetch};
 use crate::errors::FilterError;
+use crate::failover::Role;
 use crate::metrics;
 use crate::token_cache::RetryPolicy;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -197,7 +197,9 @@ impl RootContext for FilterRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let state = self.state.clone()?;
-        let role = state.try_borrow().map_or(Role::Downstream, |s| s.config.role);
+        let role = state
+            .try_borrow()
+            .map_or(Role::Downstream, |s| s.config.role);
         if role == Role::Upstream {
             return Some(Box::new(UpstreamFilter::new(context_id, state)));
         }

@@ -548,7 +548,10 @@ mod tests {
             .map(|t| (c.backends[t.backend].name.as_str(), t.deployment.as_str()))
             .collect();
         assert_eq!(names, [("aoai", "gpt-4o-ptu"), ("payg", "gpt-4o-global")]);
-        assert_eq!((m.backend, m.deployment.as_str()), (m.targets[0].backend, "gpt-4o-ptu"));
+        assert_eq!(
+            (m.backend, m.deployment.as_str()),
+            (m.targets[0].backend, "gpt-4o-ptu")
+        );
         assert_eq!(c.models["gpt-4o-latest"], *m);
 
         let c = parse(base()).unwrap();
@@ -634,8 +637,14 @@ mod tests {
         assert_eq!(c.failover.eject_for_ms, 5000);
         for (bad, field) in [
             (json!({"eject_for_ms": 0}), "failover.eject_for_ms"),
-            (json!({"max_retry_after_ms": 0}), "failover.max_retry_after_ms"),
-            (json!({"eject_after_failures": 5000}), "failover.eject_after_failures"),
+            (
+                json!({"max_retry_after_ms": 0}),
+                "failover.max_retry_after_ms",
+            ),
+            (
+                json!({"eject_after_failures": 5000}),
+                "failover.eject_after_failures",
+            ),
             (json!({"retry_after": 1}), "failover"),
         ] {
             let mut v = pool();

@@ -10,6 +10,9 @@ use proxy_wasm::traits::HttpContext;
 impl HttpFilter {
     /// Sets the upstream headers of a plan.
     pub(super) fn forward(&mut self, config: &Config, plan: &RoutePlan) {
+        if self.via_pool_cluster() {
+            return self.forward_to_pool(config, plan);
+        }
         self.routed = Some((plan.model.to_string(), plan.backend.name.clone()));
         // Per-request data for access logs: %FILTER_STATE(wasm.azure_llm_<name>:PLAIN)%.
         for (name, value) in [

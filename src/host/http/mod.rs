@@ -7,6 +7,7 @@
 //! | route        | `route`           | request headers, or request body |
 //! | admit        | `admit`, `global` | after routing (global: gRPC answer) |
 //! | forward      | `forward`         | after admission                  |
+//! | pool         | `pool`            | routing, forward and the answer of a failover pool |
 //! | credential   | `credential`      | after forwarding headers are set |
 //! | meter        | `meter`           | response headers and body        |
 //! | charge       | `charge`          | end of the answer, or on_log     |
@@ -22,6 +23,7 @@ mod credential;
 mod forward;
 mod global;
 mod meter;
+mod pool;
 mod route;
 
 use super::metrics::Family;
@@ -80,6 +82,8 @@ pub struct HttpFilter {
     global_check: Option<usize>,
     /// `access_log_properties` of the config this request started with.
     access_log_properties: bool,
+    /// pool: set when the model is served by a failover pool.
+    pool: Option<pool::PoolRequest>,
 }
 
 impl HttpFilter {
@@ -100,6 +104,7 @@ impl HttpFilter {
             charged: false,
             routed: None,
             global_check: None,
+            pool: None,
         }
     }
 
@@ -208,6 +213,9 @@ impl HttpContext for HttpFilter {
             return Action::Continue;
         }
         self.meter_response_headers();
+        if self.pool.is_some() {
+            self.pool_answered();
+        }
         Action::Continue
     }
 

@@ -122,8 +122,9 @@ impl HttpFilter {
         model: &str,
         body_len: usize,
     ) -> Result<Action, FilterError> {
-        let plan = routing::plan(config, op, model)?;
-        if let Some(deployment) = plan.body_model {
+        let plan = self.choose_plan(config, op, model)?;
+        // In a pool's cluster the upstream filter sets each attempt's body model.
+        if let Some(deployment) = plan.body_model.filter(|_| !self.via_pool_cluster()) {
             // The body cannot be rewritten without reading it: the name the caller uses must
             // already be the deployment name.
             if deployment != model {
@@ -164,12 +165,13 @@ impl HttpFilter {
             .clone()
             .or(info.model.clone())
             .ok_or_else(missing_model)?;
-        let plan = routing::plan(config, op, &model)?;
+        let plan = self.choose_plan(config, op, &model)?;
         let include_usage = routing::wants_include_usage(op, plan.backend, &info);
-        // A body that already names the backend's model needs no rewrite for it.
+        // A body that already names the backend's model needs no rewrite for it; in a pool's
+        // cluster the upstream filter sets each attempt's own.
         let set_model = plan
             .body_model
-            .filter(|m| info.model.as_deref() != Some(*m));
+            .filter(|m| info.model.as_deref() != Some(*m) && !self.via_pool_cluster());
         if let Some(new_body) = routing::rewrite_body(body, set_model, include_usage)? {
             self.set_http_request_body(0, body.len(), &new_body);
             // Headers are still held, so the length can be corrected before they leave.
