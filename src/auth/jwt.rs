@@ -152,8 +152,7 @@ pub fn verify_token(
 
     // 3. Payload and the unverified policy checks.
     let payload = decode_segment(p64)?;
-    let claims: policy::Claims = serde_json::from_slice(&payload)
-        .map_err(|_| malformed("The token payload is not a JSON object."))?;
+    let claims = parse_claims(&payload)?;
     let Some(iss) = claims.get("iss").and_then(|v| v.as_str()) else {
         return Err(AuthError::WrongIssuer);
     };
@@ -234,6 +233,54 @@ pub fn verify_token(
         kid,
         exp_s,
     })
+}
+
+/// The payload's claims. A claim named twice is refused: JSON parsers disagree on which value
+/// wins (serde_json keeps the last, others the first), so a token with two `exp`, `aud` or
+/// `iss` could mean one thing to its issuer's checks and another here (RFC 7519 §4 lets a
+/// recipient reject it; we do).
+fn parse_claims(payload: &[u8]) -> Result<policy::Claims, AuthError> {
+    let unique: UniqueClaims = serde_json::from_slice(payload).map_err(|e| {
+        if e.to_string().starts_with(DUPLICATE_CLAIM) {
+            malformed("The token payload names a claim more than once.")
+        } else {
+            malformed("The token payload is not a JSON object.")
+        }
+    })?;
+    Ok(unique.0)
+}
+
+const DUPLICATE_CLAIM: &str = "duplicate claim";
+
+/// A JSON object whose top-level member names are all different.
+struct UniqueClaims(policy::Claims);
+
+impl<'de> Deserialize<'de> for UniqueClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueClaims;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueClaims, A::Error> {
+                let mut claims = policy::Claims::new();
+                while let Some((name, value)) =
+                    map.next_entry::<String, serde_json::Value>()?
+                {
+                    if claims.contains_key(&name) {
+                        return Err(serde::de::Error::custom(DUPLICATE_CLAIM));
+                    }
+                    claims.insert(name, value);
+                }
+                Ok(UniqueClaims(claims))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// First 8 bytes of SHA-256, as hex: identifies a subject in logs without the value.

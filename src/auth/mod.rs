@@ -75,31 +75,70 @@ pub enum Presented<'a> {
 }
 
 /// Picks the one credential of a request from all its `authorization` values and all its
-/// api-key header values (the host decides which headers count: `api-key`, and `x-api-key`
-/// for Anthropic clients). More than one credential is refused, including two Authorization
-/// headers that a proxy joined with a comma. The scheme is `Bearer`, any case.
+/// api-key header values (the host decides which headers count: `api-key` and `x-api-key`).
+/// The scheme is `Bearer`, any case.
+///
+/// The official SDKs send keys in their own ways, and the filter takes each as it comes:
+/// `OpenAI(api_key=...)` and `Anthropic(api_key=...)` send `Authorization: Bearer <key>`,
+/// `AnthropicFoundry` sends the key as both `x-api-key` and `api-key`, `azure-ai-inference`
+/// as both `Authorization: Bearer` and `api-key`. So:
+///
+/// - a Bearer value is a JWT when it has a `.` (a JWS always has two); one without is an
+///   API-key candidate (looked up like an `api-key` value, never forwarded either);
+/// - several headers carrying the *same* key are one credential; different keys, a JWT next to
+///   anything else, or two values joined with a comma by a proxy are `multiple_credentials`.
 pub fn extract_credentials<'a>(
     authorization_values: &[&'a str],
     api_key_values: &[&'a str],
 ) -> Result<Presented<'a>, AuthError> {
-    match (authorization_values, api_key_values) {
-        ([], []) => Ok(Presented::None),
-        ([auth], []) => parse_bearer(auth).map(Presented::Bearer),
-        ([], [key]) => {
-            let key = key.trim_matches(|c| c == ' ' || c == '\t');
-            if key.len() > api_key::MAX_API_KEY_BYTES {
-                return Err(AuthError::TooLarge);
-            }
-            if key.contains(',') {
-                return Err(AuthError::MultipleCredentials);
-            }
-            if key.is_empty() || key.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-                return Err(AuthError::InvalidApiKey);
-            }
-            Ok(Presented::ApiKey(key))
+    let mut jwt = None;
+    let mut key: Option<&'a str> = None;
+    let mut credentials = 0usize;
+    for value in authorization_values {
+        let token = parse_bearer(value)?;
+        if token.contains('.') {
+            jwt = Some(token);
+            credentials += 1;
+        } else {
+            same_key(&mut key, token)?;
         }
-        _ => Err(AuthError::MultipleCredentials),
     }
+    for value in api_key_values {
+        same_key(&mut key, checked_api_key(value)?)?;
+    }
+    credentials += usize::from(key.is_some());
+    match (jwt, key) {
+        _ if credentials > 1 => Err(AuthError::MultipleCredentials),
+        (Some(token), None) => Ok(Presented::Bearer(token)),
+        (None, Some(key)) => Ok(Presented::ApiKey(key)),
+        _ => Ok(Presented::None),
+    }
+}
+
+/// Records an API-key candidate: the first one, or the same key again.
+fn same_key<'a>(seen: &mut Option<&'a str>, candidate: &'a str) -> Result<(), AuthError> {
+    match seen {
+        Some(key) if *key != candidate => Err(AuthError::MultipleCredentials),
+        _ => {
+            *seen = Some(candidate);
+            Ok(())
+        }
+    }
+}
+
+/// An `api-key` / `x-api-key` value: trimmed, printable ASCII, bounded.
+fn checked_api_key(value: &str) -> Result<&str, AuthError> {
+    let key = value.trim_matches(|c| c == ' ' || c == '\t');
+    if key.len() > api_key::MAX_API_KEY_BYTES {
+        return Err(AuthError::TooLarge);
+    }
+    if key.contains(',') {
+        return Err(AuthError::MultipleCredentials);
+    }
+    if key.is_empty() || key.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        return Err(AuthError::InvalidApiKey);
+    }
+    Ok(key)
 }
 
 fn parse_bearer(value: &str) -> Result<&str, AuthError> {

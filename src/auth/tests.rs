@@ -465,11 +465,12 @@ fn truncated_tokens_and_wrong_segment_counts() {
     for t in [
         format!("{good}.extra"),
         good.replacen('.', "..", 1),
-        good.replace('.', ""),
         format!(".{good}"),
     ] {
         assert_eq!(code(run(&mut a, &t)), "malformed", "{t}");
     }
+    // Without any dot it is no JWT at all: an API-key candidate, and no configured key.
+    assert_eq!(code(run(&mut a, &good.replace('.', ""))), "invalid_api_key");
 }
 
 #[test]
@@ -622,6 +623,48 @@ fn authorization_header_forms() {
     assert_eq!(
         extract_credentials(&[], &["a b"]),
         Err(AuthError::InvalidApiKey)
+    );
+}
+
+/// The headers each official SDK sends with an API key (issue 15).
+#[test]
+fn api_keys_the_way_sdks_send_them() {
+    let key = "gw-key-123";
+    let bearer = format!("Bearer {key}");
+    let ok = Ok(Presented::ApiKey(key));
+    // OpenAI(api_key=...), Anthropic(api_key=...): the key as a Bearer value.
+    assert_eq!(extract_credentials(&[&bearer], &[]), ok);
+    // AnthropicFoundry: x-api-key and api-key, the same key.
+    assert_eq!(extract_credentials(&[], &[key, key]), ok);
+    // azure-ai-inference AzureKeyCredential: Authorization: Bearer and api-key.
+    assert_eq!(extract_credentials(&[&bearer], &[key]), ok);
+    assert_eq!(extract_credentials(&[&bearer], &[key, " gw-key-123"]), ok);
+    // Different keys are two credentials, whichever headers carry them.
+    for (auth, keys) in [
+        (vec![], vec![key, "other"]),
+        (vec![bearer.as_str()], vec!["other"]),
+        (vec![bearer.as_str(), "Bearer other"], vec![]),
+    ] {
+        assert_eq!(
+            extract_credentials(&auth, &keys),
+            Err(AuthError::MultipleCredentials),
+            "{auth:?} {keys:?}"
+        );
+    }
+    // A JWT next to anything else (even itself) is refused.
+    let t = rs256(&claims());
+    let jwt = format!("Bearer {t}");
+    assert_eq!(
+        extract_credentials(&[&jwt], &[key]),
+        Err(AuthError::MultipleCredentials)
+    );
+    assert_eq!(
+        extract_credentials(&[&jwt, &jwt], &[]),
+        Err(AuthError::MultipleCredentials)
+    );
+    assert_eq!(
+        extract_credentials(&[&jwt, "Bearer gw-key-123"], &[]),
+        Err(AuthError::MultipleCredentials)
     );
 }
 
@@ -848,6 +891,25 @@ fn api_keys_map_to_workloads() {
     assert_answer_clean(&e, "wrong-key-wrong-key");
     // JWT callers still work next to keys.
     assert_eq!(code(run(&mut a, &rs256(&claims()))), "ok");
+    // The key as the SDKs send it: a Bearer value (OpenAI, Anthropic), or the same key in
+    // several headers (AnthropicFoundry, azure-ai-inference).
+    for (auth, keys) in [
+        (vec!["Bearer foundry-key-1"], vec![]),
+        (vec![], vec!["foundry-key-1", "foundry-key-1"]),
+        (vec!["Bearer foundry-key-1"], vec!["foundry-key-1"]),
+    ] {
+        let c = a.authenticate(&auth, &keys, None, NOW_MS).unwrap().unwrap();
+        assert_eq!(c.workload, "foundry-agents", "{auth:?} {keys:?}");
+    }
+    let e = a
+        .authenticate(&["Bearer foundry-key-1"], &["batch-key"], None, NOW_MS)
+        .unwrap_err();
+    assert_eq!(e.code(), "multiple_credentials");
+    let e = a
+        .authenticate(&["Bearer wrong-key"], &[], None, NOW_MS)
+        .unwrap_err();
+    assert_eq!(e.code(), "invalid_api_key");
+    assert_answer_clean(&e, "wrong-key");
 }
 
 #[test]
@@ -1134,4 +1196,38 @@ fn bench_cold_verify() {
         "cached RS256: {:.2} us",
         start.elapsed().as_secs_f64() * 1e6 / n as f64
     );
+}
+
+/// A signed token whose payload names a claim twice (`exp`, `aud`, `iss`, ...) is refused as
+/// malformed, whichever value would have won (issue 15).
+#[test]
+fn duplicate_claim_names_are_malformed() {
+    let mut a = authenticator(json!({}));
+    let body = claims().to_string();
+    let inner = body.trim_start_matches('{');
+    let expired = NOW_S - 7200;
+    for dup in [
+        format!(r#""exp":{expired},"#),
+        format!(r#""exp":{},"#, NOW_S + 60),
+        r#""aud":"api://someone-else","#.to_string(),
+        r#""iss":"https://evil.example/","#.to_string(),
+        r#""azp":"other-app","#.to_string(),
+    ] {
+        let payload = format!("{{{dup}{inner}");
+        let input = format!(
+            "{}.{}",
+            b64(hdr("RS256", "k1").to_string().as_bytes()),
+            b64(payload.as_bytes())
+        );
+        let sig = testkeys::sign_with(Alg::RS256, testkeys::rsa_key(), input.as_bytes());
+        let t = format!("{input}.{}", b64(&sig));
+        let r = run(&mut a, &t);
+        assert_eq!(code(r.clone()), "malformed", "{payload}");
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            AuthError::Malformed("The token payload names a claim more than once.").to_string()
+        );
+    }
+    // The same claims, each once, are fine; nested objects are not this check's business.
+    assert_eq!(code(run(&mut a, &rs256(&claims()))), "ok");
 }
