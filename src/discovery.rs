@@ -16,6 +16,31 @@ pub fn list_models(config: &Config) -> String {
     json!({"object": "list", "data": data}).to_string()
 }
 
+/// `GET /v1/models/{id}` (`client.models.retrieve`): the model as `list_models` lists it; an
+/// alias answers under the name asked for, so a caller's round trip keeps its own name.
+pub fn get_model(config: &Config, id: &str) -> Result<String, FilterError> {
+    let found = config
+        .models
+        .get(id)
+        .and_then(|route| config.model_list.iter().find(|m| m.name == route.name));
+    match found {
+        Some(m) => Ok(
+            json!({"id": id, "object": "model", "created": 0, "owned_by": owner(config, m)})
+                .to_string(),
+        ),
+        None => Err(FilterError::not_found(
+            "model_not_found",
+            format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                id.chars()
+                    .filter(|c| !c.is_control())
+                    .take(100)
+                    .collect::<String>()
+            ),
+        )),
+    }
+}
+
 pub fn list_deployments(config: &Config) -> String {
     let value: Vec<Value> = config
         .model_list
@@ -92,6 +117,22 @@ mod tests {
             .map(|m| m["id"].as_str().unwrap())
             .collect();
         assert_eq!(ids, vec!["claude-opus-4-5", "gpt-4o"]);
+    }
+
+    #[test]
+    fn model_retrieve_by_name_or_alias() {
+        let c = config();
+        let v: Value = serde_json::from_str(&get_model(&c, "gpt-4o").unwrap()).unwrap();
+        assert_eq!(
+            v,
+            json!({"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "azure"})
+        );
+        let v: Value = serde_json::from_str(&get_model(&c, "gpt4o").unwrap()).unwrap();
+        assert_eq!(v["id"], "gpt4o");
+        let v: Value = serde_json::from_str(&get_model(&c, "claude-opus-4-5").unwrap()).unwrap();
+        assert_eq!(v["owned_by"], "anthropic");
+        let e = get_model(&c, "gpt-4o-prod").unwrap_err();
+        assert_eq!((e.status, e.code), (404, "model_not_found"));
     }
 
     #[test]

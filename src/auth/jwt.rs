@@ -268,9 +268,7 @@ impl<'de> Deserialize<'de> for UniqueClaims {
                 mut map: A,
             ) -> Result<UniqueClaims, A::Error> {
                 let mut claims = policy::Claims::new();
-                while let Some((name, value)) =
-                    map.next_entry::<String, serde_json::Value>()?
-                {
+                while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
                     if claims.contains_key(&name) {
                         return Err(serde::de::Error::custom(DUPLICATE_CLAIM));
                     }

@@ -5,7 +5,7 @@
 pub mod config;
 
 use crate::config::Config;
-use crate::errors::FilterError;
+use crate::errors::{Dialect, FilterError};
 use config::{is_valid_model_name, Backend, BackendKind, ModelRoute};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -56,6 +56,14 @@ impl Operation {
         }
     }
 
+    /// The error shape the caller's SDK expects on this operation's route.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Operation::Messages => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
+        }
+    }
+
     /// Operations whose body is multipart/form-data rather than JSON.
     pub fn is_multipart(self) -> bool {
         matches!(
@@ -87,6 +95,9 @@ pub enum Inbound {
 pub fn classify(method: &str, path: &str) -> Result<Option<Inbound>, FilterError> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let path = path.strip_suffix('/').unwrap_or(path);
+    if let Some(family) = model_less_api(path) {
+        return Err(model_required(family));
+    }
     if method == "GET" {
         return Ok(match path {
             "/v1/models" | "/openai/v1/models" | "/models" => Some(Inbound::ListModels),
@@ -116,6 +127,11 @@ pub fn classify(method: &str, path: &str) -> Result<Option<Inbound>, FilterError
     {
         return Ok(api(Operation::from_suffix(suffix), None));
     }
+    // AzureOpenAI(...).responses.create(): the dated Responses API has no deployment in the
+    // path (`/openai/responses?api-version=...`); the model is in the body.
+    if path == "/openai/responses" {
+        return Ok(api(Some(Operation::Responses), None));
+    }
     // Azure dated API and Foundry gateway connections with the deployment in the path.
     if let Some(rest) = path
         .strip_prefix("/openai/deployments/")
@@ -137,6 +153,45 @@ pub fn classify(method: &str, path: &str) -> Result<Option<Inbound>, FilterError
         Some(op) if op != Operation::Messages => api(Some(op), None),
         _ => None,
     })
+}
+
+/// APIs whose requests name no model: stored responses (`/responses/{id}`, its
+/// `input_items`, `cancel`), files, batches, uploads, vector stores, fine-tuning, assistants
+/// and threads, under `/v1/`, `/openai/v1/` and the dated `/openai/`. The family's name, for
+/// the error message.
+///
+/// They are refused rather than sent to a default backend: the gateway picks the Azure
+/// resource and the budget by model, and these name none. The objects they address live in
+/// whichever resource created them (a response stored on one resource is a 404 on another),
+/// and batches and fine-tuning spend tokens later, outside any request the filter could meter
+/// — forwarding them would open a way around the workload's budget.
+fn model_less_api(path: &str) -> Option<&'static str> {
+    let rest = path
+        .strip_prefix("/v1/")
+        .or_else(|| path.strip_prefix("/openai/v1/"))
+        .or_else(|| path.strip_prefix("/openai/"))?;
+    let (first, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    Some(match first {
+        // `/v1/responses` itself is the create call, routed by the body's model.
+        "responses" if !tail.is_empty() => "stored responses",
+        "files" => "files",
+        "batches" => "batches",
+        "uploads" => "uploads",
+        "vector_stores" => "vector stores",
+        "fine_tuning" | "fine-tunes" => "fine-tuning",
+        "assistants" => "assistants",
+        "threads" => "threads",
+        _ => return None,
+    })
+}
+
+fn model_required(family: &str) -> FilterError {
+    FilterError::bad_request(
+        "model_required",
+        format!(
+            "{family} are not served by this gateway: it routes every request to an Azure resource and a token budget by its `model`, and this API names none (objects of one resource are not found on another, and deferred work would escape metering)"
+        ),
+    )
 }
 
 fn checked_path_model(name: &str) -> Result<String, FilterError> {
@@ -471,6 +526,50 @@ mod tests {
         assert_eq!(c("POST", "/v1/chat/completions/../x"), None);
         assert_eq!(c("POST", "/other"), None);
         assert_eq!(c("POST", "/messages"), None);
+        // AzureOpenAI(...).responses.create(): dated, model in the body.
+        assert_eq!(
+            c("POST", "/openai/responses?api-version=2025-04-01-preview"),
+            api(Responses, None)
+        );
+        assert_eq!(c("GET", "/openai/responses"), None);
+    }
+
+    #[test]
+    fn model_less_apis_get_a_400_naming_why() {
+        for (m, p, family) in [
+            ("GET", "/v1/responses/resp_123", "stored responses"),
+            ("DELETE", "/v1/responses/resp_123", "stored responses"),
+            (
+                "GET",
+                "/v1/responses/resp_1/input_items",
+                "stored responses",
+            ),
+            ("POST", "/v1/responses/resp_1/cancel", "stored responses"),
+            (
+                "GET",
+                "/openai/responses/resp_1?api-version=2025-04-01-preview",
+                "stored responses",
+            ),
+            ("GET", "/openai/v1/responses/resp_1", "stored responses"),
+            ("POST", "/v1/files", "files"),
+            ("GET", "/openai/files?api-version=x", "files"),
+            ("POST", "/v1/batches", "batches"),
+            ("GET", "/openai/v1/batches/batch_1", "batches"),
+            ("POST", "/openai/batches", "batches"),
+            ("POST", "/v1/fine_tuning/jobs", "fine-tuning"),
+            ("POST", "/v1/vector_stores", "vector stores"),
+        ] {
+            let e = classify(m, p).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "model_required"), "{m} {p}");
+            assert!(e.message.starts_with(family), "{m} {p}: {}", e.message);
+        }
+        // Still routed or still not ours.
+        assert!(classify("POST", "/v1/responses").unwrap().is_some());
+        assert_eq!(classify("GET", "/v1/other").unwrap(), None);
+        assert_eq!(
+            classify("GET", "/openai/deployments").unwrap(),
+            Some(Inbound::ListDeployments)
+        );
     }
 
     #[test]
