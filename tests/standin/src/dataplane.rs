@@ -136,6 +136,8 @@ fn match_route(path: &str) -> Option<Route<'_>> {
             r(Api::Dated, op, "POST", Some(*d))
         }
         ["openai", "models"] => r(Api::Dated, Op::ListModels, "GET", None),
+        // The dated Responses API: no deployment in the path, the model in the body.
+        ["openai", "responses"] => r(Api::Dated, Op::Responses, "POST", None),
         ["openai", "v1", "chat", "completions"] => r(Api::V1, Op::Chat, "POST", None),
         ["openai", "v1", "embeddings"] => r(Api::V1, Op::Embeddings, "POST", None),
         ["openai", "v1", "responses"] => r(Api::V1, Op::Responses, "POST", None),
@@ -343,6 +345,14 @@ fn handle_inner(shared: &Shared, ctx: &Ctx) -> Reply {
     {
         return not_found();
     }
+    // Azure serves the dated Responses API from 2025-03-01-preview on; older versions do not
+    // know the route.
+    if route.api == Api::Dated
+        && route.op == Op::Responses
+        && ctx.query("api-version").unwrap_or_default() < "2025-03-01-preview"
+    {
+        return not_found();
+    }
     match route.op {
         Op::ListModels => return list_models(shared),
         Op::ListDeployments => {
@@ -413,9 +423,23 @@ fn handle_inner(shared: &Shared, ctx: &Ctx) -> Reply {
             ),
         );
     }
+    // Foundry's 2024-05-01-preview API does not list `stream_options`; parameters it does not
+    // know are refused unless the caller allows them with `extra-parameters`.
+    if route.api == Api::Foundry
+        && body.contains_key("stream_options")
+        && !matches!(ctx.header("extra-parameters"), Some("pass-through"))
+    {
+        return Reply::json(
+            422,
+            &json!({"error": {"code": "Invalid input", "status": 422,
+                "message": "Extra parameters ['stream_options'] are not allowed when extra-parameters is not set or set to be 'error'. Set extra-parameters to 'pass-through' to pass to the model."}}),
+        )
+        .with_header("x-ms-error-code", "Invalid input");
+    }
     let gen = Gen {
         deployment,
         azure_filters: matches!(route.api, Api::Dated | Api::V1),
+        usage_in_last_chunk: route.api == Api::Foundry,
     };
     let result = match route.op {
         Op::Chat => gen.chat(&body),
@@ -708,6 +732,9 @@ struct Gen<'a> {
     deployment: &'a Deployment,
     /// Azure OpenAI adds content-filter results (dated and v1 APIs).
     azure_filters: bool,
+    /// Foundry model inference (`/models`): a stream's last chunk always carries `usage`
+    /// (its `StreamingChatCompletionsUpdate.usage`); there is no `stream_options`.
+    usage_in_last_chunk: bool,
 }
 
 type GenResult = Result<(Reply, u64), String>;
@@ -803,10 +830,18 @@ impl Gen<'_> {
                 None,
             ));
         }
-        events.push(chunk(
+        let last = chunk(
             json!([{"index": 0, "delta": {}, "finish_reason": finish, "logprobs": null}]),
             None,
-        ));
+        );
+        if self.usage_in_last_chunk && !with_usage {
+            let mut v: Value = serde_json::from_str(last.trim_start_matches("data: ").trim())
+                .unwrap_or(Value::Null);
+            v["usage"] = usage.clone();
+            events.push(data_event(&v));
+        } else {
+            events.push(last);
+        }
         if with_usage {
             events.push(chunk(json!([]), Some(&usage)));
         }

@@ -1158,6 +1158,67 @@ fn streamed_chat_ends_with_usage_then_done() {
     assert!(events.iter().all(|(_, d)| !d.contains("\"usage\"")));
 }
 
+/// Foundry model inference (`/models`): no `stream_options` without `extra-parameters:
+/// pass-through`; usage on the last chunk anyway.
+#[test]
+fn foundry_models_streams_carry_usage_and_refuse_stream_options() {
+    let standin = start(StandInConfig::default());
+    let auth = bearer(&standin.issue_access_token(DEFAULT_CLIENT_ID, 600));
+    let path = "/models/chat/completions?api-version=2024-05-01-preview";
+    let body = |usage: bool| {
+        let mut v: Value = serde_json::from_slice(&chat_body(true, usage)).unwrap();
+        v["model"] = json!("gpt-4o-prod");
+        v.to_string().into_bytes()
+    };
+    let r = send(
+        &standin,
+        "POST",
+        path,
+        &[("authorization", &auth)],
+        &body(false),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = sse(&r.text());
+    let n = events.len();
+    assert_eq!(events[n - 1].1, "[DONE]");
+    let last: Value = serde_json::from_str(&events[n - 2].1).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert_eq!(last["usage"]["completion_tokens"], 12);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(_, d)| d.contains("\"usage\""))
+            .count(),
+        1
+    );
+    let r = send(
+        &standin,
+        "POST",
+        path,
+        &[("authorization", &auth)],
+        &body(true),
+    )
+    .unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("stream_options"));
+    let r = send(
+        &standin,
+        "POST",
+        path,
+        &[
+            ("authorization", &auth),
+            ("extra-parameters", "pass-through"),
+        ],
+        &body(true),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = sse(&r.text());
+    let usage_chunk: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+}
+
 #[test]
 fn streamed_responses_and_messages_carry_usage() {
     let standin = start(StandInConfig {
@@ -1543,4 +1604,28 @@ fn odd_inputs_always_get_an_answer() {
             .status,
         500
     );
+}
+
+/// The dated Responses API (`AzureOpenAI(...).responses.create`): model in the body, from
+/// api-version 2025-03-01-preview on.
+#[test]
+fn dated_responses_api_needs_a_recent_api_version() {
+    let standin = start(StandInConfig::default());
+    let auth = bearer(&standin.issue_access_token(DEFAULT_CLIENT_ID, 600));
+    let body = br#"{"model":"gpt-4o-prod","input":"hello there"}"#;
+    let post = |q: &str| {
+        send(
+            &standin,
+            "POST",
+            &format!("/openai/responses{q}"),
+            &[("authorization", &auth)],
+            body,
+        )
+        .unwrap()
+    };
+    let r = post("?api-version=2025-04-01-preview");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["input_tokens"], 5);
+    assert_eq!(post("?api-version=2024-10-21").status, 404);
+    assert_eq!(post("").status, 404);
 }
