@@ -389,11 +389,24 @@ pub fn plan_target<'c>(
 }
 
 /// Whether the filter should ask for usage in a stream (so tokens can be counted).
+///
+/// Foundry model inference (`/models`, api-version 2024-05-01-preview) does not list
+/// `stream_options` and refuses parameters it does not know unless the backend sends
+/// `extra-parameters: pass-through`; it reports usage on a stream's last chunk by itself, so
+/// there the filter only asks when the backend passes parameters through, and otherwise reads
+/// what the stream carries.
 pub fn wants_include_usage(op: Operation, backend: &Backend, info: &BodyInfo) -> bool {
+    let accepted = match backend.kind {
+        BackendKind::FoundryAnthropic { .. } => false,
+        BackendKind::FoundryModels { .. } => backend.headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case("extra-parameters") && value == "pass-through"
+        }),
+        _ => true,
+    };
     info.stream
         && !info.include_usage
         && matches!(op, Operation::ChatCompletions | Operation::Completions)
-        && !matches!(backend.kind, BackendKind::FoundryAnthropic { .. })
+        && accepted
 }
 
 /// Rewrites a JSON body: sets `model` and/or turns on `stream_options.include_usage`.
@@ -684,6 +697,19 @@ mod tests {
         };
         let aoai = &c.backends[c.models["gpt-4o"].backend];
         let claude = &c.backends[c.models["claude-opus-4-5"].backend];
+        // Foundry /models: only with `extra-parameters: pass-through` (the test config's).
+        let mut foundry = c.backends[c.models["mistral"].backend].clone();
+        assert!(wants_include_usage(
+            Operation::ChatCompletions,
+            &foundry,
+            &streaming
+        ));
+        foundry.headers.clear();
+        assert!(!wants_include_usage(
+            Operation::ChatCompletions,
+            &foundry,
+            &streaming
+        ));
         assert!(wants_include_usage(
             Operation::ChatCompletions,
             aoai,
