@@ -12,7 +12,7 @@ use crate::auth::jwks::KeySet;
 use crate::auth::{AuthConfig, Authenticator, RawAuthConfig};
 use crate::config::Config;
 use crate::entra::credential::{AssertionResponse, ManagedIdentityEndpoint};
-use crate::{entra, rls, routing, usage};
+use crate::{entra, rls, routing, usage, usage_chunk};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rsa::traits::PublicKeyParts;
@@ -30,6 +30,7 @@ pub const TARGETS: &[Target] = &[
     ("request_body", request_body),
     ("usage_json", usage_json),
     ("sse_usage", sse_usage),
+    ("usage_chunk", usage_chunk),
     ("rls_response", rls_response),
 ];
 
@@ -191,6 +192,45 @@ pub fn sse_usage(data: &[u8]) {
     assert_eq!(whole, split.usage(), "usage depends on chunk boundaries");
 }
 
+/// The usage-chunk stripper: its output does not depend on how the stream is cut into chunks,
+/// it only ever removes whole events (nothing when it found none), and its output has nothing
+/// left to remove.
+pub fn usage_chunk(data: &[u8]) {
+    let run = |chunks: &mut dyn Iterator<Item = &[u8]>| {
+        let mut s = usage_chunk::UsageChunkStripper::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(s.feed(c));
+        }
+        out.extend(s.finish());
+        (out, s.stripped())
+    };
+    let (whole, stripped) = run(&mut std::iter::once(data));
+    let mut cuts = Vec::new();
+    let mut rest = data;
+    let mut i = 0usize;
+    while let Some(&first) = rest.first() {
+        let n = ((usize::from(first) ^ i) % 13 + 1).min(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        cuts.push(chunk);
+        rest = tail;
+        i += 1;
+    }
+    let (split, split_stripped) = run(&mut cuts.into_iter());
+    assert_eq!(whole, split, "output depends on chunk boundaries");
+    assert_eq!(stripped, split_stripped);
+    assert!(whole.len() <= data.len());
+    if stripped == 0 {
+        assert_eq!(whole, data, "nothing stripped, yet the stream changed");
+    }
+    let (again, more) = run(&mut std::iter::once(whole.as_slice()));
+    assert_eq!(
+        (again, more),
+        (whole, 0),
+        "the output still had a usage-only event"
+    );
+}
+
 /// A rate limit service's answer (protobuf), as the check and as the decoder alone.
 pub fn rls_response(data: &[u8]) {
     let _ = rls::decode_should_rate_limit_response(data);
@@ -257,6 +297,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":12,\"total_tokens\":33}}\n\ndata: [DONE]\n\n".into(),
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n".into(),
             "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":8,\"output_tokens\":5,\"total_tokens\":13}}}\r\n\r\n".into(),
+        ],
+        "usage_chunk" => vec![
+            "data: {\"choices\":[],\"prompt_filter_results\":[]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":12,\"total_tokens\":33}}\n\ndata: [DONE]\n\n".into(),
+            "data:{\"choices\":[],\r\ndata:\"usage\":{\"total_tokens\":1}}\r\n\r\ndata: [DONE]\r\n\r\n".into(),
+            "event: x\rdata: {\"usage\":{},\"choices\":[]}\r\r: comment\n\n".into(),
         ],
         "rls_response" => {
             return vec![

@@ -26,6 +26,7 @@ pub mod rls;
 pub mod routing;
 pub mod token_cache;
 pub mod usage;
+pub mod usage_chunk;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
