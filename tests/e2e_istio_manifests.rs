@@ -189,8 +189,11 @@ fn embedded_plugin_configurations_pass_the_filters_validation() {
 #[test]
 fn envoy_filter_reads_bodies_and_fails_closed_on_the_gateway() {
     let docs = documents();
-    let filters = of_kind(&docs, "EnvoyFilter");
-    assert_eq!(filters.len(), 1);
+    let filters: Vec<&Yaml> = of_kind(&docs, "EnvoyFilter")
+        .into_iter()
+        .filter(|ef| !envoy_filter_wasm_configs(ef).is_empty())
+        .collect();
+    assert_eq!(filters.len(), 1, "one EnvoyFilter carries the Wasm filter");
     let ef = filters[0];
     assert_eq!(
         s(&ef["spec"]["workloadSelector"]["labels"]["istio"]),
@@ -313,6 +316,41 @@ fn istio_cluster_host(cluster: &str) -> Option<&str> {
     cluster.strip_prefix("outbound|443||")
 }
 
+/// Stalled callers are answered on the gateway whichever flavour of the filter is applied:
+/// an EnvoyFilter merges request timeouts into its HTTP connection manager.
+#[test]
+fn gateway_answers_callers_that_stall() {
+    let docs = documents();
+    let (file, hcm) = docs
+        .iter()
+        .filter(|(_, d)| kind(d) == "EnvoyFilter")
+        .flat_map(|(f, d)| {
+            d["spec"]["configPatches"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(move |p| (f.as_str(), p))
+        })
+        .find(|(_, p)| {
+            s(&p["applyTo"]) == "NETWORK_FILTER"
+                && s(&p["match"]["listener"]["filterChain"]["filter"]["name"])
+                    == "envoy.filters.network.http_connection_manager"
+        })
+        .expect("an HTTP connection manager patch");
+    assert_eq!(file, "gateway.yaml", "applied with either flavour");
+    assert_eq!(s(&hcm["match"]["context"]), "GATEWAY");
+    assert_eq!(s(&hcm["patch"]["operation"]), "MERGE");
+    let cfg = &hcm["patch"]["value"]["typed_config"];
+    for field in [
+        "request_headers_timeout",
+        "request_timeout",
+        "stream_idle_timeout",
+    ] {
+        let v = s(&cfg[field]);
+        assert!(v.ends_with('s') && v != "0s", "{field}: {v:?}");
+    }
+}
+
 #[test]
 fn clusters_routes_and_secrets_fit_together() {
     let docs = documents();
@@ -338,6 +376,11 @@ fn clusters_routes_and_secrets_fit_together() {
             continue;
         };
         let value = s(&m[0]["headers"]["x-azure-llm-backend"]["exact"]);
+        let removed = r["headers"]["request"]["remove"].as_sequence();
+        assert!(
+            removed.is_some_and(|h| h.iter().any(|h| s(h) == "x-azure-llm-backend")),
+            "route {value} must keep the routing header from Azure"
+        );
         let dest = &r["route"][0]["destination"];
         assert_eq!(dest["port"]["number"].as_u64(), Some(443), "route {value}");
         routes.insert(value.to_string(), s(&dest["host"]).to_string());

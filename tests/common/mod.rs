@@ -671,6 +671,11 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
             "                                string_match: {{ exact: {} }}",
             q(&pool.name)
         );
+        let _ = writeln!(
+            w,
+            "                          request_headers_to_remove: [{}]",
+            q(&opts.routing_header)
+        );
         let _ = writeln!(w, "                          route:");
         let _ = writeln!(w, "                            cluster: {}", q(&pool.name));
         let _ = writeln!(
@@ -726,6 +731,12 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
             w,
             "                            timeout: {}s",
             opts.route_timeout_secs
+        );
+        // As in envoy/envoy.yaml: the routing header never leaves the proxy.
+        let _ = writeln!(
+            w,
+            "                          request_headers_to_remove: [{}]",
+            q(&opts.routing_header)
         );
     }
     if let Some(extra) = &opts.extra_routes_yaml {

@@ -1,0 +1,219 @@
+//! Issue 15, end to end through the *shipped* Envoy configuration (envoy/envoy.yaml, with the
+//! ports moved and the stand-in in place of Azure): what leaves the proxy, and callers that
+//! stall.
+//!
+//! - The internal routing header `x-azure-llm-backend` picks the route and never reaches
+//!   Azure (the route's `request_headers_to_remove`).
+//! - A body that trickles in is answered by Envoy's `request_timeout` (408), and headers that
+//!   never finish by `request_headers_timeout`: the shipped values are 60 s and 10 s; the test
+//!   shortens them (and checks they are there to shorten).
+
+mod common;
+
+use azure_standin::{EndpointKind, StandIn, StandInConfig};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Envoy running envoy/envoy.yaml.
+struct ShippedEnvoy {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Drop for ShippedEnvoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces `from` by `to` in `text`, insisting that `from` is there.
+fn replaced(text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "envoy/envoy.yaml no longer has `{from}`"
+    );
+    text.replace(from, to)
+}
+
+async fn start_shipped(standin: &StandIn, shorten: &[(&str, &str)]) -> ShippedEnvoy {
+    let root = common::workspace_root();
+    let mut yaml = std::fs::read_to_string(root.join("envoy/envoy.yaml")).unwrap();
+    let (port, admin) = (common::free_port(), common::free_port());
+    for (from, to) in [
+        ("port_value: 10000", format!("port_value: {port}")),
+        ("port_value: 9901", format!("port_value: {admin}")),
+        (
+            "port_value: 8089",
+            format!("port_value: {}", standin.port()),
+        ),
+        (
+            "filename: target/wasm32-wasip1/release/azure_llm_filter.wasm",
+            format!("filename: {}", common::wasm_path().display()),
+        ),
+    ] {
+        yaml = replaced(&yaml, from, &to);
+    }
+    for (from, to) in shorten {
+        yaml = replaced(&yaml, from, to);
+    }
+    let dir = root
+        .join("target/e2e/e2e_request_hygiene")
+        .join(format!("{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("envoy.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let log = dir.join("envoy.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(common::envoy_binary());
+    cmd.arg("-c")
+        .arg(&config)
+        .args(["--concurrency", "1", "-l", "info", "--disable-hot-restart"])
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out));
+    let child = common::spawn_child(cmd).unwrap();
+    let envoy = ShippedEnvoy { child, port, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let http = common::client();
+    loop {
+        let ready = http
+            .get(format!("http://127.0.0.1:{admin}/ready"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().as_u16() == 200);
+        if ready.is_some() && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return envoy;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shipped Envoy did not start: {}",
+            std::fs::read_to_string(&envoy.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn chat_body() -> String {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hygiene check"}]})
+        .to_string()
+}
+
+/// Sends `head` then `body` in pieces `gap` apart (stopping at the first write error), and
+/// reads the answer's status line; 0 when the connection closed without one.
+fn raw_exchange(port: u16, head: &str, body: &[&[u8]], gap: Duration) -> (u16, Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = s.write_all(head.as_bytes());
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Between pieces, look for an early answer (the one a timeout gives).
+    s.set_read_timeout(Some(gap.max(Duration::from_millis(1))))
+        .unwrap();
+    for piece in body {
+        if let Ok(n) = s.read(&mut buf) {
+            answer.extend_from_slice(&buf[..n]);
+            break;
+        }
+        if s.write_all(piece).is_err() {
+            break;
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, started.elapsed())
+}
+
+#[tokio::test]
+async fn shipped_config_keeps_the_routing_header_inside_the_proxy() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let envoy = start_shipped(&standin, &[]).await;
+    // A caller's own routing header too: the filter replaces it, the route drops it.
+    let resp = common::client()
+        .post(format!(
+            "http://127.0.0.1:{}/v1/chat/completions",
+            envoy.port
+        ))
+        .header("content-type", "application/json")
+        .header("x-azure-llm-backend", "somewhere-else")
+        .body(chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let seen = standin.requests_of(EndpointKind::DataPlane);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].path,
+        "/openai/deployments/gpt-4o-prod/chat/completions"
+    );
+    assert_eq!(
+        seen[0].header_count("x-azure-llm-backend"),
+        0,
+        "{:?}",
+        seen[0].headers
+    );
+}
+
+#[tokio::test]
+async fn shipped_timeouts_answer_callers_that_stall() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let envoy = start_shipped(
+        &standin,
+        &[
+            ("request_timeout: 60s", "request_timeout: 2s"),
+            (
+                "request_headers_timeout: 10s",
+                "request_headers_timeout: 1s",
+            ),
+        ],
+    )
+    .await;
+    let body = chat_body();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // A body trickling in, a byte every 300 ms: no idle timeout fires, request_timeout does.
+    let bytes: Vec<&[u8]> = body.as_bytes().chunks(1).take(30).collect();
+    let (status, took) = raw_exchange(envoy.port, &head, &bytes, Duration::from_millis(300));
+    assert_eq!(status, 408, "after {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    // Headers that never finish.
+    let (status, took) = raw_exchange(
+        envoy.port,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n",
+        &[],
+        Duration::ZERO,
+    );
+    assert!(
+        status == 408 || status == 0,
+        "headers timeout: status {status} after {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(
+        standin.count(EndpointKind::DataPlane),
+        0,
+        "nothing reached Azure"
+    );
+}
