@@ -100,7 +100,9 @@ pub fn classify(method: &str, path: &str) -> Result<Option<Inbound>, FilterError
     }
     if method == "GET" {
         return Ok(match path {
-            "/v1/models" | "/openai/v1/models" | "/models" => Some(Inbound::ListModels),
+            "/v1/models" | "/openai/v1/models" | "/openai/models" | "/models" => {
+                Some(Inbound::ListModels)
+            }
             "/deployments" | "/openai/deployments" => Some(Inbound::ListDeployments),
             _ => match path
                 .strip_prefix("/deployments/")
@@ -529,6 +531,11 @@ mod tests {
             api(ChatCompletions, None)
         );
         assert_eq!(c("GET", "/v1/models"), Some(Inbound::ListModels));
+        // AzureOpenAI(...).models.list()
+        assert_eq!(
+            c("GET", "/openai/models?api-version=2025-04-01-preview"),
+            Some(Inbound::ListModels)
+        );
         assert_eq!(c("GET", "/deployments"), Some(Inbound::ListDeployments));
         assert_eq!(
             c("GET", "/deployments/gpt-4o"),
