@@ -9,6 +9,7 @@
 )]
 
 pub mod auth;
+pub mod body_watch;
 pub mod config;
 pub mod discovery;
 pub mod entra;
