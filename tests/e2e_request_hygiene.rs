@@ -217,3 +217,108 @@ async fn shipped_timeouts_answer_callers_that_stall() {
         "nothing reached Azure"
     );
 }
+
+/// The filter's own watch on bodies it waits for (body routing): with
+/// `allow_on_headers_stop_iteration: true` (bodies are seen to flow), a body that stops
+/// half-way or never comes is the caller's fault: 408 `request_body_timeout`, in the dialect
+/// of the route, after `body_wait_timeout_ms` — not 500 `filter_misconfigured` (that one is
+/// only for a proxy that never delivers bodies, e2e_routing.rs).
+#[tokio::test]
+async fn a_stalled_body_is_answered_408_not_blamed_on_the_operator() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let mut o = common::EnvoyOptions::new(json!({
+        "credentials": common::standin_credentials(&standin.tenant_id()),
+        "backends": {
+            "aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"},
+            "claude": {"kind": "foundry_anthropic", "host": "f.services.ai.azure.com", "credential": "main"}
+        },
+        "models": {
+            "gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"},
+            "claude-opus-4-5": {"backend": "claude", "deployment": "claude-opus-4-5"}
+        },
+        "body_wait_timeout_ms": 700
+    }));
+    o.clusters = vec![
+        common::Cluster::new("entra", standin.port()),
+        common::Cluster::new("aoai", standin.port()),
+        common::Cluster::new("claude", standin.port()),
+    ];
+    o.backend_routes = vec!["aoai".into(), "claude".into()];
+    let envoy = common::Envoy::start(o).await;
+    let port: u16 = envoy
+        .url("")
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap();
+    let body = chat_body();
+    let head = |path: &str, len: usize| {
+        format!("POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n")
+    };
+    // Bodies are delivered (the option is set): this worker has seen one.
+    let (status, _) = raw_exchange(
+        port,
+        &head("/v1/chat/completions", body.len()),
+        &[body.as_bytes()],
+        Duration::ZERO,
+    );
+    assert_eq!(status, 200);
+    // Half a body, then nothing.
+    let (status, took) = raw_exchange_keep_open(
+        port,
+        &head("/v1/chat/completions", body.len()),
+        &body.as_bytes()[..body.len() / 2],
+    );
+    assert_eq!(status.0, 408, "{}", status.1);
+    assert!(status.1.contains("request_body_timeout"), "{}", status.1);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // No body at all, on an Anthropic route: 408 in Anthropic's shape.
+    let (status, _) = raw_exchange_keep_open(port, &head("/v1/messages", 50), b"");
+    assert_eq!(status.0, 408, "{}", status.1);
+    assert!(status.1.contains("\"type\":\"error\""), "{}", status.1);
+    assert!(status.1.contains("timeout_error"), "{}", status.1);
+    assert_eq!(
+        standin.count(EndpointKind::DataPlane),
+        1,
+        "only the complete request reached Azure"
+    );
+}
+
+/// Sends `head` and `partial`, keeps the connection open, and reads the whole answer:
+/// ((status, text), elapsed).
+fn raw_exchange_keep_open(port: u16, head: &str, partial: &[u8]) -> ((u16, String), Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(partial).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if len.is_some_and(|l| body.len() >= l) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    ((status, text), started.elapsed())
+}
