@@ -3,7 +3,9 @@
 //! stall.
 //!
 //! - The internal routing header `x-azure-llm-backend` picks the route and never reaches
-//!   Azure (the route's `request_headers_to_remove`).
+//!   Azure (the route's `request_headers_to_remove`), nor do the caller's `Cookie`,
+//!   `Proxy-Authorization` and `Ocp-Apim-Subscription-Key` (the filter's default
+//!   `request_headers_to_remove`).
 //! - A body that trickles in is answered by Envoy's `request_timeout` (408), and headers that
 //!   never finish by `request_headers_timeout`: the shipped values are 60 s and 10 s; the test
 //!   shortens them (and checks they are there to shorten).
@@ -145,7 +147,7 @@ fn raw_exchange(port: u16, head: &str, body: &[&[u8]], gap: Duration) -> (u16, D
 }
 
 #[tokio::test]
-async fn shipped_config_keeps_the_routing_header_inside_the_proxy() {
+async fn shipped_config_keeps_internal_and_foreign_headers_from_azure() {
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
     let envoy = start_shipped(&standin, &[]).await;
     // A caller's own routing header too: the filter replaces it, the route drops it.
@@ -156,6 +158,11 @@ async fn shipped_config_keeps_the_routing_header_inside_the_proxy() {
         ))
         .header("content-type", "application/json")
         .header("x-azure-llm-backend", "somewhere-else")
+        // Credentials and session state for other systems (request_headers_to_remove's default).
+        .header("cookie", "session=browser-secret")
+        .header("proxy-authorization", "Basic cHJveHk6c2VjcmV0")
+        .header("ocp-apim-subscription-key", "apim-secret-key")
+        .header("x-caller-trace", "kept")
         .body(chat_body())
         .send()
         .await
@@ -167,12 +174,20 @@ async fn shipped_config_keeps_the_routing_header_inside_the_proxy() {
         seen[0].path,
         "/openai/deployments/gpt-4o-prod/chat/completions"
     );
-    assert_eq!(
-        seen[0].header_count("x-azure-llm-backend"),
-        0,
-        "{:?}",
-        seen[0].headers
-    );
+    for name in [
+        "x-azure-llm-backend",
+        "cookie",
+        "proxy-authorization",
+        "ocp-apim-subscription-key",
+    ] {
+        assert_eq!(
+            seen[0].header_count(name),
+            0,
+            "{name}: {:?}",
+            seen[0].headers
+        );
+    }
+    assert_eq!(seen[0].header("x-caller-trace"), Some("kept"));
 }
 
 #[tokio::test]

@@ -106,8 +106,19 @@ struct RawConfig {
     #[cfg_attr(
         feature = "schema",
         schemars(
-            description = "How long a request may wait for its body before the filter concludes \
-                           that allow_on_headers_stop_iteration is missing (default 3000).",
+            description = "Caller request headers removed before the request leaves for Azure                            (credentials or session state meant for something else). Default:                            [\"cookie\", \"proxy-authorization\", \"ocp-apim-subscription-key\"];                            a list replaces it ([] keeps them all). The caller's authorization,                            api-key, x-api-key and the routing header are always removed.",
+            extend("items" = {"pattern": r"^[a-z0-9-]{1,128}$"})
+        )
+    )]
+    #[serde(default)]
+    request_headers_to_remove: Option<Vec<String>>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "How long the filter waits for a request body, or its next part \
+                           (default 3000): then 500 filter_misconfigured while this worker never \
+                           got a body (allow_on_headers_stop_iteration missing), 408 \
+                           request_body_timeout once bodies are known to flow.",
             range(min = 1, max = 120_000)
         )
     )]
@@ -199,6 +210,9 @@ pub struct Config {
     pub model_header: Option<String>,
     /// Response headers from Azure that never reach the caller (the routing header included).
     pub response_headers_to_remove: Vec<String>,
+    /// Caller request headers that never reach Azure, besides the caller's credentials and the
+    /// routing header (always removed).
+    pub request_headers_to_remove: Vec<String>,
     pub token_wait_timeout_ms: u64,
     pub body_wait_timeout_ms: u64,
     /// Per-request data left in filter state for access logs (`wasm.azure_llm_*`).
@@ -297,6 +311,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let response_headers_to_remove =
         response_headers_to_remove(&routing_header, &raw.response_headers_to_remove)?;
+    let request_headers_to_remove = request_headers_to_remove(raw.request_headers_to_remove)?;
     let body_wait_timeout_ms = raw
         .body_wait_timeout_ms
         .unwrap_or(DEFAULT_BODY_WAIT_TIMEOUT_MS);
@@ -325,6 +340,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         routing_mode,
         model_header,
         response_headers_to_remove,
+        request_headers_to_remove,
         token_wait_timeout_ms,
         body_wait_timeout_ms,
         access_log_properties: raw.access_log_properties.unwrap_or(true),
@@ -354,6 +370,46 @@ fn validate_backends(
         ));
     }
     Ok(backends)
+}
+
+/// Caller headers that carry credentials or session state for something else (a browser
+/// session, a forward proxy, an APIM subscription): they have no business at Azure.
+pub const DEFAULT_REQUEST_HEADERS_TO_REMOVE: [&str; 3] =
+    ["cookie", "proxy-authorization", "ocp-apim-subscription-key"];
+
+/// Headers the request needs on its way to Azure: removing them would break it.
+const REQUEST_HEADERS_KEPT: [&str; 4] = [
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "host",
+];
+
+/// The configured list (or the default), checked, once each.
+fn request_headers_to_remove(configured: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let Some(configured) = configured else {
+        return Ok(DEFAULT_REQUEST_HEADERS_TO_REMOVE.map(String::from).to_vec());
+    };
+    let mut remove: Vec<String> = Vec::new();
+    for (i, h) in configured.into_iter().enumerate() {
+        let field = || format!("request_headers_to_remove[{i}]");
+        if !is_header_name(&h) {
+            return Err(ConfigError::new(
+                field(),
+                "must be a lowercase HTTP header name (letters, digits, '-')",
+            ));
+        }
+        if REQUEST_HEADERS_KEPT.contains(&h.as_str()) {
+            return Err(ConfigError::new(
+                field(),
+                format!("`{h}` is needed by the request to Azure and cannot be removed"),
+            ));
+        }
+        if !remove.contains(&h) {
+            remove.push(h);
+        }
+    }
+    Ok(remove)
 }
 
 /// The routing header comes first (never shown to callers), then the configured ones, once each.

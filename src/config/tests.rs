@@ -118,6 +118,35 @@ fn response_headers_to_remove_are_checked_and_include_the_routing_header() {
 }
 
 #[test]
+fn request_headers_to_remove_default_replace_and_checks() {
+    let c = parse(base()).unwrap();
+    assert_eq!(
+        c.request_headers_to_remove,
+        vec!["cookie", "proxy-authorization", "ocp-apim-subscription-key"]
+    );
+    let mut v = base();
+    v["request_headers_to_remove"] = json!(["x-internal", "cookie", "x-internal"]);
+    assert_eq!(
+        parse(v.clone()).unwrap().request_headers_to_remove,
+        vec!["x-internal", "cookie"]
+    );
+    v["request_headers_to_remove"] = json!([]);
+    assert!(parse(v.clone())
+        .unwrap()
+        .request_headers_to_remove
+        .is_empty());
+    v["request_headers_to_remove"] = json!(["ok", "Cookie"]);
+    assert_eq!(
+        parse(v.clone()).unwrap_err().field,
+        "request_headers_to_remove[1]"
+    );
+    v["request_headers_to_remove"] = json!(["content-length"]);
+    let e = parse(v).unwrap_err();
+    assert_eq!(e.field, "request_headers_to_remove[0]");
+    assert!(e.reason.contains("needed"), "{e}");
+}
+
+#[test]
 fn bad_hosts_and_ranges() {
     let mut v = base();
     v["backends"]["aoai"]["host"] = json!("evil.com/path");

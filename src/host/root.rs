@@ -164,23 +164,23 @@ impl RootContext for FilterRoot {
                 tokens::fail_waiter(w, &err);
             }
         }
-        let stuck = state.take_expired_body_watches(now);
-        if !stuck.is_empty() {
-            log::error!(
-                "azure-llm-filter: {} request(s) got no body callback: set \
-                 allow_on_headers_stop_iteration: true in the Wasm plugin config \
-                 (or use routing_mode \"header\")",
-                stuck.len()
-            );
-            let err = FilterError::internal(
-                "filter_misconfigured",
-                "the proxy did not pass the request body to the azure-llm-filter: \
-                 the Wasm plugin needs allow_on_headers_stop_iteration: true",
-            );
-            for context_id in stuck {
-                if proxy_wasm::hostcalls::set_effective_context(context_id).is_ok() {
-                    tokens::send_error(&err);
-                }
+        let timeout_ms = state.config.body_wait_timeout_ms;
+        let stuck = state.body_watch.take_expired(now, timeout_ms);
+        for (context_id, err) in stuck {
+            if err.code == "filter_misconfigured" {
+                log::error!(
+                    "azure-llm-filter: a request got no body callback: set \
+                     allow_on_headers_stop_iteration: true in the Wasm plugin config \
+                     (or use routing_mode \"header\")"
+                );
+            } else {
+                log::info!("azure-llm-filter: request {context_id}: {}", err.message);
+            }
+            if proxy_wasm::hostcalls::set_effective_context(context_id).is_ok() {
+                state
+                    .metrics
+                    .count_fixed(super::metrics::Family::Requests, err.code);
+                tokens::send_error(&err);
             }
         }
         let wanted = if state.waiters.is_empty() && state.body_watch.is_empty() {

@@ -132,12 +132,12 @@ pub fn resume_with_token(waiter: &Waiter, token: &str) {
     );
 }
 
-/// Answers a paused request with an error.
+/// Answers a paused request with an error, in its API's shape.
 pub fn fail_waiter(waiter: &Waiter, error: &FilterError) {
     if hostcalls::set_effective_context(waiter.context_id).is_err() {
         return;
     }
-    send_error(error);
+    send_error(&error.clone().in_dialect(waiter.dialect));
 }
 
 /// Sends a local reply on the current effective context.

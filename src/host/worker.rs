@@ -8,6 +8,7 @@
 use super::keys::JwksFetch;
 use super::metrics::Metrics;
 use crate::auth::Authenticator;
+use crate::body_watch::BodyWatch;
 use crate::config::Config;
 use crate::entra::credential::ResolvedSecret;
 use crate::entra::TokenFetch;
@@ -55,6 +56,8 @@ pub struct Waiter {
     pub context_id: u32,
     pub credential: usize,
     pub deadline_ms: u64,
+    /// The error shape of the request's API, for an answer from the root context.
+    pub dialect: crate::errors::Dialect,
 }
 
 pub struct WorkerState {
@@ -70,11 +73,8 @@ pub struct WorkerState {
     pub fetch_wanted: Vec<bool>,
     /// The root context's current tick period (1 ms = "tick now, a fetch is wanted").
     pub tick_period_ms: u64,
-    /// Requests paused in the header phase for their body: (context id, deadline). Without
-    /// `allow_on_headers_stop_iteration` the body never comes and they would hang.
-    pub body_watch: Vec<(u32, u64)>,
-    /// A body callback followed a header pause once: the option is set, stop watching.
-    pub body_callbacks_seen: bool,
+    /// Requests paused for their body (`crate::body_watch`): every one is answered.
+    pub body_watch: BodyWatch,
     /// Caller authentication (None when the config has no `auth`).
     pub auth: Option<Authenticator>,
     /// JWKS callouts in flight, by callout token id.
@@ -107,8 +107,7 @@ impl WorkerState {
             fetches_in_flight: HashMap::new(),
             fetch_wanted: vec![false; n],
             tick_period_ms: 0,
-            body_watch: Vec::new(),
-            body_callbacks_seen: false,
+            body_watch: BodyWatch::default(),
             jwks_unknown_kid: vec![false; providers],
             auth,
             jwks_in_flight: HashMap::new(),
@@ -150,33 +149,7 @@ impl WorkerState {
 
     pub fn forget_context(&mut self, context_id: u32) {
         self.waiters.retain(|w| w.context_id != context_id);
-        self.body_watch.retain(|(id, _)| *id != context_id);
-    }
-
-    /// Watches a request paused for its body, until a body callback shows Envoy delivers them
-    /// (`deadline_ms` is only asked for then: it costs a host call).
-    pub fn watch_body(&mut self, context_id: u32, deadline_ms: impl FnOnce() -> u64) {
-        if !self.body_callbacks_seen {
-            self.body_watch.push((context_id, deadline_ms()));
-        }
-    }
-
-    pub fn body_arrived(&mut self, context_id: u32) {
-        self.body_callbacks_seen = true;
-        self.body_watch.retain(|(id, _)| *id != context_id);
-    }
-
-    /// Requests whose body did not come in time.
-    pub fn take_expired_body_watches(&mut self, now_ms: u64) -> Vec<u32> {
-        let mut expired = Vec::new();
-        self.body_watch.retain(|&(id, deadline)| {
-            let over = now_ms >= deadline;
-            if over {
-                expired.push(id);
-            }
-            !over
-        });
-        expired
+        self.body_watch.done(context_id);
     }
 }
 
@@ -204,16 +177,19 @@ mod tests {
             context_id: 1,
             credential: 0,
             deadline_ms: 100,
+            dialect: Default::default(),
         });
         s.waiters.push(Waiter {
             context_id: 2,
             credential: 1,
             deadline_ms: 50,
+            dialect: Default::default(),
         });
         s.waiters.push(Waiter {
             context_id: 3,
             credential: 0,
             deadline_ms: 200,
+            dialect: Default::default(),
         });
         assert_eq!(s.take_expired_waiters(60).len(), 1);
         assert!(s.has_waiters(0));
@@ -224,18 +200,6 @@ mod tests {
             vec![1, 3]
         );
         assert!(s.waiters.is_empty());
-    }
-
-    #[test]
-    fn body_watch_stops_once_a_body_was_seen() {
-        let mut s = state();
-        s.watch_body(1, || 100);
-        s.watch_body(2, || 300);
-        assert_eq!(s.take_expired_body_watches(200), vec![1]);
-        s.body_arrived(2);
-        assert!(s.body_watch.is_empty());
-        s.watch_body(3, || 100);
-        assert!(s.body_watch.is_empty(), "option known to be set");
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub enum Inbound {
     ListDeployments,
     /// `GET /deployments/{name}`.
     GetDeployment(String),
+    /// `GET /v1/models/{id}` (`client.models.retrieve`).
+    GetModel(String),
 }
 
 /// Classifies a request by method and path (the query is ignored: the backend's own
@@ -99,6 +101,9 @@ pub fn classify(method: &str, path: &str) -> Result<Option<Inbound>, FilterError
         return Err(model_required(family));
     }
     if method == "GET" {
+        if let Some(id) = model_retrieve_id(path) {
+            return Ok(Some(Inbound::GetModel(id.to_string())));
+        }
         return Ok(match path {
             "/v1/models" | "/openai/v1/models" | "/openai/models" | "/models" => {
                 Some(Inbound::ListModels)
@@ -155,6 +160,15 @@ pub fn classify(method: &str, path: &str) -> Result<Option<Inbound>, FilterError
         Some(op) if op != Operation::Messages => api(Some(op), None),
         _ => None,
     })
+}
+
+/// The `{id}` of `GET /v1/models/{id}`, `/openai/v1/models/{id}`, `/openai/models/{id}`.
+fn model_retrieve_id(path: &str) -> Option<&str> {
+    let id = path
+        .strip_prefix("/v1/models/")
+        .or_else(|| path.strip_prefix("/openai/v1/models/"))
+        .or_else(|| path.strip_prefix("/openai/models/"))?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
 /// APIs whose requests name no model: stored responses (`/responses/{id}`, its
@@ -531,6 +545,15 @@ mod tests {
             api(ChatCompletions, None)
         );
         assert_eq!(c("GET", "/v1/models"), Some(Inbound::ListModels));
+        assert_eq!(
+            c("GET", "/v1/models/gpt-4o"),
+            Some(Inbound::GetModel("gpt-4o".into()))
+        );
+        assert_eq!(
+            c("GET", "/openai/models/gpt-4o?api-version=x"),
+            Some(Inbound::GetModel("gpt-4o".into()))
+        );
+        assert_eq!(c("GET", "/v1/models/a/b"), None);
         // AzureOpenAI(...).models.list()
         assert_eq!(
             c("GET", "/openai/models?api-version=2025-04-01-preview"),

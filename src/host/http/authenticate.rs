@@ -63,12 +63,15 @@ impl HttpFilter {
     }
 
     /// Whatever happens next, neither the caller's credentials nor a routing decision the
-    /// caller made up go any further (removing removes every value of a name).
+    /// caller made up go any further, nor the headers the operator keeps from Azure
+    /// (`request_headers_to_remove`: cookies, proxy credentials, APIM keys by default).
+    /// Removing removes every value of a name.
     pub(super) fn strip_caller_headers(&self, config: &Config, headers: &[(String, String)]) {
         for name in CALLER_CREDENTIAL_HEADERS
             .iter()
             .copied()
             .chain([config.routing_header.as_str()])
+            .chain(config.request_headers_to_remove.iter().map(String::as_str))
         {
             if first_header(headers, name).is_some() {
                 self.set_http_request_header(name, None);

@@ -41,6 +41,7 @@ impl HttpFilter {
                     context_id: self.context_id,
                     credential,
                     deadline_ms: now + config.token_wait_timeout_ms,
+                    dialect: self.dialect,
                 });
                 Ok(Action::Pause)
             }

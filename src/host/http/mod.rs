@@ -9,7 +9,7 @@
 //! | forward      | `forward`         | after admission                  |
 //! | pool         | `pool`            | routing, forward and the answer of a failover pool |
 //! | credential   | `credential`      | after forwarding headers are set |
-//! | meter        | `meter`           | response headers and body        |
+//! | meter        | `meter`, `strip`  | response headers and body        |
 //! | charge       | `charge`          | end of the answer, or on_log     |
 //!
 //! Every decision is made by the host-free modules (`crate::routing`, `crate::ratelimit`,
@@ -25,16 +25,18 @@ mod global;
 mod meter;
 mod pool;
 mod route;
+mod strip;
 
 use super::metrics::Family;
 use super::tokens;
 use super::worker::WorkerState;
 use crate::config::Config;
-use crate::errors::FilterError;
+use crate::errors::{Dialect, FilterError};
 use crate::meter::Meter;
 use crate::ratelimit::{Counter, Standing};
 use crate::routing::config::RoutingMode;
 use crate::routing::{self, Inbound, Operation, RoutePlan};
+use crate::usage_chunk::UsageChunkStripper;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -84,6 +86,11 @@ pub struct HttpFilter {
     access_log_properties: bool,
     /// pool: set when the model is served by a failover pool.
     pool: Option<pool::PoolRequest>,
+    /// The error shape of the API called (Anthropic's on the Messages routes).
+    dialect: Dialect,
+    /// meter: the filter asked Azure for stream usage the caller did not ask for; the
+    /// usage-only chunk this causes is taken out of the answer.
+    strip_usage_chunk: Option<UsageChunkStripper>,
 }
 
 impl HttpFilter {
@@ -105,6 +112,8 @@ impl HttpFilter {
             routed: None,
             global_check: None,
             pool: None,
+            dialect: Dialect::OpenAi,
+            strip_usage_chunk: None,
         }
     }
 
@@ -116,7 +125,11 @@ impl HttpFilter {
             error.status,
             error.code
         );
-        tokens::send_error(error);
+        if error.dialect == self.dialect {
+            tokens::send_error(error);
+        } else {
+            tokens::send_error(&error.clone().in_dialect(self.dialect));
+        }
         Action::Pause
     }
 
@@ -170,6 +183,9 @@ impl HttpContext for HttpFilter {
         let method = first_header(&headers, ":method").unwrap_or_default();
         let path = first_header(&headers, ":path").unwrap_or_default();
         let classified = routing::classify(method, path);
+        if let Ok(Some(Inbound::Api { op, .. })) = &classified {
+            self.dialect = op.dialect();
+        }
         // Authenticate what the filter serves, before the credentials are removed.
         let authenticated = match &classified {
             Ok(Some(_)) if config.auth.is_some() => Some(self.authenticate(&headers)),
@@ -216,11 +232,13 @@ impl HttpContext for HttpFilter {
         if self.pool.is_some() {
             self.pool_answered();
         }
+        self.strip_response_headers();
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.meter_response_body(body_size);
+        self.strip_response_body(body_size, end_of_stream);
         if end_of_stream {
             self.charge();
         }

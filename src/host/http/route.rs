@@ -9,6 +9,7 @@ use crate::errors::FilterError;
 use crate::host::metrics::Family;
 use crate::host::now_ms;
 use crate::routing::{self, Inbound, Operation};
+use crate::usage_chunk::UsageChunkStripper;
 use proxy_wasm::traits::HttpContext;
 use proxy_wasm::types::Action;
 
@@ -45,6 +46,10 @@ impl HttpFilter {
                 Ok(body) => self.reply_json(&body),
                 Err(e) => self.reply_error(&e),
             },
+            Inbound::GetModel(id) => match discovery::get_model(config, id) {
+                Ok(body) => self.reply_json(&body),
+                Err(e) => self.reply_error(&e),
+            },
             Inbound::Api { .. } => Action::Continue,
         }
     }
@@ -72,7 +77,8 @@ impl HttpFilter {
 
     /// The model, hence the backend, is in the body: hold the headers until it is read.
     /// This needs `allow_on_headers_stop_iteration: true` in the Wasm plugin config; the body
-    /// watch answers 500 if the body never comes because it is missing.
+    /// watch (`crate::body_watch`) answers 500 while no body was ever delivered, and 408 to a
+    /// body that stalls or never comes once bodies are known to flow.
     pub(super) fn wait_for_body(
         &mut self,
         config: &Config,
@@ -87,9 +93,11 @@ impl HttpFilter {
             return self.reply_error(&FilterError::too_large(limit));
         }
         self.pending = Some(PendingBody { op, known_model });
-        self.state
-            .borrow_mut()
-            .watch_body(self.context_id, || now_ms() + config.body_wait_timeout_ms);
+        self.state.borrow_mut().body_watch.watch(
+            self.context_id,
+            now_ms() + config.body_wait_timeout_ms,
+            self.dialect,
+        );
         Action::Pause
     }
 
@@ -98,8 +106,17 @@ impl HttpFilter {
         let Some(pending) = self.pending.take() else {
             return Action::Continue;
         };
-        self.state.borrow_mut().body_arrived(self.context_id);
         let config = self.state.borrow().config.clone();
+        {
+            // Bodies flow; the rest is due within the wait, or the caller stalled (408).
+            let watch = &mut self.state.borrow_mut().body_watch;
+            if end_of_stream {
+                watch.progressed(self.context_id, 0);
+                watch.done(self.context_id);
+            } else {
+                watch.progressed(self.context_id, now_ms() + config.body_wait_timeout_ms);
+            }
+        }
         if body_size > config.max_body_bytes {
             return self.reply_error(&FilterError::too_large(config.max_body_bytes));
         }
@@ -167,6 +184,8 @@ impl HttpFilter {
             .ok_or_else(missing_model)?;
         let plan = self.choose_plan(config, op, &model)?;
         let include_usage = routing::wants_include_usage(op, plan.backend, &info);
+        // The caller did not ask for the usage chunk this adds: it is taken out again.
+        self.strip_usage_chunk = include_usage.then(UsageChunkStripper::new);
         // A body that already names the backend's model needs no rewrite for it; in a pool's
         // cluster the upstream filter sets each attempt's own.
         let set_model = plan
