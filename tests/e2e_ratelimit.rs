@@ -94,7 +94,7 @@ async fn streamed_usage_is_charged_exactly() {
     common::early_in_a_minute().await;
     let resp = client()
         .post(envoy.url("/v1/chat/completions"))
-        .json(&json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "one two three four"}]}))
+        .json(&json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "one two three four"}]}))
         .send()
         .await
         .unwrap();

@@ -146,7 +146,8 @@ async fn the_real_usage_of_every_api_is_charged_json_and_streamed() {
         ("/v1/chat/completions", chat("one two three"), false),
         (
             "/v1/chat/completions",
-            json!({"model": "gpt-4o", "stream": true, "messages": msgs}),
+            // Asking for the usage chunk, to compare the charge with it.
+            json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}, "messages": msgs}),
             true,
         ),
         (

@@ -45,12 +45,16 @@ async fn one(
     workload: &str,
     stream: bool,
 ) -> Result<(), String> {
-    let body = json!({
+    let mut body = json!({
         "model": "gpt-4o",
         "stream": stream,
         "max_tokens": 12,
         "messages": [{"role": "user", "content": format!("soak test from {workload}")}]
     });
+    if stream {
+        // The usage chunk is checked below: ask for it (the filter strips the one it adds).
+        body["stream_options"] = json!({"include_usage": true});
+    }
     let resp = http
         .post(url)
         .header("api-key", key(workload))
