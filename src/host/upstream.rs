@@ -168,6 +168,8 @@ impl UpstreamFilter {
                     context_id: self.context_id,
                     credential,
                     deadline_ms: now + config.token_wait_timeout_ms,
+                    // The upstream filter does not track the caller's API: OpenAI's shape.
+                    dialect: Default::default(),
                 });
                 self.token_pending = true;
                 Ok(())
