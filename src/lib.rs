@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod meter;
 pub mod metrics;
+pub mod multipart;
 pub mod ratelimit;
 pub mod rls;
 pub mod routing;

@@ -267,36 +267,11 @@ pub fn read_body(body: &[u8]) -> Result<BodyInfo, FilterError> {
     })
 }
 
-/// Reads the `model` field of a multipart/form-data body (audio transcriptions).
+/// Reads the `model` field of a multipart/form-data body (audio transcriptions), strictly.
 pub fn multipart_model(content_type: &str, body: &[u8]) -> Option<String> {
-    let boundary = content_type
-        .split(';')
-        .filter_map(|p| p.trim().strip_prefix("boundary="))
-        .next()?
-        .trim_matches('"');
-    if boundary.is_empty() || boundary.len() > 200 {
-        return None;
-    }
-    let text = String::from_utf8_lossy(body);
-    let delimiter = format!("--{boundary}");
-    for part in text.split(delimiter.as_str()) {
-        let Some((head, value)) = part
-            .split_once("\r\n\r\n")
-            .or_else(|| part.split_once("\n\n"))
-        else {
-            continue;
-        };
-        let is_model = head.lines().any(|l| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("content-disposition:")
-                && (l.contains("name=\"model\"") || l.contains("name=model;"))
-        });
-        if is_model {
-            let v = value.trim_end_matches(['\r', '\n']).trim();
-            return (!v.is_empty()).then(|| v.to_string());
-        }
-    }
-    None
+    crate::multipart::model_field(content_type, body)
+        .ok()
+        .flatten()
 }
 
 /// Where a request goes and what changes on the way.
