@@ -12,7 +12,7 @@ use crate::auth::jwks::KeySet;
 use crate::auth::{AuthConfig, Authenticator, RawAuthConfig};
 use crate::config::Config;
 use crate::entra::credential::{AssertionResponse, ManagedIdentityEndpoint};
-use crate::{entra, rls, routing, usage, usage_chunk};
+use crate::{entra, multipart, rls, routing, usage, usage_chunk, usage_json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rsa::traits::PublicKeyParts;
@@ -29,6 +29,7 @@ pub const TARGETS: &[Target] = &[
     ("entra_response", entra_response),
     ("request_body", request_body),
     ("usage_json", usage_json),
+    ("multipart_form", multipart_form),
     ("sse_usage", sse_usage),
     ("usage_chunk", usage_chunk),
     ("rls_response", rls_response),
@@ -164,11 +165,50 @@ pub fn request_body(data: &[u8]) {
     }
 }
 
-/// `usage` of a JSON answer.
+/// `usage` of a JSON answer: the streaming scanner the filter uses does not depend on how the
+/// answer is cut into chunks, and agrees with the whole-body parser whenever both read one.
 pub fn usage_json(data: &[u8]) {
-    if let Some(u) = usage::from_json(data) {
+    let reference = usage::from_json(data);
+    if let Some(u) = reference {
         assert!(u.total() >= u.prompt_tokens.max(u.completion_tokens));
     }
+    let whole = usage_json::scan(data);
+    let mut split = usage_json::JsonUsageScanner::new();
+    for chunk in data_cut(data) {
+        split.feed(chunk);
+    }
+    assert_eq!(whole, split.usage(), "usage depends on chunk boundaries");
+    if let (Some(a), Some(b)) = (reference, whole) {
+        assert_eq!(a, b, "the scanner and the whole-body parser disagree");
+    }
+}
+
+/// A multipart/form-data body (boundary `XyZ`): a model is only ever read from a well-formed
+/// field, and is what follows that field's empty line up to the next delimiter.
+pub fn multipart_form(data: &[u8]) {
+    if let Ok(Some(model)) = multipart::model_field("multipart/form-data; boundary=XyZ", data) {
+        assert!(!model.is_empty() && !model.chars().any(char::is_control));
+        let field = format!("\r\n\r\n{model}\r\n--XyZ");
+        assert!(
+            data.windows(field.len()).any(|w| w == field.as_bytes()),
+            "the model is a whole field value"
+        );
+    }
+}
+
+/// Chunks of `data` cut at points derived from the data itself.
+fn data_cut(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    let mut i = 0usize;
+    while let Some(first) = rest.first() {
+        let n = (usize::from(*first) ^ i) % 17 + 1;
+        let (chunk, tail) = rest.split_at(n.min(rest.len()));
+        out.push(chunk);
+        rest = tail;
+        i += 1;
+    }
+    out
 }
 
 /// An SSE stream's usage does not depend on how the stream is cut into chunks.
@@ -292,6 +332,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             r#"{"object":"chat.completion","usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#.into(),
             r#"{"type":"message","usage":{"input_tokens":9,"output_tokens":3,"cache_read_input_tokens":2}}"#.into(),
             r#"{"object":"response","usage":{"input_tokens":9,"output_tokens":3,"total_tokens":12}}"#.into(),
+            r#"{"object":"list","data":[{"embedding":[0.5,"\"usage\""],"usage":1}],"usage":{"prompt_tokens":5,"total_tokens":5}}"#.into(),
+        ],
+        "multipart_form" => vec![
+            "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n".into(),
+            "pre\r\n--XyZ \r\ncontent-disposition: form-data; name=model\r\n\r\ngpt-4o-transcribe\r\n--XyZ\r\nContent-Disposition: form-data; name=language\r\n\r\nen\r\n--XyZ--".into(),
         ],
         "sse_usage" => vec![
             "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":12,\"total_tokens\":33}}\n\ndata: [DONE]\n\n".into(),

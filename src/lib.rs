@@ -29,6 +29,7 @@ pub mod routing;
 pub mod token_cache;
 pub mod usage;
 pub mod usage_chunk;
+pub mod usage_json;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

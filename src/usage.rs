@@ -71,7 +71,17 @@ struct WithUsage {
     message: Option<Box<WithUsage>>,
 }
 
-/// Usage of a non-streamed JSON answer, if it reports one.
+/// Reads one `usage` value (an object, or `null`) of any API: the single place where usage
+/// fields are interpreted (JSON answers through [`crate::usage_json`], and whole bodies here).
+pub fn usage_object(value: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<Option<RawUsage>>(value)
+        .ok()
+        .flatten()
+        .map(|u| u.to_usage())
+}
+
+/// Usage of a whole non-streamed JSON answer, if it reports one (the filter reads answers
+/// with [`crate::usage_json::JsonUsageScanner`]; this is its reference in tests and fuzzing).
 pub fn from_json(body: &[u8]) -> Option<Usage> {
     let parsed: WithUsage = serde_json::from_slice(body).ok()?;
     parsed.usage.map(|u| u.to_usage())
