@@ -14,6 +14,7 @@ pub mod config;
 pub mod discovery;
 pub mod entra;
 pub mod errors;
+pub mod estimate;
 pub mod failover;
 /// Fuzz targets (native only; used by fuzz/ and tests/fuzz_smoke.rs).
 #[cfg(not(target_arch = "wasm32"))]
@@ -26,6 +27,7 @@ pub mod multipart;
 pub mod ratelimit;
 pub mod rls;
 pub mod routing;
+pub mod settlement;
 pub mod token_cache;
 pub mod usage;
 pub mod usage_chunk;

@@ -6,9 +6,24 @@
 //! memory is bounded by the number of (workload, model, limit) triples and needs no cleanup.
 //! The host updates slots with CAS retry loops, which keeps counts exact across workers.
 //!
-//! Tokens are charged after the response from its real `usage` (streams included), so the
-//! request that crosses a budget completes and the next one is refused: at most one
-//! in-flight request per worker can overshoot. Requests are counted when admitted.
+//! Tokens are reserved at admission and reconciled at the end (`reserve`, the default): a
+//! request takes its estimate (src/estimate.rs) from every token counter that applies, all or
+//! none, and is refused when it does not fit; when its answer ends the reservation is replaced
+//! by what the answer cost (src/settlement.rs says what that is when the usage cannot be
+//! read). So concurrent requests at a budget's edge cannot all be admitted: what a window
+//! consumes exceeds its budget only by how much real usage exceeds the estimates of the
+//! requests it admitted. With `reserve: false` tokens are only charged after the answer (the
+//! request that crosses a budget completes and the next one is refused; every request in
+//! flight at the edge can overshoot). Requests are counted when admitted.
+//!
+//! A reservation larger than a counter's whole limit is cut to the limit: such a request is
+//! admitted only into a window that is still unused (rather than never), and is then charged
+//! its real usage like any other.
+//!
+//! Across a window boundary (admitted in one window, ended in the next) the reservation left
+//! with the old window, whose counter is reset: the new window is charged what the real
+//! usage exceeds the reservation by, and nothing is refunded. The sum over both windows is then
+//! never less than the real usage, and the old window kept the reservation it admitted under.
 
 use crate::config::error::ConfigError;
 use serde::Deserialize;
@@ -117,6 +132,11 @@ pub struct RawPolicy {
     pub tokens_per_day: Option<u64>,
     #[serde(default)]
     pub tokens_per_month: Option<u64>,
+    /// Tokens reserved for the answer of a request that sets no `max_tokens` (or
+    /// `max_completion_tokens` / `max_output_tokens`), in this policy's counters; default
+    /// `rate_limits.completion_reserve_tokens`.
+    #[serde(default)]
+    pub completion_reserve_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,27 +152,56 @@ pub struct RawRateLimits {
     /// separately, on top of the workload's own policy.
     #[serde(default)]
     pub models: BTreeMap<String, RawPolicy>,
-    /// Refuse a request whose prompt estimate (body bytes / 4) exceeds the tokens left.
+    /// With `reserve: false`: refuse a request whose prompt estimate (body bytes / 4) exceeds
+    /// the tokens left (with reservation, the whole estimate always has to fit).
     #[serde(default)]
     pub estimate_prompt_tokens: bool,
+    /// Reserve each request's estimate at admission and reconcile with the real usage at the
+    /// end (default true); false: charge only after the answer, as before.
+    #[serde(default)]
+    pub reserve: Option<bool>,
+    /// Tokens reserved for the answer of a request that sets no completion limit (default
+    /// 1024); policies can set their own.
+    #[serde(default)]
+    pub completion_reserve_tokens: Option<u64>,
     /// Budgets shared by a fleet of Envoys, kept by a rate limit service (src/rls/). Local
     /// limits above, if any, apply as well.
     #[serde(default)]
     pub global: Option<crate::rls::RawGlobal>,
 }
 
+/// Default completion allowance of requests that set no completion limit.
+pub const DEFAULT_COMPLETION_RESERVE: u64 = 1024;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     pub limits: Vec<Limit>,
+    pub completion_reserve_tokens: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
     pub default: Option<Policy>,
     pub workloads: BTreeMap<String, Policy>,
     pub models: BTreeMap<String, Policy>,
     pub estimate_prompt_tokens: bool,
+    pub reserve: bool,
+    pub completion_reserve_tokens: u64,
     pub global: Option<crate::rls::Global>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            default: None,
+            workloads: BTreeMap::new(),
+            models: BTreeMap::new(),
+            estimate_prompt_tokens: false,
+            reserve: true,
+            completion_reserve_tokens: DEFAULT_COMPLETION_RESERVE,
+            global: None,
+        }
+    }
 }
 
 fn policy(field: &str, raw: &RawPolicy) -> Result<Policy, ConfigError> {
@@ -200,7 +249,10 @@ fn policy(field: &str, raw: &RawPolicy) -> Result<Policy, ConfigError> {
             limits.push(Limit { unit, window, max });
         }
     }
-    Ok(Policy { limits })
+    Ok(Policy {
+        limits,
+        completion_reserve_tokens: raw.completion_reserve_tokens,
+    })
 }
 
 impl RateLimits {
@@ -241,6 +293,10 @@ impl RateLimits {
             workloads,
             models,
             estimate_prompt_tokens: raw.estimate_prompt_tokens,
+            reserve: raw.reserve.unwrap_or(true),
+            completion_reserve_tokens: raw
+                .completion_reserve_tokens
+                .unwrap_or(DEFAULT_COMPLETION_RESERVE),
             global,
         })
     }
@@ -248,11 +304,16 @@ impl RateLimits {
     /// The counters that apply to a request of `workload` for `model`.
     pub fn applicable(&self, workload: &str, model: &str) -> Vec<Counter> {
         let mut out = Vec::new();
+        let reserve = |p: &Policy| {
+            p.completion_reserve_tokens
+                .unwrap_or(self.completion_reserve_tokens)
+        };
         if let Some(p) = self.workloads.get(workload).or(self.default.as_ref()) {
             out.extend(p.limits.iter().map(|l| Counter {
                 workload: workload.to_string(),
                 model: None,
                 limit: *l,
+                completion_reserve: reserve(p),
             }));
         }
         if let Some(p) = self.models.get(model) {
@@ -260,6 +321,7 @@ impl RateLimits {
                 workload: workload.to_string(),
                 model: Some(model.to_string()),
                 limit: *l,
+                completion_reserve: reserve(p),
             }));
         }
         out
@@ -277,6 +339,8 @@ pub struct Counter {
     pub workload: String,
     pub model: Option<String>,
     pub limit: Limit,
+    /// Completion allowance of its policy for requests that set no completion limit.
+    pub completion_reserve: u64,
 }
 
 impl Counter {
@@ -332,6 +396,73 @@ impl Slot {
             used: self.used_in(window, now_s).saturating_add(amount),
         }
     }
+
+    /// The slot after taking `need.take` at `now_s`, if `need.require` still fits under the
+    /// limit.
+    pub fn take(&self, limit: Limit, now_s: u64, need: Need) -> Option<Slot> {
+        let used = self.used_in(limit.window, now_s);
+        (used.saturating_add(need.require) <= limit.max)
+            .then(|| self.add(limit.window, now_s, need.take))
+    }
+
+    /// The slot after a request that took `held.taken` in the window starting at
+    /// `held.window_start` ended costing `actual`: in that same window the reservation is
+    /// replaced (up or down); in a later one only what `actual` exceeds it by is added (see
+    /// the module's doc).
+    pub fn settle(&self, window: Window, now_s: u64, held: Held, actual: u64) -> Slot {
+        let current = window.bounds(now_s).0;
+        if current != held.window_start {
+            return self.add(window, now_s, actual.saturating_sub(held.taken));
+        }
+        Slot {
+            window_start: current,
+            used: self
+                .used_in(window, now_s)
+                .saturating_sub(held.taken)
+                .saturating_add(actual),
+        }
+    }
+}
+
+/// What a request takes from one counter at admission (`take`), and what must be left in it
+/// for the request to be admitted (`require`, at least 1: a spent budget admits nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    pub take: u64,
+    pub require: u64,
+}
+
+impl Need {
+    /// What a request estimated at `estimate` tokens (src/estimate.rs, for this counter's
+    /// policy) needs from a counter. `reserve`: the reservation mode; else charge-after, where
+    /// only `prompt_estimate` (when `estimate_prompt_tokens` is on) has to fit.
+    pub fn of(limit: Limit, reserve: bool, estimate: u64, prompt_estimate: Option<u64>) -> Need {
+        match limit.unit {
+            Unit::Requests => Need {
+                take: 1,
+                require: 1,
+            },
+            Unit::Tokens if reserve => {
+                let take = estimate.min(limit.max);
+                Need {
+                    take,
+                    require: take.max(1),
+                }
+            }
+            Unit::Tokens => Need {
+                take: 0,
+                require: prompt_estimate.unwrap_or(0).max(1),
+            },
+        }
+    }
+}
+
+/// What a request holds in one counter between admission and its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Start of the window the request was admitted in.
+    pub window_start: u64,
+    pub taken: u64,
 }
 
 /// The state of one counter at admission time.
@@ -365,28 +496,17 @@ impl Refusal {
     }
 }
 
-/// Decides admission from the counters' standings. `requests` counters must already include
-/// this request (the host counts it when checking). `prompt_estimate`: tokens the prompt is
-/// guessed to cost, when estimation is on.
-pub fn admit(
-    standings: &[Standing],
-    now_s: u64,
-    prompt_estimate: Option<u64>,
-) -> Result<(), Refusal> {
+/// Why a request whose `needs` did not all fit is refused, from the counters' standings
+/// (without this request): the refusal the caller must wait longest for, quotas before rates.
+/// None if everything fits after all (counters changed meanwhile).
+pub fn refusal(standings: &[Standing], needs: &[Need], now_s: u64) -> Option<Refusal> {
     let mut worst: Option<Refusal> = None;
-    for s in standings {
-        let over = match s.limit.unit {
-            Unit::Requests => s.used > s.limit.max,
-            Unit::Tokens => {
-                s.used >= s.limit.max || prompt_estimate.is_some_and(|e| e > s.remaining())
-            }
-        };
-        if over {
+    for (s, need) in standings.iter().zip(needs) {
+        if s.used.saturating_add(need.require) > s.limit.max {
             let r = Refusal {
                 limit: s.limit,
                 retry_after_s: s.reset_at_s.saturating_sub(now_s).max(1),
             };
-            // Report the refusal the caller must wait longest for; quotas trump rates.
             if worst.is_none_or(|w| {
                 (!r.limit.is_rate(), r.retry_after_s) > (!w.limit.is_rate(), w.retry_after_s)
             }) {
@@ -394,7 +514,35 @@ pub fn admit(
             }
         }
     }
-    worst.map_or(Ok(()), Err)
+    worst
+}
+
+/// Charge-after admission from standings that already count this request in request
+/// counters (until the request phases use reservations).
+pub fn admit(
+    standings: &[Standing],
+    now_s: u64,
+    prompt_estimate: Option<u64>,
+) -> Result<(), Refusal> {
+    let needs: Vec<Need> = standings
+        .iter()
+        .map(|s| match s.limit.unit {
+            Unit::Requests => Need {
+                take: 0,
+                require: 0,
+            },
+            Unit::Tokens => Need::of(s.limit, false, 0, prompt_estimate),
+        })
+        .collect();
+    refusal(standings, &needs, now_s).map_or(Ok(()), Err)
+}
+
+/// The refusal for `limit` alone.
+pub fn refusal_of(limit: Limit, now_s: u64) -> Refusal {
+    Refusal {
+        limit,
+        retry_after_s: limit.window.bounds(now_s).1.saturating_sub(now_s).max(1),
+    }
 }
 
 /// `x-ratelimit-*` response headers from the tightest token and request standings.
@@ -466,30 +614,85 @@ mod tests {
         }
     }
 
+    fn tokens(max: u64) -> Limit {
+        Limit {
+            unit: Unit::Tokens,
+            window: Window::Minute,
+            max,
+        }
+    }
+
     #[test]
     fn admission_and_retry_after() {
+        let reserve = |l: Limit, e: u64| Need::of(l, true, e, None);
         let ok = [standing(Unit::Tokens, Window::Minute, 1000, 999)];
-        assert!(admit(&ok, T0, None).is_ok());
+        assert_eq!(refusal(&ok, &[reserve(ok[0].limit, 1)], T0), None);
+        assert!(refusal(&ok, &[reserve(ok[0].limit, 2)], T0).is_some());
         let spent = [standing(Unit::Tokens, Window::Minute, 1000, 1000)];
-        let r = admit(&spent, T0, None).unwrap_err();
+        let r = refusal(&spent, &[reserve(spent[0].limit, 0)], T0).unwrap();
         assert_eq!(r.status(), 429);
         assert_eq!(r.retry_after_s, Window::Minute.bounds(T0).1 - T0);
+        assert_eq!(refusal_of(spent[0].limit, T0), r);
         let quota = [
             standing(Unit::Tokens, Window::Minute, 1000, 1000),
             standing(Unit::Tokens, Window::Day, 5000, 6000),
         ];
-        assert_eq!(admit(&quota, T0, None).unwrap_err().status(), 403);
-        assert!(
-            admit(&ok, T0, Some(2)).is_err(),
-            "estimate exceeds what is left"
-        );
-        let req = [standing(Unit::Requests, Window::Minute, 2, 2)];
-        assert!(
-            admit(&req, T0, None).is_ok(),
+        let needs = [reserve(quota[0].limit, 5), reserve(quota[1].limit, 5)];
+        assert_eq!(refusal(&quota, &needs, T0).unwrap().status(), 403);
+        // Charge-after: a spent budget refuses; the prompt estimate only when it is on.
+        let after = |e: Option<u64>| Need::of(ok[0].limit, false, 500, e);
+        assert_eq!(after(None).take, 0);
+        assert_eq!(refusal(&ok, &[after(None)], T0), None);
+        assert!(refusal(&ok, &[after(Some(2))], T0).is_some());
+        let req = [standing(Unit::Requests, Window::Minute, 2, 1)];
+        let one = Need::of(req[0].limit, true, 500, None);
+        assert_eq!(
+            refusal(&req, &[one], T0),
+            None,
             "this request is the 2nd of 2"
         );
-        let req = [standing(Unit::Requests, Window::Minute, 2, 3)];
-        assert!(admit(&req, T0, None).is_err());
+        let req = [standing(Unit::Requests, Window::Minute, 2, 2)];
+        assert!(refusal(&req, &[one], T0).is_some());
+    }
+
+    #[test]
+    fn reservations_fit_or_not_and_are_cut_to_the_limit() {
+        let l = tokens(1000);
+        let need = |e| Need::of(l, true, e, None);
+        let s = Slot::default().take(l, T0, need(600)).unwrap();
+        assert_eq!(s.used, 600);
+        assert_eq!(s.take(l, T0, need(400)).unwrap().used, 1000);
+        assert_eq!(s.take(l, T0, need(401)), None);
+        // Larger than the whole limit: only into an unused window, taking the limit.
+        assert_eq!(need(5000).take, 1000);
+        assert_eq!(Slot::default().take(l, T0, need(5000)).unwrap().used, 1000);
+        assert_eq!(s.take(l, T0, need(5000)), None);
+        // A spent window refuses even a zero estimate; the next window admits again.
+        let full = Slot::default().add(Window::Minute, T0, 1000);
+        assert_eq!(full.take(l, T0, need(0)), None);
+        let next = Window::Minute.bounds(T0).1;
+        assert_eq!(full.take(l, next, need(10)).unwrap().used, 10);
+    }
+
+    #[test]
+    fn settling_replaces_the_reservation_and_never_refunds_a_past_window() {
+        let w = Window::Minute;
+        let held = Held {
+            window_start: w.bounds(T0).0,
+            taken: 300,
+        };
+        let slot = Slot::default().add(w, T0, 500); // 300 of it are this request's
+        assert_eq!(slot.settle(w, T0 + 1, held, 120).used, 320);
+        assert_eq!(slot.settle(w, T0 + 1, held, 900).used, 1100);
+        assert_eq!(slot.settle(w, T0 + 1, held, 0).used, 200);
+        // Another request's settlement underflowing cannot wrap.
+        assert_eq!(Slot::default().settle(w, T0, held, 10).used, 10);
+        // Ended in the next window: only the excess is charged there.
+        let next = w.bounds(T0).1 + 5;
+        let fresh = slot.add(w, next, 40);
+        assert_eq!(fresh.used, 40);
+        assert_eq!(fresh.settle(w, next, held, 100).used, 40);
+        assert_eq!(fresh.settle(w, next, held, 450).used, 190);
     }
 
     #[test]
@@ -497,10 +700,12 @@ mod tests {
         let raw: RawRateLimits = serde_json::from_value(serde_json::json!({
             "default": {"tokens_per_minute": 100},
             "workloads": {"big": {"tokens_per_minute": 1000, "tokens_per_day": 9000}},
-            "models": {"gpt-4o": {"requests_per_minute": 5}}
+            "models": {"gpt-4o": {"requests_per_minute": 5, "completion_reserve_tokens": 4096}}
         }))
         .unwrap();
         let rl = RateLimits::from_raw(&raw, |m| m == "gpt-4o").unwrap();
+        assert!(rl.reserve);
+        assert_eq!(rl.completion_reserve_tokens, DEFAULT_COMPLETION_RESERVE);
         let c = rl.applicable("small", "other");
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].limit.max, 100);
@@ -508,6 +713,8 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert_ne!(c[0].key(), c[2].key());
         assert!(c[2].key().contains("gpt-4o"));
+        assert_eq!(c[0].completion_reserve, DEFAULT_COMPLETION_RESERVE);
+        assert_eq!(c[2].completion_reserve, 4096);
         let bad: RawRateLimits = serde_json::from_value(
             serde_json::json!({"models": {"nope": {"tokens_per_minute": 1}}}),
         )

@@ -1,7 +1,9 @@
-//! Rate-limit counters in Envoy shared data: checked before a request goes upstream, charged
-//! with the real usage after the response. CAS retry loops keep counts exact across workers.
+//! Rate-limit counters in Envoy shared data: a request's estimate is reserved in every counter
+//! that applies before it goes upstream (all or none), and replaced by what it cost when it
+//! ends. CAS retry loops keep counts exact across workers; the arithmetic is in
+//! crate::ratelimit.
 
-use crate::ratelimit::{Counter, Slot, Standing, Unit};
+use crate::ratelimit::{self, Counter, Held, Need, Refusal, Slot, Standing, Unit};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 
@@ -15,15 +17,15 @@ fn read(key: &str) -> (Slot, Option<u32>) {
     }
 }
 
-/// Adds `amount` to a counter and returns its new used figure.
-fn add(counter: &Counter, now_s: u64, amount: u64) -> u64 {
+/// Applies `change` to a counter's slot under CAS. `change` returns None to leave the slot as
+/// it is (the update does not fit); the result is the slot written, or None.
+fn update(counter: &Counter, change: impl Fn(&Slot) -> Option<Slot>) -> Option<Slot> {
     let key = counter.key();
-    let window = counter.limit.window;
     for _ in 0..CAS_ATTEMPTS {
         let (slot, cas) = read(&key);
         if cas.is_none() {
             // A missing slot has no CAS: create it empty with create-if-absent semantics
-            // (see CREATE_ONLY_CAS), then add under CAS like any other update.
+            // (see CREATE_ONLY_CAS), then update under CAS like any other.
             let _ = hostcalls::set_shared_data(
                 &key,
                 Some(&Slot::default().encode()),
@@ -31,19 +33,112 @@ fn add(counter: &Counter, now_s: u64, amount: u64) -> u64 {
             );
             continue;
         }
-        let next = slot.add(window, now_s, amount);
+        let next = change(&slot)?;
         match hostcalls::set_shared_data(&key, Some(&next.encode()), cas) {
-            Ok(()) => return next.used,
+            Ok(()) => return Some(next),
             Err(Status::CasMismatch) => continue,
             Err(e) => {
                 log::error!("azure-llm-filter: rate-limit counter write failed: {e:?}");
-                return next.used;
+                return Some(next);
             }
         }
     }
     log::warn!("azure-llm-filter: rate-limit counter stayed contended");
-    read(&key).0.used_in(window, now_s)
+    None
 }
+
+/// What an admitted request holds in one counter, and its estimate there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub counter: Counter,
+    pub held: Held,
+    /// The request's estimate under this counter's policy (what the fail-safe charges).
+    pub estimate: u64,
+}
+
+/// Takes `needs[i]` from `counters[i]` for every i, or nothing: a counter it does not fit in
+/// gives the refusal and gives back what the earlier ones took. On success, the counters'
+/// standings including this request (for `x-ratelimit-*`).
+pub fn reserve(
+    counters: &[Counter],
+    needs: &[Need],
+    estimates: &[u64],
+    now_s: u64,
+) -> Result<(Vec<Taken>, Vec<Standing>), (Refusal, Vec<Standing>)> {
+    let mut taken: Vec<Taken> = Vec::with_capacity(counters.len());
+    let mut standings = Vec::with_capacity(counters.len());
+    for ((c, need), estimate) in counters.iter().zip(needs).zip(estimates) {
+        match update(c, |slot| slot.take(c.limit, now_s, *need)) {
+            Some(slot) => {
+                standings.push(standing(c, slot.used, now_s));
+                taken.push(Taken {
+                    counter: c.clone(),
+                    held: Held {
+                        window_start: slot.window_start,
+                        taken: need.take,
+                    },
+                    estimate: *estimate,
+                });
+            }
+            None => {
+                // Give back what this request took, then say why it is refused (from the
+                // standings without it: the longest wait of the counters it does not fit).
+                give_back(&taken, now_s);
+                let now: Vec<Standing> = counters
+                    .iter()
+                    .map(|c| standing(c, read(&c.key()).0.used_in(c.limit.window, now_s), now_s))
+                    .collect();
+                let refusal = ratelimit::refusal(&now, needs, now_s)
+                    .unwrap_or_else(|| ratelimit::refusal_of(c.limit, now_s));
+                return Err((refusal, now));
+            }
+        }
+    }
+    Ok((taken, standings))
+}
+
+fn standing(c: &Counter, used: u64, now_s: u64) -> Standing {
+    Standing {
+        limit: c.limit,
+        used,
+        reset_at_s: c.limit.window.bounds(now_s).1,
+    }
+}
+
+/// Replaces each token reservation by what the request cost there (`cost(taken)`); request
+/// counters keep their count.
+pub fn settle(taken: &[Taken], now_s: u64, cost: impl Fn(&Taken) -> u64) {
+    let tokens: Vec<Taken> = taken
+        .iter()
+        .filter(|t| t.counter.limit.unit == Unit::Tokens)
+        .cloned()
+        .collect();
+    replace(&tokens, now_s, cost);
+}
+
+/// Gives back every token reservation (nothing was spent).
+pub fn release(taken: &[Taken], now_s: u64) {
+    settle(taken, now_s, |_| 0);
+}
+
+/// Gives back everything a refused request took (its request counts too).
+fn give_back(taken: &[Taken], now_s: u64) {
+    replace(taken, now_s, |_| 0);
+}
+
+fn replace(taken: &[Taken], now_s: u64, cost: impl Fn(&Taken) -> u64) {
+    for t in taken {
+        let actual = cost(t);
+        if actual == t.held.taken {
+            continue;
+        }
+        update(&t.counter, |slot| {
+            Some(slot.settle(t.counter.limit.window, now_s, t.held, actual))
+        });
+    }
+}
+
+// Until the request phases use reserve / settle (they are being split into modules now).
 
 /// Reads every counter of a request (counting the request itself in request counters).
 pub fn standings(counters: &[Counter], now_s: u64) -> Vec<Standing> {
@@ -51,24 +146,19 @@ pub fn standings(counters: &[Counter], now_s: u64) -> Vec<Standing> {
         .iter()
         .map(|c| {
             let used = match c.limit.unit {
-                Unit::Requests => add(c, now_s, 1),
+                Unit::Requests => {
+                    update(c, |s| Some(s.add(c.limit.window, now_s, 1))).map_or(0, |s| s.used)
+                }
                 Unit::Tokens => read(&c.key()).0.used_in(c.limit.window, now_s),
             };
-            Standing {
-                limit: c.limit,
-                used,
-                reset_at_s: c.limit.window.bounds(now_s).1,
-            }
+            standing(c, used, now_s)
         })
         .collect()
 }
 
 /// Charges tokens to every token counter of a request.
 pub fn charge_tokens(counters: &[Counter], now_s: u64, tokens: u64) {
-    if tokens == 0 {
-        return;
-    }
     for c in counters.iter().filter(|c| c.limit.unit == Unit::Tokens) {
-        add(c, now_s, tokens);
+        update(c, |s| Some(s.add(c.limit.window, now_s, tokens)));
     }
 }

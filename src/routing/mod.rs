@@ -227,6 +227,9 @@ pub struct BodyInfo {
     pub model: Option<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The largest completion limit the body sets (`max_tokens`, `max_completion_tokens`,
+    /// `max_output_tokens`), for the budget estimate (src/estimate.rs).
+    pub requested_completion: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +240,12 @@ struct BodyFields<'a> {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    max_completion_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    max_output_tokens: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +273,11 @@ pub fn read_body(body: &[u8]) -> Result<BodyInfo, FilterError> {
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+        requested_completion: crate::estimate::requested_completion(&[
+            parsed.max_tokens.as_ref(),
+            parsed.max_completion_tokens.as_ref(),
+            parsed.max_output_tokens.as_ref(),
+        ]),
     })
 }
 
@@ -665,6 +679,9 @@ mod tests {
         assert_eq!(read_body(b"{oops").unwrap_err().code, "invalid_json");
         assert_eq!(read_body(b"[1,2]").unwrap_err().code, "invalid_json");
         assert_eq!(read_body(b"{}").unwrap().model, None);
+        let limits =
+            read_body(br#"{"max_tokens":50,"max_completion_tokens":80,"max_output_tokens":null}"#);
+        assert_eq!(limits.unwrap().requested_completion, Some(80));
         assert_eq!(
             read_body(br#"{"model":5}"#).unwrap_err().code,
             "invalid_json"
@@ -696,9 +713,8 @@ mod tests {
     fn include_usage_only_for_openai_streams() {
         let c = config();
         let streaming = BodyInfo {
-            model: None,
             stream: true,
-            include_usage: false,
+            ..BodyInfo::default()
         };
         let aoai = &c.backends[c.models["gpt-4o"].backend];
         let claude = &c.backends[c.models["claude-opus-4-5"].backend];

@@ -1,0 +1,111 @@
+//! What a request is expected to cost, before Azure has answered: the tokens its budgets
+//! reserve at admission, and what is charged when its answer's usage cannot be read.
+//!
+//! - Prompt: the body's length in bytes / 4, rounded up: OpenAI's rule of thumb for English
+//!   text ("~4 characters per token"). JSON syntax, role names and keys are counted too, so for
+//!   chat bodies it errs high (the stand-in's and Azure's counts of the e2e tests' prompts are
+//!   below it); it errs low for scripts with several bytes per token only when they are
+//!   tokenized more finely than 4 bytes per token (CJK text is ~1 token per 3 bytes, so it is
+//!   still close). A real tokenizer (tiktoken's BPE ranks: ~1 MB of data, a regex engine and
+//!   several µs per KB in V8) would cost more than the whole filter does per request today,
+//!   and the estimate only has to be an upper-ish bound that the real usage then replaces.
+//!   Multipart bodies (audio) are not text: their prompt estimate is 0 and their allowance the
+//!   policy's default.
+//! - Completion: the limit the request itself sets (`max_tokens`, `max_completion_tokens`,
+//!   `max_output_tokens`; Anthropic's required `max_tokens`; the largest when several are
+//!   set), else the policy's `completion_reserve_tokens`. Embeddings produce none.
+
+use crate::routing::Operation;
+
+/// Bytes per token of the prompt estimate.
+pub const BYTES_PER_TOKEN: u64 = 4;
+
+/// A request's expected cost, before the policy's default allowance is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Estimate {
+    pub prompt_tokens: u64,
+    /// The completion limit the request sets, if it sets one.
+    pub requested_completion: Option<u64>,
+    /// The operation produces completion tokens (not embeddings).
+    pub completes: bool,
+}
+
+impl Estimate {
+    /// The estimate of a request of `op` with a body of `body_len` bytes that asks for at most
+    /// `requested_completion` output tokens.
+    pub fn new(op: Operation, body_len: usize, requested_completion: Option<u64>) -> Estimate {
+        let prompt_tokens = if op.is_multipart() {
+            0
+        } else {
+            prompt_tokens(body_len)
+        };
+        Estimate {
+            prompt_tokens,
+            requested_completion,
+            completes: op != Operation::Embeddings,
+        }
+    }
+
+    /// The tokens to reserve under a policy whose default completion allowance is
+    /// `completion_reserve`; at least 1, so an exhausted budget admits nothing.
+    pub fn tokens(&self, completion_reserve: u64) -> u64 {
+        let completion = if self.completes {
+            self.requested_completion.unwrap_or(completion_reserve)
+        } else {
+            0
+        };
+        self.prompt_tokens.saturating_add(completion).max(1)
+    }
+}
+
+/// The prompt estimate of a body of `len` bytes.
+pub fn prompt_tokens(len: usize) -> u64 {
+    (len as u64).div_ceil(BYTES_PER_TOKEN)
+}
+
+/// The largest of the completion limits a request body sets (fields that are absent, null or
+/// not a non-negative integer are ignored: Azure refuses such bodies itself).
+pub fn requested_completion(limits: &[Option<&serde_json::Value>]) -> Option<u64> {
+    limits
+        .iter()
+        .filter_map(|v| v.and_then(serde_json::Value::as_u64))
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn prompt_and_completion() {
+        assert_eq!(prompt_tokens(0), 0);
+        assert_eq!(prompt_tokens(1), 1);
+        assert_eq!(prompt_tokens(400), 100);
+        assert_eq!(prompt_tokens(401), 101);
+        let chat = Estimate::new(Operation::ChatCompletions, 400, Some(50));
+        assert_eq!(chat.tokens(1024), 150);
+        let no_limit = Estimate::new(Operation::Messages, 400, None);
+        assert_eq!(no_limit.tokens(1024), 1124);
+        let emb = Estimate::new(Operation::Embeddings, 400, Some(50));
+        assert_eq!(emb.tokens(1024), 100);
+        let audio = Estimate::new(Operation::AudioTranscriptions, 4_000_000, None);
+        assert_eq!(audio.tokens(300), 300);
+        assert_eq!(Estimate::new(Operation::Embeddings, 0, None).tokens(0), 1);
+        assert_eq!(
+            Estimate::new(Operation::ChatCompletions, usize::MAX, Some(u64::MAX)).tokens(0),
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn requested_completion_takes_the_largest_integer() {
+        let a = json!(100);
+        let b = json!(400);
+        let bad = json!("400");
+        let neg = json!(-5);
+        assert_eq!(requested_completion(&[Some(&a), None, Some(&b)]), Some(400));
+        assert_eq!(requested_completion(&[Some(&bad), Some(&neg), None]), None);
+        assert_eq!(requested_completion(&[]), None);
+    }
+}
