@@ -141,6 +141,7 @@ fn match_route(path: &str) -> Option<Route<'_>> {
         ["openai", "v1", "chat", "completions"] => r(Api::V1, Op::Chat, "POST", None),
         ["openai", "v1", "embeddings"] => r(Api::V1, Op::Embeddings, "POST", None),
         ["openai", "v1", "responses"] => r(Api::V1, Op::Responses, "POST", None),
+        ["openai", "v1", "audio", "transcriptions"] => r(Api::V1, Op::Transcriptions, "POST", None),
         ["openai", "v1", "models"] => r(Api::V1, Op::ListModels, "GET", None),
         ["models", "chat", "completions"] => r(Api::Foundry, Op::Chat, "POST", None),
         ["models", "embeddings"] => r(Api::Foundry, Op::Embeddings, "POST", None),
@@ -379,9 +380,14 @@ fn handle_inner(shared: &Shared, ctx: &Ctx) -> Reply {
             "anthropic-version: header is required",
         );
     }
-    // Transcriptions are multipart; every other operation takes a JSON object.
+    // Transcriptions are multipart (only `model` is read from them); every other operation
+    // takes a JSON object.
     let body: Map<String, Value> = if route.op == Op::Transcriptions {
-        Map::new()
+        let mut m = Map::new();
+        if let Some(model) = lenient_form_model(ctx) {
+            m.insert("model".into(), Value::String(model));
+        }
+        m
     } else {
         match serde_json::from_slice::<Value>(&ctx.body) {
             Ok(Value::Object(m)) => m,
@@ -466,6 +472,42 @@ fn handle_inner(shared: &Shared, ctx: &Ctx) -> Reply {
         }
         Err(message) => bad_request(&message),
     }
+}
+
+/// The `model` field of a multipart/form-data body, read the way lenient web frameworks do:
+/// parts are split at every `--boundary`, CRLF or LF, `name` quoted or not, and the last field
+/// of a name wins (a dict built from the fields in order). The filter must never route a model
+/// other than the one this reads.
+fn lenient_form_model(ctx: &Ctx) -> Option<String> {
+    let ct = ctx.header("content-type")?;
+    let boundary = ct
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))?
+        .trim_matches('"');
+    let text = String::from_utf8_lossy(&ctx.body);
+    let mut model = None;
+    for part in text.split(&format!("--{boundary}")) {
+        let part = part.trim_start_matches(['\r', '\n']);
+        let Some((head, value)) = part
+            .split_once("\r\n\r\n")
+            .or_else(|| part.split_once("\n\n"))
+        else {
+            continue;
+        };
+        let named_model = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("content-disposition:")
+                && l.split(';').any(|p| {
+                    p.trim()
+                        .strip_prefix("name=")
+                        .is_some_and(|n| n.trim_matches('"') == "model")
+                })
+        });
+        if named_model {
+            model = Some(value.trim_end_matches(['\r', '\n']).to_string());
+        }
+    }
+    model
 }
 
 /// Counts a served request; returns the remaining (tokens, requests) of the current minute.
@@ -939,12 +981,20 @@ impl Gen<'_> {
                 )
             }
         };
+        // `dimensions` (text-embedding-3 models): the vector's length, default 8 here.
+        let dimensions = match body.get("dimensions") {
+            None | Some(Value::Null) => 8,
+            Some(v) => match v.as_u64() {
+                Some(n @ 1..=3072) => n as usize,
+                _ => return Err("'dimensions' must be an integer from 1 to 3072.".into()),
+            },
+        };
         let p: u64 = items.iter().map(|(_, t)| t).sum();
         let data: Vec<Value> = items
             .iter()
             .enumerate()
             .map(|(i, (text, _))| {
-                let vector = embedding_vector(text);
+                let vector = embedding_vector(text, dimensions);
                 let embedding = if base64 {
                     let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
                     json!(STANDARD.encode(bytes))
@@ -1216,10 +1266,11 @@ impl Gen<'_> {
 }
 
 /// Eight deterministic floats in [-1, 1] derived from the input.
-fn embedding_vector(text: &str) -> Vec<f32> {
+fn embedding_vector(text: &str, dimensions: usize) -> Vec<f32> {
     let d = Sha256::digest(text.as_bytes());
     d.chunks(4)
-        .take(8)
+        .cycle()
+        .take(dimensions)
         .map(|c| {
             let n = u16::from_be_bytes([c[0], c[1]]);
             (f32::from(n) / 65535.0) * 2.0 - 1.0

@@ -670,6 +670,7 @@ async fn handle(
         log(0, ", connection dropped");
         return Err(DropConnection);
     };
+    let reply = gzip_if_asked(reply, &ctx, kind);
     shared.set_outcome(seq, reply.status);
     log(
         reply.status,
@@ -684,6 +685,31 @@ async fn handle(
         reset_after,
         Duration::from_millis(shared.cfg.chunk_delay_ms),
     ))
+}
+
+/// Data-plane answers are gzip-compressed (`content-encoding: gzip`) when the request accepts
+/// it, as Azure's front door does: whatever reads usage from them must not be handed them.
+fn gzip_if_asked(mut reply: Reply, ctx: &Ctx, kind: EndpointKind) -> Reply {
+    use std::io::Write as _;
+    let accepts = ctx
+        .headers_named("accept-encoding")
+        .iter()
+        .any(|v| v.to_ascii_lowercase().contains("gzip"));
+    if kind != EndpointKind::DataPlane || !accepts {
+        return reply;
+    }
+    let ReplyBody::Full(body) = &reply.body else {
+        return reply;
+    };
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    if enc.write_all(body).is_err() {
+        return reply;
+    }
+    let Ok(zipped) = enc.finish() else {
+        return reply;
+    };
+    reply.body = ReplyBody::Full(zipped);
+    reply.with_header("content-encoding", "gzip")
 }
 
 fn into_response(reply: Reply, reset_after: Option<usize>, delay: Duration) -> Response<OutBody> {

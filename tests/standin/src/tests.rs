@@ -1629,3 +1629,64 @@ fn dated_responses_api_needs_a_recent_api_version() {
     assert_eq!(post("?api-version=2024-10-21").status, 404);
     assert_eq!(post("").status, 404);
 }
+
+#[test]
+fn gzip_when_asked_embedding_dimensions_and_lenient_multipart_model() {
+    let mut cfg = StandInConfig::default();
+    cfg.deployments
+        .push(Deployment::new("whisper", "whisper", "OpenAI"));
+    cfg.deployments.push(Deployment::new(
+        "gpt-4o-transcribe",
+        "gpt-4o-transcribe",
+        "OpenAI",
+    ));
+    let standin = start(cfg);
+    let auth = bearer(
+        secret_token(&standin).json()["access_token"]
+            .as_str()
+            .unwrap(),
+    );
+    let emb = "/openai/deployments/text-embedding-3-small/embeddings?api-version=2024-10-21";
+    let body = br#"{"input":["a b c"],"dimensions":300}"#;
+    let plain = send(&standin, "POST", emb, &[("authorization", &auth)], body).unwrap();
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(
+        plain.json()["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .len(),
+        300
+    );
+    let zipped = send(
+        &standin,
+        "POST",
+        emb,
+        &[
+            ("authorization", &auth),
+            ("accept-encoding", "gzip, deflate"),
+        ],
+        body,
+    )
+    .unwrap();
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&zipped.body[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    let v: Value = serde_json::from_slice(&unzipped).unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], 3);
+
+    // Multipart: the last `model` field wins, split at any `--boundary`.
+    let form = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF--XyZ\r\nContent-Disposition: form-data; name=model\r\n\r\ngpt-4o-transcribe\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n";
+    let ct = "multipart/form-data; boundary=XyZ";
+    let r = send(
+        &standin,
+        "POST",
+        "/openai/v1/audio/transcriptions",
+        &[("authorization", &auth), ("content-type", ct)],
+        form.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-standin-deployment"), Some("whisper"));
+}
