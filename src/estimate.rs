@@ -56,6 +56,19 @@ impl Estimate {
         };
         self.prompt_tokens.saturating_add(completion).max(1)
     }
+
+    /// [`Estimate::tokens`] for a counter whose limit is `max`: the policy's default allowance
+    /// is a guess, so it is cut to what a fresh window can hold; the prompt and a completion
+    /// limit the request sets itself are not (a request that could never fit is refused
+    /// rather than admitted into a fresh window to overshoot it).
+    pub fn tokens_for_limit(&self, completion_reserve: u64, max: u64) -> u64 {
+        let firm = Estimate {
+            requested_completion: self.requested_completion.or(Some(0)),
+            ..*self
+        }
+        .tokens(0);
+        self.tokens(completion_reserve).min(max.max(firm))
+    }
 }
 
 /// The prompt estimate of a body of `len` bytes.
@@ -92,6 +105,11 @@ mod tests {
         let audio = Estimate::new(Operation::AudioTranscriptions, 4_000_000, None);
         assert_eq!(audio.tokens(300), 300);
         assert_eq!(Estimate::new(Operation::Embeddings, 0, None).tokens(0), 1);
+        // Only the default allowance is cut to the limit.
+        assert_eq!(no_limit.tokens_for_limit(1024, 500), 500);
+        assert_eq!(no_limit.tokens_for_limit(1024, 50), 100);
+        assert_eq!(chat.tokens_for_limit(1024, 120), 150);
+        assert_eq!(emb.tokens_for_limit(1024, 10), 100);
         assert_eq!(
             Estimate::new(Operation::ChatCompletions, usize::MAX, Some(u64::MAX)).tokens(0),
             u64::MAX

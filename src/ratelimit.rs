@@ -16,9 +16,8 @@
 //! request that crosses a budget completes and the next one is refused; every request in
 //! flight at the edge can overshoot). Requests are counted when admitted.
 //!
-//! A reservation larger than a counter's whole limit is cut to the limit: such a request is
-//! admitted only into a window that is still unused (rather than never), and is then charged
-//! its real usage like any other.
+//! A request whose estimate exceeds a counter's whole limit is refused whatever the window's
+//! state (src/estimate.rs cuts only the policy's default completion allowance to the limit).
 //!
 //! Across a window boundary (admitted in one window, ended in the next) the reservation left
 //! with the old window, whose counter is reset: the new window is charged what the real
@@ -442,13 +441,10 @@ impl Need {
                 take: 1,
                 require: 1,
             },
-            Unit::Tokens if reserve => {
-                let take = estimate.min(limit.max);
-                Need {
-                    take,
-                    require: take.max(1),
-                }
-            }
+            Unit::Tokens if reserve => Need {
+                take: estimate,
+                require: estimate.max(1),
+            },
             Unit::Tokens => Need {
                 take: 0,
                 require: prompt_estimate.unwrap_or(0).max(1),
@@ -484,6 +480,8 @@ impl Standing {
 pub struct Refusal {
     pub limit: Limit,
     pub retry_after_s: u64,
+    /// The request needs more than the whole limit: waiting will not help.
+    pub never_fits: Option<u64>,
 }
 
 impl Refusal {
@@ -506,6 +504,7 @@ pub fn refusal(standings: &[Standing], needs: &[Need], now_s: u64) -> Option<Ref
             let r = Refusal {
                 limit: s.limit,
                 retry_after_s: s.reset_at_s.saturating_sub(now_s).max(1),
+                never_fits: (need.require > s.limit.max).then_some(need.require),
             };
             if worst.is_none_or(|w| {
                 (!r.limit.is_rate(), r.retry_after_s) > (!w.limit.is_rate(), w.retry_after_s)
@@ -542,6 +541,7 @@ pub fn refusal_of(limit: Limit, now_s: u64) -> Refusal {
     Refusal {
         limit,
         retry_after_s: limit.window.bounds(now_s).1.saturating_sub(now_s).max(1),
+        never_fits: None,
     }
 }
 
@@ -656,17 +656,25 @@ mod tests {
     }
 
     #[test]
-    fn reservations_fit_or_not_and_are_cut_to_the_limit() {
+    fn reservations_fit_or_not() {
         let l = tokens(1000);
         let need = |e| Need::of(l, true, e, None);
         let s = Slot::default().take(l, T0, need(600)).unwrap();
         assert_eq!(s.used, 600);
         assert_eq!(s.take(l, T0, need(400)).unwrap().used, 1000);
         assert_eq!(s.take(l, T0, need(401)), None);
-        // Larger than the whole limit: only into an unused window, taking the limit.
-        assert_eq!(need(5000).take, 1000);
-        assert_eq!(Slot::default().take(l, T0, need(5000)).unwrap().used, 1000);
-        assert_eq!(s.take(l, T0, need(5000)), None);
+        // Larger than the whole limit: never, and the refusal says so.
+        assert_eq!(Slot::default().take(l, T0, need(1001)), None);
+        let fresh = [Standing {
+            limit: l,
+            used: 0,
+            reset_at_s: Window::Minute.bounds(T0).1,
+        }];
+        assert_eq!(
+            refusal(&fresh, &[need(1001)], T0).unwrap().never_fits,
+            Some(1001)
+        );
+        assert_eq!(refusal(&fresh, &[need(1000)], T0), None);
         // A spent window refuses even a zero estimate; the next window admits again.
         let full = Slot::default().add(Window::Minute, T0, 1000);
         assert_eq!(full.take(l, T0, need(0)), None);
