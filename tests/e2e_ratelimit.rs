@@ -1,6 +1,8 @@
 //! Issue 6 (local mode), end to end: budgets spent by real usage (JSON and streamed), 429
 //! with Retry-After and x-ratelimit-* headers, other budgets unaffected, exact counting on two
-//! workers.
+//! workers. Since issue 14 each request reserves its estimate at admission (ceil(body bytes /
+//! 4) + max_tokens), which `x-ratelimit-remaining-tokens` includes; the end of the answer
+//! replaces it by the real usage.
 
 mod common;
 
@@ -34,10 +36,20 @@ async fn setup(rate_limits: Value, concurrency: u32) -> (StandIn, Envoy) {
     (standin, envoy)
 }
 
+fn ask_body(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "count my tokens please"}]})
+}
+
+/// The filter's estimate of `ask`'s request: what its admission reserves.
+fn ask_estimate() -> u64 {
+    let body = serde_json::to_vec(&ask_body("gpt-4o")).unwrap();
+    (body.len() as u64).div_ceil(4) + 10
+}
+
 async fn ask(envoy: &Envoy, model: &str) -> reqwest::Response {
     client()
         .post(envoy.url("/v1/chat/completions"))
-        .json(&json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "count my tokens please"}]}))
+        .json(&ask_body(model))
         .send()
         .await
         .unwrap()
@@ -62,21 +74,22 @@ async fn spent_budget_gets_429_with_retry_after_and_other_budgets_are_unaffected
         );
         assert_eq!(
             common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
-            Some(60u64.saturating_sub(charged))
+            Some(60 - charged - ask_estimate()),
+            "the real usage of earlier answers and this request's reservation"
         );
         let body: Value = resp.json().await.unwrap();
         charged += body["usage"]["total_tokens"].as_u64().unwrap();
     }
     let refused = refused.expect("the budget ran out");
     assert!(
-        charged >= 60,
-        "refused only once the real usage reached the budget ({charged})"
+        charged <= 60 && charged + ask_estimate() > 60,
+        "refused exactly when the reservation no longer fits ({charged} charged)"
     );
     let retry_after = common::header_u64(&refused, "retry-after").unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(
         common::header_u64(&refused, "x-ratelimit-remaining-tokens"),
-        Some(0)
+        Some(60 - charged)
     );
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
@@ -113,11 +126,11 @@ async fn streamed_usage_is_charged_exactly() {
         .expect("usage chunk");
     let total = usage_line["usage"]["total_tokens"].as_u64().unwrap();
     assert!(total > 0);
-    // The next request sees exactly that much gone.
+    // The next request sees exactly that much gone (besides its own reservation).
     let resp = ask(&envoy, "gpt-4o").await;
     assert_eq!(
         common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
-        Some(100000 - total)
+        Some(100000 - total - ask_estimate())
     );
 }
 

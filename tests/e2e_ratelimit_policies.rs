@@ -1,8 +1,9 @@
 //! Issue 6 (local mode), end to end, the parts e2e_ratelimit.rs does not cover: the real usage
 //! of every API (JSON and streamed) is what gets charged; each workload has its own budget;
-//! quotas answer 403 until the window ends; concurrent callers on two workers overshoot a
-//! budget by at most the requests in flight; the prompt estimate refuses oversized prompts
-//! before anything reaches Azure.
+//! quotas answer 403 until the window ends; concurrent callers on two workers never take more
+//! than the budget when answers cost less than their estimates (since issue 14, requests reserve
+//! their estimate at admission; tests/e2e_budgets.rs has the adversarial cases); the prompt
+//! estimate refuses oversized prompts before anything reaches Azure.
 
 mod common;
 
@@ -70,6 +71,22 @@ async fn post(envoy: &Envoy, key: &str, path: &str, body: Value) -> reqwest::Res
 
 fn chat(words: &str) -> Value {
     json!({"model": "gpt-4o", "max_tokens": 6, "messages": [{"role": "user", "content": words}]})
+}
+
+/// What the filter reserves for a request at admission (src/estimate.rs): ceil(body bytes / 4)
+/// plus its completion limit, else the default allowance of 1,024; embeddings none.
+fn estimate(path: &str, body: &Value) -> u64 {
+    let bytes = serde_json::to_vec(body).unwrap().len() as u64;
+    let completion = if path.ends_with("embeddings") {
+        0
+    } else {
+        ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .filter_map(|k| body[*k].as_u64())
+            .max()
+            .unwrap_or(1024)
+    };
+    bytes.div_ceil(4) + completion
 }
 
 /// The tokens an answer reports, read by this test on its own terms (not the filter's parser):
@@ -182,7 +199,7 @@ async fn the_real_usage_of_every_api_is_charged_json_and_streamed() {
         assert_eq!(resp.status(), 200, "{path} {body}");
         assert_eq!(
             common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
-            Some(budget - charged),
+            Some(budget - charged - estimate(path, &body)),
             "before {path} {body}: everything earlier was charged exactly"
         );
         let tokens = reported_tokens(&body_text(resp).await, streamed);
@@ -192,7 +209,7 @@ async fn the_real_usage_of_every_api_is_charged_json_and_streamed() {
     let resp = post(&envoy, KEY_A, "/v1/chat/completions", chat("last")).await;
     assert_eq!(
         common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
-        Some(budget - charged)
+        Some(budget - charged - estimate("/v1/chat/completions", &chat("last")))
     );
 }
 
@@ -257,7 +274,7 @@ async fn a_workload_that_spends_its_budget_does_not_touch_another_workloads() {
     assert_eq!(resp.status(), 200);
     assert_eq!(
         common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
-        Some(100000 - b_first)
+        Some(100000 - b_first - estimate("/v1/chat/completions", &chat("hi again")))
     );
     assert_eq!(
         common::header_u64(&resp, "x-ratelimit-remaining-requests"),
@@ -307,7 +324,7 @@ async fn a_spent_daily_quota_answers_403_until_midnight_utc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_callers_on_two_workers_overshoot_by_at_most_the_requests_in_flight() {
+async fn concurrent_callers_on_two_workers_never_take_more_than_the_budget() {
     const BUDGET: u64 = 400;
     const CALLERS: usize = 8;
     let (standin, envoy) = setup(
@@ -343,29 +360,38 @@ async fn concurrent_callers_on_two_workers_overshoot_by_at_most_the_requests_in_
     }
     let mut charged = 0u64;
     let mut answered = 0usize;
-    let mut largest = 0u64;
     for t in tasks {
         let used = t.await.unwrap();
         answered += used.len();
         charged += used.iter().sum::<u64>();
-        largest = largest.max(used.iter().copied().max().unwrap_or(0));
     }
     assert_eq!(standin.count(EndpointKind::DataPlane), answered);
+    // These answers cost less than their estimates: each admitted request held its estimate
+    // until its real usage replaced it, so the budget is never crossed (before reservation,
+    // every request in flight at the edge crossed it).
+    let body = chat("concurrent spending of one budget");
+    let each = estimate("/v1/chat/completions", &body);
     assert!(
-        charged >= BUDGET,
-        "refused before the budget was spent: {charged}"
+        charged <= BUDGET,
+        "{charged} tokens for a budget of {BUDGET}"
     );
-    // Each request is admitted while the budget is not yet spent and charged when it ends:
-    // the budget can be crossed only by requests already in flight, one per caller.
+    // A caller refused while others held reservations may leave room once they settle: one
+    // caller uses it up, and is refused exactly when its reservation no longer fits.
+    let refused = loop {
+        let resp = post(&envoy, KEY_A, "/v1/chat/completions", body.clone()).await;
+        if resp.status() != 200 {
+            break resp;
+        }
+        charged += reported_tokens(&resp.text().await.unwrap(), false);
+    };
+    assert_eq!(refused.status(), 429);
     assert!(
-        charged < BUDGET + CALLERS as u64 * largest,
-        "overshoot beyond the requests in flight: {charged} tokens for a budget of {BUDGET}"
+        charged <= BUDGET && charged + each > BUDGET,
+        "{charged} tokens charged of {BUDGET}, requests of {each} refused"
     );
-    let resp = post(&envoy, KEY_A, "/v1/chat/completions", chat("x")).await;
-    assert_eq!(resp.status(), 429);
     assert_eq!(
-        common::header_u64(&resp, "x-ratelimit-remaining-tokens"),
-        Some(0)
+        common::header_u64(&refused, "x-ratelimit-remaining-tokens"),
+        Some(BUDGET - charged)
     );
 }
 
