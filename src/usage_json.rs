@@ -123,13 +123,11 @@ impl JsonUsageScanner {
                 }
                 self.depth = self.depth.saturating_sub(1);
             }
-            b':' if self.depth == 1 => {
-                if std::mem::take(&mut self.usage_key) {
-                    if self.found == Found::Nothing {
-                        self.capture = Some(Vec::new());
-                    } else {
-                        self.found = Found::Unreadable;
-                    }
+            b':' if self.depth == 1 && std::mem::take(&mut self.usage_key) => {
+                if self.found == Found::Nothing {
+                    self.capture = Some(Vec::new());
+                } else {
+                    self.found = Found::Unreadable;
                 }
             }
             b',' if self.depth == 1 => {

@@ -56,6 +56,18 @@ pub struct Taken {
     pub estimate: u64,
 }
 
+/// An admitted request: what it holds, and the counters' standings including it.
+pub struct Admitted {
+    pub taken: Vec<Taken>,
+    pub standings: Vec<Standing>,
+}
+
+/// A refused request: why, and the counters' standings without it.
+pub struct Refused {
+    pub refusal: Refusal,
+    pub standings: Vec<Standing>,
+}
+
 /// Takes `needs[i]` from `counters[i]` for every i, or nothing: a counter it does not fit in
 /// gives the refusal and gives back what the earlier ones took. On success, the counters'
 /// standings including this request (for `x-ratelimit-*`).
@@ -64,7 +76,7 @@ pub fn reserve(
     needs: &[Need],
     estimates: &[u64],
     now_s: u64,
-) -> Result<(Vec<Taken>, Vec<Standing>), (Refusal, Vec<Standing>)> {
+) -> Result<Admitted, Refused> {
     let mut taken: Vec<Taken> = Vec::with_capacity(counters.len());
     let mut standings = Vec::with_capacity(counters.len());
     for ((c, need), estimate) in counters.iter().zip(needs).zip(estimates) {
@@ -90,11 +102,14 @@ pub fn reserve(
                     .collect();
                 let refusal = ratelimit::refusal(&now, needs, now_s)
                     .unwrap_or_else(|| ratelimit::refusal_of(c.limit, now_s));
-                return Err((refusal, now));
+                return Err(Refused {
+                    refusal,
+                    standings: now,
+                });
             }
         }
     }
-    Ok((taken, standings))
+    Ok(Admitted { taken, standings })
 }
 
 fn standing(c: &Counter, used: u64, now_s: u64) -> Standing {
