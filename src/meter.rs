@@ -2,32 +2,39 @@
 //! the usage it reports once the answer ends. Host-free; the HTTP context feeds it the chunks
 //! as they pass (nothing is held back from the caller).
 
-use crate::usage::{self, SseUsageScanner, Usage};
-
-/// Largest JSON answer whose usage is read (bigger answers are embeddings of huge batches;
-/// their usage is then not charged, and a warning says so).
-pub const MAX_JSON_USAGE_BODY: usize = 8 * 1024 * 1024;
+use crate::usage::{SseUsageScanner, Usage};
+use crate::usage_json::JsonUsageScanner;
 
 /// How the response's usage is read.
 #[derive(Debug, Default)]
 pub enum Meter {
-    /// Nothing to read (not JSON, not a stream, or given up).
+    /// Nothing to read (not JSON, not a stream, or encoded).
     #[default]
     None,
-    /// A JSON answer, copied as it passes (bounded) and parsed at its end.
-    Json(Vec<u8>),
+    /// A JSON answer of any size, scanned as it passes for its top-level `usage`.
+    Json(JsonUsageScanner),
     /// A server-sent event stream, scanned chunk by chunk.
     Sse(SseUsageScanner),
 }
 
 impl Meter {
+    /// The reader for an answer of this `content-type` and `content-encoding`. An encoded
+    /// answer (the filter asks Azure for none; see src/host/http/forward.rs) is not read: its
+    /// charge is then the fail-safe one (src/settlement.rs).
+    pub fn for_answer(content_type: &str, content_encoding: Option<&str>) -> Meter {
+        if content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+            return Meter::None;
+        }
+        Meter::for_content_type(content_type)
+    }
+
     /// The reader for an answer of this `content-type`.
     pub fn for_content_type(content_type: &str) -> Meter {
         let content_type = content_type.to_ascii_lowercase();
         if content_type.starts_with("text/event-stream") {
             Meter::Sse(SseUsageScanner::new())
         } else if content_type.contains("json") {
-            Meter::Json(Vec::new())
+            Meter::Json(JsonUsageScanner::new())
         } else {
             Meter::None
         }
@@ -41,14 +48,7 @@ impl Meter {
     /// Follows one response chunk.
     pub fn feed(&mut self, chunk: &[u8]) {
         match self {
-            Meter::Json(body) => {
-                if body.len() + chunk.len() <= MAX_JSON_USAGE_BODY {
-                    body.extend_from_slice(chunk);
-                } else {
-                    log::warn!("azure-llm-filter: answer too large to read its usage");
-                    *self = Meter::None;
-                }
-            }
+            Meter::Json(scanner) => scanner.feed(chunk),
             Meter::Sse(scanner) => scanner.feed(chunk),
             Meter::None => {}
         }
@@ -58,7 +58,7 @@ impl Meter {
     pub fn usage(&self) -> Option<Usage> {
         match self {
             Meter::None => None,
-            Meter::Json(body) => usage::from_json(body),
+            Meter::Json(scanner) => scanner.usage(),
             Meter::Sse(scanner) => scanner.usage(),
         }
     }
@@ -100,12 +100,14 @@ mod tests {
     }
 
     #[test]
-    fn oversized_json_gives_up() {
+    fn large_json_is_read_without_limit_and_encoded_answers_not_at_all() {
         let mut m = Meter::for_content_type("application/json");
-        m.feed(&vec![b' '; MAX_JSON_USAGE_BODY]);
-        assert!(m.reads_body());
-        m.feed(b"x");
-        assert!(!m.reads_body());
-        assert_eq!(m.usage(), None);
+        m.feed(b"{\"data\":\"");
+        m.feed(&vec![b'x'; 16 * 1024 * 1024]);
+        m.feed(b"\",\"usage\":{\"prompt_tokens\":9}}");
+        assert_eq!(m.usage().map(|u| u.total()), Some(9));
+        assert!(!Meter::for_answer("application/json", Some("gzip")).reads_body());
+        assert!(Meter::for_answer("application/json", Some("identity")).reads_body());
+        assert!(Meter::for_answer("application/json", None).reads_body());
     }
 }

@@ -516,26 +516,6 @@ pub fn refusal(standings: &[Standing], needs: &[Need], now_s: u64) -> Option<Ref
     worst
 }
 
-/// Charge-after admission from standings that already count this request in request
-/// counters (until the request phases use reservations).
-pub fn admit(
-    standings: &[Standing],
-    now_s: u64,
-    prompt_estimate: Option<u64>,
-) -> Result<(), Refusal> {
-    let needs: Vec<Need> = standings
-        .iter()
-        .map(|s| match s.limit.unit {
-            Unit::Requests => Need {
-                take: 0,
-                require: 0,
-            },
-            Unit::Tokens => Need::of(s.limit, false, 0, prompt_estimate),
-        })
-        .collect();
-    refusal(standings, &needs, now_s).map_or(Ok(()), Err)
-}
-
 /// The refusal for `limit` alone.
 pub fn refusal_of(limit: Limit, now_s: u64) -> Refusal {
     Refusal {

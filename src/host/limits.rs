@@ -152,28 +152,3 @@ fn replace(taken: &[Taken], now_s: u64, cost: impl Fn(&Taken) -> u64) {
         });
     }
 }
-
-// Until the request phases use reserve / settle (they are being split into modules now).
-
-/// Reads every counter of a request (counting the request itself in request counters).
-pub fn standings(counters: &[Counter], now_s: u64) -> Vec<Standing> {
-    counters
-        .iter()
-        .map(|c| {
-            let used = match c.limit.unit {
-                Unit::Requests => {
-                    update(c, |s| Some(s.add(c.limit.window, now_s, 1))).map_or(0, |s| s.used)
-                }
-                Unit::Tokens => read(&c.key()).0.used_in(c.limit.window, now_s),
-            };
-            standing(c, used, now_s)
-        })
-        .collect()
-}
-
-/// Charges tokens to every token counter of a request.
-pub fn charge_tokens(counters: &[Counter], now_s: u64, tokens: u64) {
-    for c in counters.iter().filter(|c| c.limit.unit == Unit::Tokens) {
-        update(c, |s| Some(s.add(c.limit.window, now_s, tokens)));
-    }
-}

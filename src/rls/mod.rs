@@ -53,36 +53,45 @@
 //!   counter per workload) with a nested `key: model` limits descriptor 0, a lone `key: workload`
 //!   limits descriptor 1.
 //!
-//! # Check before, charge after
+//! # Check with the estimate, charge what the answer cost
 //!
-//! The filter must refuse a request when the budget is already spent (before it goes upstream,
-//! so an admitted stream is never cut), and charge the real `usage` once the answer is complete.
-//! `hits_addend` 0 is no way to "just look": both Limitador and envoyproxy/ratelimit treat 0
-//! as 1. And Limitador's `ShouldRateLimit` is check-and-update *all or nothing*: a call whose
-//! `hits_addend` would take any matching counter over its limit answers OVER_LIMIT and adds
-//! nothing. A charge sent through `ShouldRateLimit` is therefore dropped exactly when it
-//! crosses the budget — the counter stays below the limit and the budget never runs out
-//! (and with several limits, the looser ones lose the charge too). So:
+//! The filter must refuse a request whose estimate (src/estimate.rs) does not fit the budget
+//! before it goes upstream (so an admitted stream is never cut), and charge what the answer
+//! cost once it ends (src/settlement.rs: its real usage, or the estimate when none could be
+//! read; nothing for Azure's errors). `hits_addend` 0 is no way to "just look": both Limitador
+//! and envoyproxy/ratelimit treat 0 as 1. And Limitador's `ShouldRateLimit` is check-and-update
+//! *all or nothing*: a call whose `hits_addend` would take any matching counter over its limit
+//! answers OVER_LIMIT and adds nothing. A charge sent through `ShouldRateLimit` is therefore
+//! dropped exactly when it crosses the budget — the counter stays below the limit and the
+//! budget never runs out (and with several limits, the looser ones lose the charge too). So:
 //!
 //! - [`Protocol::Kuadrant`] (Limitador; the default). Limitador also serves
 //!   `kuadrant.service.ratelimit.v1.RateLimitService`, which takes the same messages and which
 //!   Kuadrant's own wasm-shim uses for token limits:
-//!   - before: `CheckRateLimit`: `is_rate_limited(delta = 1)`, nothing written. OVER_LIMIT iff
-//!     some matching counter has `used + 1 > max`, i.e. `used >= max` — the local rule.
-//!   - after: `Report` with `hits_addend = total tokens`: `update_counters`, an unconditional
-//!     add to every matching counter, so the request that crosses the budget is charged in full
-//!     and the next check is refused. 0 tokens (no usage in the answer) sends nothing, since
-//!     Limitador would count 0 as 1.
-//! - [`Protocol::Envoy`] (envoyproxy/ratelimit, whose counters add `hits_addend` before comparing,
-//!   OVER_LIMIT or not; not for Limitador, for the reason above):
-//!   - before: `ShouldRateLimit` with `hits_addend = 1`: refused iff `used + 1 > max`; on
-//!     admission it adds 1 token.
-//!   - after: `ShouldRateLimit` with `hits_addend = tokens - 1` (the check paid 1), nothing when
-//!     tokens <= 1. Exact, except that a request without usage costs 1 token.
+//!   - before: `CheckRateLimit` with `hits_addend = estimate`: `is_rate_limited(delta)`,
+//!     nothing written. OVER_LIMIT iff some matching counter has `used + estimate > max`.
+//!   - after: `Report` with `hits_addend` = the charge: `update_counters`, an unconditional add
+//!     to every matching counter, so a request whose answer exceeds its estimate is charged in
+//!     full. Nothing is sent for a charge of 0 (Limitador would count 0 as 1).
+//!   - **Overshoot that remains**: the check reserves nothing, so requests checked before the
+//!     charges of those in flight land are all admitted: at the budget's edge, up to (requests
+//!     in flight across the fleet) x (their cost) beyond the budget, as with charge-after in
+//!     local mode, though each must at least fit alone. Plus each answer's excess over its
+//!     estimate. Exact otherwise (no overcharge: the charge is the real usage).
+//! - [`Protocol::Envoy`] (envoyproxy/ratelimit, whose counters add `hits_addend` before
+//!   comparing, OVER_LIMIT or not; not for Limitador, for the reason above):
+//!   - before: `ShouldRateLimit` with `hits_addend = estimate`: refused iff
+//!     `used + estimate > max`, and the estimate is added either way — a reservation.
+//!   - after: `ShouldRateLimit` with `hits_addend = charge - estimate` when the answer cost more
+//!     than its estimate, nothing otherwise.
+//!   - **Overshoot that remains**: only each answer's excess over its estimate (concurrent
+//!     requests each hold their estimate). But envoyproxy/ratelimit cannot give hits back:
+//!     an answer cheaper than its estimate, an Azure error, and a refused check all stay
+//!     charged their estimate (refusals even in the counters they did not exceed). Callers
+//!     that send `max_tokens` close to what they use keep that overcharge small.
 //!
-//! As in local mode, the request that crosses a budget completes: concurrent requests admitted
-//! before the first charge lands can overshoot. Limitador's Redis counters start their window at
-//! the first hit (a TTL of `seconds`), unlike the fixed UTC windows of local mode.
+//! Limitador's Redis counters start their window at the first hit (a TTL of `seconds`),
+//! unlike the fixed UTC windows of local mode.
 //!
 //! # Failures
 //!
@@ -116,14 +125,29 @@ pub const WORKLOAD_KEY: &str = "workload";
 pub const MODEL_KEY: &str = "model";
 
 impl Global {
-    /// The call that checks a request before it goes upstream.
-    pub fn check_call(&self, workload: &str, model: &str) -> RlsCall {
-        check_call(self.protocol, &self.domain, workload, model)
+    /// The call that checks whether a request estimated at `estimate` tokens fits, before it
+    /// goes upstream.
+    pub fn check_call(&self, workload: &str, model: &str, estimate: u64) -> RlsCall {
+        check_call(self.protocol, &self.domain, workload, model, estimate)
     }
 
-    /// The call that charges `tokens` after the answer; `None`: nothing to send.
-    pub fn charge_call(&self, workload: &str, model: &str, tokens: u64) -> Option<RlsCall> {
-        charge_call(self.protocol, &self.domain, workload, model, tokens)
+    /// The call that charges `tokens` after the answer of a request checked with `estimate`;
+    /// `None`: nothing to send.
+    pub fn charge_call(
+        &self,
+        workload: &str,
+        model: &str,
+        tokens: u64,
+        estimate: u64,
+    ) -> Option<RlsCall> {
+        charge_call(
+            self.protocol,
+            &self.domain,
+            workload,
+            model,
+            tokens,
+            estimate,
+        )
     }
 
     /// What to do with the check's answer (see [`check_outcome`]).
@@ -152,8 +176,19 @@ pub fn descriptors(workload: &str, model: &str) -> Vec<Vec<(String, String)>> {
     ]
 }
 
-/// The check before the request.
-pub fn check_call(protocol: Protocol, domain: &str, workload: &str, model: &str) -> RlsCall {
+/// `hits_addend` of a check: the estimate (at least 1, at most what the field holds).
+fn check_hits(estimate: u64) -> u32 {
+    u32::try_from(estimate.max(1)).unwrap_or(u32::MAX)
+}
+
+/// The check before the request: does `estimate` fit?
+pub fn check_call(
+    protocol: Protocol,
+    domain: &str,
+    workload: &str,
+    model: &str,
+    estimate: u64,
+) -> RlsCall {
     let (service, method) = match protocol {
         Protocol::Kuadrant => (KUADRANT_RLS_SERVICE, CHECK_RATE_LIMIT),
         Protocol::Envoy => (ENVOY_RLS_SERVICE, SHOULD_RATE_LIMIT),
@@ -161,25 +196,31 @@ pub fn check_call(protocol: Protocol, domain: &str, workload: &str, model: &str)
     RlsCall {
         service,
         method,
-        message: encode_should_rate_limit(domain, &descriptors(workload, model), 1),
+        message: encode_should_rate_limit(
+            domain,
+            &descriptors(workload, model),
+            check_hits(estimate),
+        ),
     }
 }
 
-/// The charge of `tokens` after the answer; `None` when there is nothing to add.
+/// The charge of `tokens` after the answer of a request checked with `estimate`; `None` when
+/// there is nothing to add.
 pub fn charge_call(
     protocol: Protocol,
     domain: &str,
     workload: &str,
     model: &str,
     tokens: u64,
+    estimate: u64,
 ) -> Option<RlsCall> {
     let (service, method, hits) = match protocol {
         Protocol::Kuadrant => (KUADRANT_RLS_SERVICE, REPORT, tokens),
-        // The check already added 1.
+        // The check already added the estimate.
         Protocol::Envoy => (
             ENVOY_RLS_SERVICE,
             SHOULD_RATE_LIMIT,
-            tokens.saturating_sub(1),
+            tokens.saturating_sub(u64::from(check_hits(estimate))),
         ),
     };
     if hits == 0 {

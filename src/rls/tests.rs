@@ -269,7 +269,7 @@ fn garbage_never_panics() {
 
 #[test]
 fn scheme_calls() {
-    let c = check_call(Protocol::Kuadrant, "azure-llm", "team-a", "gpt-4o");
+    let c = check_call(Protocol::Kuadrant, "azure-llm", "team-a", "gpt-4o", 300);
     assert_eq!(
         (c.service, c.method),
         (KUADRANT_RLS_SERVICE, CHECK_RATE_LIMIT)
@@ -282,26 +282,34 @@ fn scheme_calls() {
                 d(&[("workload", "team-a"), ("model", "gpt-4o")]),
                 d(&[("workload", "team-a")])
             ],
-            1
+            300
         )
     );
-    let r = charge_call(Protocol::Kuadrant, "azure-llm", "team-a", "gpt-4o", 57).unwrap();
+    // Kuadrant: the check reserves nothing, the charge is the whole cost.
+    let r = charge_call(Protocol::Kuadrant, "azure-llm", "team-a", "gpt-4o", 57, 300).unwrap();
     assert_eq!((r.service, r.method), (KUADRANT_RLS_SERVICE, REPORT));
     assert!(r.message.ends_with(&[0x18, 57]));
-    assert_eq!(charge_call(Protocol::Kuadrant, "d", "w", "m", 0), None);
-    assert!(charge_call(Protocol::Kuadrant, "d", "w", "m", 1).is_some());
+    assert_eq!(charge_call(Protocol::Kuadrant, "d", "w", "m", 0, 300), None);
+    assert!(charge_call(Protocol::Kuadrant, "d", "w", "m", 1, 300).is_some());
+    let zero = check_call(Protocol::Kuadrant, "d", "w", "m", 0);
+    assert!(zero.message.ends_with(&[0x18, 1]), "0 would mean 1 anyway");
 
-    let c = check_call(Protocol::Envoy, "d", "w", "m");
+    // Envoy: the check added the estimate; the charge adds only what the answer exceeds it by.
+    let c = check_call(Protocol::Envoy, "d", "w", "m", 40);
     assert_eq!(
         (c.service, c.method),
         (ENVOY_RLS_SERVICE, SHOULD_RATE_LIMIT)
     );
-    assert!(c.message.ends_with(&[0x18, 1]));
-    let r = charge_call(Protocol::Envoy, "d", "w", "m", 57).unwrap();
-    assert!(r.message.ends_with(&[0x18, 56]), "the check paid one token");
-    assert_eq!(charge_call(Protocol::Envoy, "d", "w", "m", 1), None);
-    assert_eq!(charge_call(Protocol::Envoy, "d", "w", "m", 0), None);
-    let big = charge_call(Protocol::Kuadrant, "d", "w", "m", u64::MAX).unwrap();
+    assert!(c.message.ends_with(&[0x18, 40]));
+    let r = charge_call(Protocol::Envoy, "d", "w", "m", 57, 40).unwrap();
+    assert!(
+        r.message.ends_with(&[0x18, 17]),
+        "the check paid the estimate"
+    );
+    assert_eq!(charge_call(Protocol::Envoy, "d", "w", "m", 40, 40), None);
+    assert_eq!(charge_call(Protocol::Envoy, "d", "w", "m", 0, 40), None);
+    assert_eq!(charge_call(Protocol::Envoy, "d", "w", "m", 1, 0), None);
+    let big = charge_call(Protocol::Kuadrant, "d", "w", "m", u64::MAX, 1).unwrap();
     assert!(
         big.message.ends_with(&[0x18, 0xff, 0xff, 0xff, 0xff, 0x0f]),
         "clamped to u32"
@@ -363,7 +371,7 @@ fn global_config() {
         (g.timeout_ms, g.failure_mode, g.protocol, g.retry_after_s),
         (50, FailureMode::Deny, Protocol::Envoy, 5)
     );
-    assert_eq!(g.check_call("w", "m").method, SHOULD_RATE_LIMIT);
+    assert_eq!(g.check_call("w", "m", 1).method, SHOULD_RATE_LIMIT);
     let bad = RawGlobal {
         domain: String::new(),
         ..raw.clone()

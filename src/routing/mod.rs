@@ -281,11 +281,10 @@ pub fn read_body(body: &[u8]) -> Result<BodyInfo, FilterError> {
     })
 }
 
-/// Reads the `model` field of a multipart/form-data body (audio transcriptions), strictly.
-pub fn multipart_model(content_type: &str, body: &[u8]) -> Option<String> {
-    crate::multipart::model_field(content_type, body)
-        .ok()
-        .flatten()
+/// Reads the `model` field of a multipart/form-data body (audio transcriptions), strictly:
+/// an ambiguous body is a 400 (crate::multipart).
+pub fn multipart_model(content_type: &str, body: &[u8]) -> Result<Option<String>, FilterError> {
+    crate::multipart::model_field(content_type, body).map_err(|e| e.to_filter_error())
 }
 
 /// Where a request goes and what changes on the way.
@@ -761,13 +760,17 @@ mod tests {
     fn multipart_model_field() {
         let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF....\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n";
         assert_eq!(
-            multipart_model("multipart/form-data; boundary=XyZ", body).as_deref(),
+            multipart_model("multipart/form-data; boundary=XyZ", body)
+                .unwrap()
+                .as_deref(),
             Some("whisper")
         );
-        assert_eq!(multipart_model("multipart/form-data", body), None);
         assert_eq!(
-            multipart_model("multipart/form-data; boundary=other", body),
-            None
+            multipart_model("multipart/form-data", body)
+                .unwrap_err()
+                .code,
+            "invalid_multipart_body"
         );
+        assert!(multipart_model("multipart/form-data; boundary=other", body).is_err());
     }
 }

@@ -1,13 +1,15 @@
-//! Phase admit (local limits): the workload's rate-limit counters in shared data are read
-//! (request counters counted) and the request is refused when a limit is spent: 429 for a
-//! rate, 403 for a quota, with `Retry-After`.
+//! Phase admit (local limits): the request's estimate is reserved in every rate-limit counter
+//! of its workload and model in shared data, all or none (request counters count it), and the
+//! request is refused when one does not fit: 429 for a rate, 403 for a quota, with
+//! `Retry-After`. The reservation is settled in phase charge.
 
 use super::HttpFilter;
 use crate::config::Config;
 use crate::errors::FilterError;
+use crate::estimate::Estimate;
 use crate::host::metrics::Family;
 use crate::host::{limits, now_ms};
-use crate::ratelimit;
+use crate::ratelimit::{self, Need, Refusal};
 use crate::routing::RoutePlan;
 
 impl HttpFilter {
@@ -16,45 +18,62 @@ impl HttpFilter {
         &mut self,
         config: &Config,
         plan: &RoutePlan,
-        body_len: usize,
+        estimate: &Estimate,
     ) -> Result<(), FilterError> {
-        let counters = config.rate_limits.applicable(&self.workload, plan.model);
+        let limits_config = &config.rate_limits;
+        let counters = limits_config.applicable(&self.workload, plan.model);
         if counters.is_empty() {
             return Ok(());
         }
         let now_s = now_ms() / 1000;
-        let standings = limits::standings(&counters, now_s);
-        let estimate = config
-            .rate_limits
+        let prompt_estimate = limits_config
             .estimate_prompt_tokens
-            .then_some(body_len as u64 / 4);
-        if let Err(refusal) = ratelimit::admit(&standings, now_s, estimate) {
-            let (code, what) = if refusal.status() == 429 {
-                ("rate_limit_exceeded", "rate limit")
-            } else {
-                ("quota_exceeded", "quota")
-            };
-            self.count(Family::RateLimit, code);
-            self.property("azure_llm_ratelimit", code.as_bytes());
-            let mut e = FilterError::new(
-                refusal.status(),
-                "rate_limit_error",
-                code,
-                format!(
-                    "the {} {what} of workload `{}` is spent; retry after {} seconds",
-                    refusal.limit.window.name(),
-                    self.workload,
-                    refusal.retry_after_s
-                ),
-            )
-            .with_retry_after(refusal.retry_after_s);
-            e.extra_headers = ratelimit::headers(&standings, now_s);
-            return Err(e);
+            .then_some(estimate.prompt_tokens);
+        let estimates: Vec<u64> = counters
+            .iter()
+            .map(|c| estimate.tokens_for_limit(c.completion_reserve, c.limit.max))
+            .collect();
+        let needs: Vec<Need> = counters
+            .iter()
+            .zip(&estimates)
+            .map(|(c, e)| Need::of(c.limit, limits_config.reserve, *e, prompt_estimate))
+            .collect();
+        match limits::reserve(&counters, &needs, &estimates, now_s) {
+            Ok(admitted) => {
+                self.taken = admitted.taken;
+                self.standings = admitted.standings;
+                self.count(Family::RateLimit, "allowed");
+                self.property("azure_llm_ratelimit", b"allowed");
+                Ok(())
+            }
+            Err(refused) => {
+                let mut e = self.refusal_error(&refused.refusal);
+                e.extra_headers = ratelimit::headers(&refused.standings, now_s);
+                Err(e)
+            }
         }
-        self.counters = counters;
-        self.standings = standings;
-        self.count(Family::RateLimit, "allowed");
-        self.property("azure_llm_ratelimit", b"allowed");
-        Ok(())
+    }
+
+    fn refusal_error(&self, refusal: &Refusal) -> FilterError {
+        let (code, what) = if refusal.status() == 429 {
+            ("rate_limit_exceeded", "rate limit")
+        } else {
+            ("quota_exceeded", "quota")
+        };
+        self.count(Family::RateLimit, code);
+        self.property("azure_llm_ratelimit", code.as_bytes());
+        let window = refusal.limit.window.name();
+        let message = match refusal.never_fits {
+            Some(tokens) => format!(
+                "this request is estimated at {tokens} tokens, more than the whole {window} {what} of workload `{}` ({} tokens): send a smaller prompt or max_tokens",
+                self.workload, refusal.limit.max
+            ),
+            None => format!(
+                "the {window} {what} of workload `{}` is spent; retry after {} seconds",
+                self.workload, refusal.retry_after_s
+            ),
+        };
+        FilterError::new(refusal.status(), "rate_limit_error", code, message)
+            .with_retry_after(refusal.retry_after_s)
     }
 }

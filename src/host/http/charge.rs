@@ -1,22 +1,66 @@
-//! Phase charge: once per request, when the answer ends (or the request does), the usage the
-//! meter saw is charged to the local counters and the global rate limit service, and recorded
-//! in metrics and access-log properties.
+//! Phase charge: once per request, when the answer ends (or the request does), the request's
+//! reservations are settled with what it cost (src/settlement.rs: its real usage, the estimate
+//! when the usage could not be read, nothing for an error) in the local counters and the
+//! global rate limit service, and its usage recorded in metrics and access-log properties.
+//! This is the one place a request's cost is decided: hooks that need it go here.
 
 use super::HttpFilter;
 use crate::host::{limits, now_ms};
+use crate::settlement::{Ending, Settlement};
+use crate::usage::Usage;
+use proxy_wasm::traits::Context;
 
 impl HttpFilter {
-    /// Charges the answer's usage. Once per request.
+    /// Charges the request. Once per request.
     pub(super) fn charge(&mut self) {
         if self.charged || self.routed.is_none() {
             return;
         }
         self.charged = true;
-        let Some(u) = self.meter.usage() else { return };
-        if !self.counters.is_empty() {
-            limits::charge_tokens(&self.counters, now_ms() / 1000, u.total());
+        let usage = self.meter.usage();
+        let settlement = self.settlement(usage);
+        if !settlement.is_exact() {
+            log::debug!(
+                "azure-llm-filter: request of `{}` charged the fail-safe way ({})",
+                self.workload,
+                settlement.label()
+            );
         }
-        self.charge_global(u.total());
+        if !self.taken.is_empty() {
+            limits::settle(&self.taken, now_ms() / 1000, |t| {
+                settlement.tokens(t.estimate)
+            });
+        }
+        self.charge_global(settlement.tokens(self.global_estimate));
+        self.property("azure_llm_charge", settlement.label().as_bytes());
+        if let Some(u) = usage {
+            self.record_usage(&u);
+        }
+    }
+
+    /// How the request ended, for its budget.
+    fn settlement(&self, usage: Option<Usage>) -> Settlement {
+        // The filter answered itself after admission (a global refusal, no token): nothing
+        // went to Azure.
+        if self.answered {
+            return Settlement::Release;
+        }
+        // No answer seen: the caller left. Azure may bill the request if it was sent (an
+        // upstream host was picked), not if it never left Envoy.
+        if self.response_status.is_none()
+            && self.get_property(vec!["upstream", "address"]).is_none()
+        {
+            return Settlement::Release;
+        }
+        Settlement::of(&Ending {
+            status: self.response_status,
+            complete: self.answer_complete,
+            usage,
+        })
+    }
+
+    /// The answer's own usage in access-log properties and token metrics.
+    fn record_usage(&mut self, u: &Usage) {
         self.property(
             "azure_llm_prompt_tokens",
             u.prompt_tokens.to_string().as_bytes(),

@@ -1,6 +1,9 @@
 //! Phase forward: the admitted request is pointed at its backend: `:authority`, `:path`, the
 //! routing header Envoy's route table matches, the backend's fixed headers and defaults, and
-//! the access-log properties naming model, backend and deployment.
+//! the access-log properties naming model, backend and deployment. `accept-encoding` is
+//! removed, so that Azure answers uncompressed and the usage of every answer can be read (a
+//! compressed answer would be charged its estimate; decoding gzip/br in the filter would cost
+//! a decompressor in the module and CPU on every answer byte).
 
 use super::HttpFilter;
 use crate::config::Config;
@@ -24,6 +27,7 @@ impl HttpFilter {
         }
         self.set_http_request_header(":authority", Some(&plan.backend.host));
         self.set_http_request_header(":path", Some(&plan.path));
+        self.set_http_request_header("accept-encoding", None);
         self.set_http_request_header(&config.routing_header, Some(&plan.backend.name));
         for (name, value) in &plan.backend.headers {
             self.set_http_request_header(name, Some(value));

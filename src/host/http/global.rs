@@ -24,7 +24,7 @@ impl HttpFilter {
         model: &str,
         credential: usize,
     ) -> Result<Action, FilterError> {
-        let call = global.check_call(&self.workload, model);
+        let call = global.check_call(&self.workload, model, self.global_estimate);
         match self.dispatch_grpc_call(
             &global.cluster,
             call.service,
@@ -128,9 +128,9 @@ impl HttpFilter {
         }
     }
 
-    /// Queues the charge of the real usage for the root context, which sends it on its next
-    /// tick (at once). A call made from this context would be cancelled when the request
-    /// ends, which is exactly when charges are made.
+    /// Queues the charge (what the request cost, see phase charge) for the root context,
+    /// which sends it on its next tick (at once). A call made from this context would be
+    /// cancelled when the request ends, which is exactly when charges are made.
     pub(super) fn charge_global(&mut self, tokens: u64) {
         let Some((model, _)) = &self.routed else {
             return;
@@ -142,7 +142,8 @@ impl HttpFilter {
         let Some(global) = &config.rate_limits.global else {
             return;
         };
-        if let Some(call) = global.charge_call(&self.workload, model, tokens) {
+        if let Some(call) = global.charge_call(&self.workload, model, tokens, self.global_estimate)
+        {
             state.rls_charges.push(call);
             tokens::request_tick_now(&mut state);
         }

@@ -1,8 +1,9 @@
-//! Phase meter: the answer's headers are cleaned (what the operator keeps from callers; the
-//! workload's own rate-limit headers instead of Azure's) and its body is followed by a
-//! `crate::meter::Meter` for the usage it reports.
+//! Phase meter: the answer's headers are cleaned (what the operator keeps from callers; where
+//! local limits apply, the workload's rate-limit headers instead of any of Azure's, except on
+//! Azure's own 429) and its body is followed by a `crate::meter::Meter` for the usage it
+//! reports.
 
-use super::HttpFilter;
+use super::{first_header, HttpFilter};
 use crate::host::now_ms;
 use crate::meter::Meter;
 use crate::ratelimit;
@@ -11,19 +12,38 @@ use proxy_wasm::traits::HttpContext;
 impl HttpFilter {
     /// Response headers of a routed request.
     pub(super) fn meter_response_headers(&mut self) {
-        // What Azure says passes through, except what the operator keeps from callers and
-        // the filter's own routing header; rate-limit headers are the workload's, not Azure's.
         let config = self.state.borrow().config.clone();
+        // One host call for every header this phase reads.
+        let headers = self.get_http_response_headers();
+        self.response_status =
+            first_header(&headers, ":status").and_then(|s| s.trim().parse::<u32>().ok());
         for name in &config.response_headers_to_remove {
             self.set_http_response_header(name, None);
         }
-        for (name, value) in ratelimit::headers(&self.standings, now_ms() / 1000) {
-            self.set_http_response_header(name, Some(&value));
+        // Azure's own 429 tells the caller when Azure takes requests again (retry-after,
+        // retry-after-ms, x-ratelimit-*): it passes untouched. Otherwise, where local limits
+        // apply, the rate-limit headers are the workload's: Azure's figures (the deployment's)
+        // go, all of them, requests too, and the workload's replace them.
+        if !self.standings.is_empty() && self.response_status != Some(429) {
+            let mut azure_names: Vec<&str> = headers
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| k.len() > 12 && k[..12].eq_ignore_ascii_case("x-ratelimit-"))
+                .collect();
+            azure_names.dedup();
+            for name in azure_names {
+                self.set_http_response_header(name, None);
+            }
+            for (name, value) in ratelimit::headers(&self.standings, now_ms() / 1000) {
+                self.set_http_response_header(name, Some(&value));
+            }
         }
-        let content_type = self
-            .get_http_response_header("content-type")
-            .unwrap_or_default();
-        self.meter = Meter::for_content_type(&content_type);
+        let content_type = first_header(&headers, "content-type").unwrap_or_default();
+        let encoding = first_header(&headers, "content-encoding");
+        if encoding.is_some() {
+            log::debug!("azure-llm-filter: encoded answer ({encoding:?}): its usage is not read");
+        }
+        self.meter = Meter::for_answer(content_type, encoding);
     }
 
     /// One chunk of the answer. With `Continue` the buffer holds just this chunk: it is read

@@ -27,13 +27,15 @@ mod pool;
 mod route;
 mod strip;
 
+use super::limits::Taken;
 use super::metrics::Family;
 use super::tokens;
 use super::worker::WorkerState;
 use crate::config::Config;
 use crate::errors::{Dialect, FilterError};
+use crate::estimate::Estimate;
 use crate::meter::Meter;
-use crate::ratelimit::{Counter, Standing};
+use crate::ratelimit::Standing;
 use crate::routing::config::RoutingMode;
 use crate::routing::{self, Inbound, Operation, RoutePlan};
 use crate::usage_chunk::UsageChunkStripper;
@@ -70,11 +72,17 @@ pub struct HttpFilter {
     answered: bool,
     /// authenticate: the caller's workload.
     workload: String,
-    /// admit: rate-limit counters of this request and their standing at admission.
-    counters: Vec<Counter>,
+    /// admit: what this request holds in its rate-limit counters, and their standing at
+    /// admission (its reservation included).
+    taken: Vec<Taken>,
     standings: Vec<Standing>,
-    /// meter: how the answer's usage is read.
+    /// global: the estimate the rate limit service was asked about (what the fail-safe charge
+    /// reports there).
+    global_estimate: u64,
+    /// meter: how the answer's usage is read; its status; whether its body reached its end.
     meter: Meter,
+    response_status: Option<u32>,
+    answer_complete: bool,
     /// charge: done (once per request).
     charged: bool,
     /// forward: (model, backend) of a routed request, for metrics and access-log properties.
@@ -105,9 +113,12 @@ impl HttpFilter {
             pending: None,
             answered: false,
             workload: ANONYMOUS_WORKLOAD.to_string(),
-            counters: Vec::new(),
+            taken: Vec::new(),
             standings: Vec::new(),
+            global_estimate: 0,
             meter: Meter::None,
+            response_status: None,
+            answer_complete: false,
             charged: false,
             routed: None,
             global_check: None,
@@ -147,20 +158,22 @@ impl HttpFilter {
         }
     }
 
-    /// The spine of a routed request, once its plan is known: admit (local limits), forward
-    /// (upstream headers), then the global limit if configured (it pauses for the rate limit
-    /// service, whose answer continues in `global`), then the credential (token attached, or
-    /// the request pauses until the root context has one).
+    /// The spine of a routed request, once its plan is known: admit (local limits: the
+    /// request's `estimate` is reserved), forward (upstream headers), then the global limit if
+    /// configured (it pauses for the rate limit service, whose answer continues in `global`),
+    /// then the credential (token attached, or the request pauses until the root context has
+    /// one).
     fn dispatch(
         &mut self,
         config: &Config,
         plan: &RoutePlan,
-        body_len: usize,
+        estimate: &Estimate,
     ) -> Result<Action, FilterError> {
-        self.admit(config, plan, body_len)?;
+        self.admit(config, plan, estimate)?;
         self.forward(config, plan);
         let credential = plan.backend.credential;
         if let Some(global) = &config.rate_limits.global {
+            self.global_estimate = estimate.tokens(config.rate_limits.completion_reserve_tokens);
             return self.check_global(global, plan.model, credential);
         }
         self.attach_credential(config, credential)
@@ -224,7 +237,7 @@ impl HttpContext for HttpFilter {
         self.body_arrived(body_size, end_of_stream)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.answered || self.routed.is_none() {
             return Action::Continue;
         }
@@ -233,6 +246,7 @@ impl HttpContext for HttpFilter {
             self.pool_answered();
         }
         self.strip_response_headers();
+        self.answer_complete = end_of_stream;
         Action::Continue
     }
 
@@ -240,13 +254,15 @@ impl HttpContext for HttpFilter {
         self.meter_response_body(body_size);
         self.strip_response_body(body_size, end_of_stream);
         if end_of_stream {
+            self.answer_complete = true;
             self.charge();
         }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        // A stream cut short still pays for what it reported.
+        // A request that ends otherwise (the caller hung up, the stream was reset) is charged
+        // here, the fail-safe way (src/settlement.rs).
         self.charge();
     }
 }

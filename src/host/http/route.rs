@@ -6,6 +6,7 @@ use super::{first_header, HttpFilter, PendingBody};
 use crate::config::Config;
 use crate::discovery;
 use crate::errors::FilterError;
+use crate::estimate::Estimate;
 use crate::host::metrics::Family;
 use crate::host::now_ms;
 use crate::routing::{self, Inbound, Operation};
@@ -63,7 +64,17 @@ impl HttpFilter {
         end_of_stream: bool,
     ) -> Result<Action, FilterError> {
         match known_model {
-            Some(model) => self.route_without_body(config, op, model, 0),
+            Some(model) => {
+                // The body passes unread: its declared length is the prompt estimate's base.
+                let len = if config.rate_limits.is_empty() && config.rate_limits.global.is_none() {
+                    0
+                } else {
+                    self.get_http_request_header("content-length")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0)
+                };
+                self.route_without_body(config, op, model, &Estimate::new(op, len, None))
+            }
             None if end_of_stream => Err(FilterError::bad_request(
                 "missing_body",
                 "this API needs a JSON request body naming a `model`",
@@ -131,13 +142,14 @@ impl HttpFilter {
         }
     }
 
-    /// Header-phase routing: the model is in the path or the model header.
+    /// Routing without a body to rewrite: the model is in the path, the model header, or a
+    /// multipart body.
     fn route_without_body(
         &mut self,
         config: &Config,
         op: Operation,
         model: &str,
-        body_len: usize,
+        estimate: &Estimate,
     ) -> Result<Action, FilterError> {
         let plan = self.choose_plan(config, op, model)?;
         // In a pool's cluster the upstream filter sets each attempt's body model.
@@ -153,7 +165,7 @@ impl HttpFilter {
                 ));
             }
         }
-        self.dispatch(config, &plan, body_len)
+        self.dispatch(config, &plan, estimate)
     }
 
     /// Body-phase routing: reads the model from the body, rewrites the body if the backend
@@ -166,15 +178,7 @@ impl HttpFilter {
     ) -> Result<Action, FilterError> {
         let op = pending.op;
         if op.is_multipart() {
-            let content_type = self
-                .get_http_request_header("content-type")
-                .unwrap_or_default();
-            let model = pending
-                .known_model
-                .clone()
-                .or_else(|| routing::multipart_model(&content_type, body))
-                .ok_or_else(missing_model)?;
-            return self.route_without_body(config, op, &model, body.len());
+            return self.route_multipart(config, pending, body);
         }
         let info = routing::read_body(body)?;
         let model = pending
@@ -196,6 +200,40 @@ impl HttpFilter {
             // Headers are still held, so the length can be corrected before they leave.
             self.set_http_request_header("content-length", Some(&new_body.len().to_string()));
         }
-        self.dispatch(config, &plan, body.len())
+        let estimate = Estimate::new(op, body.len(), info.requested_completion);
+        self.dispatch(config, &plan, &estimate)
+    }
+
+    /// A multipart body (audio): its `model` field is read strictly (crate::multipart); the
+    /// model the path or header names wins, but a backend that reads the model from the body
+    /// must find the same one there, since this body is not rewritten.
+    fn route_multipart(
+        &mut self,
+        config: &Config,
+        pending: &PendingBody,
+        body: &[u8],
+    ) -> Result<Action, FilterError> {
+        let op = pending.op;
+        let content_type = self
+            .get_http_request_header("content-type")
+            .unwrap_or_default();
+        let form_model = routing::multipart_model(&content_type, body)?;
+        let model = pending
+            .known_model
+            .clone()
+            .or_else(|| form_model.clone())
+            .ok_or_else(missing_model)?;
+        let plan = routing::plan(config, op, &model)?;
+        if let (Some(deployment), Some(form_model)) = (plan.body_model, &form_model) {
+            if form_model != deployment {
+                return Err(FilterError::bad_request(
+                    "model_mismatch",
+                    format!(
+                        "the form's `model` field must name the deployment `{deployment}` of the model this request is routed to"
+                    ),
+                ));
+            }
+        }
+        self.route_without_body(config, op, &model, &Estimate::new(op, body.len(), None))
     }
 }

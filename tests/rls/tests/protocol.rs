@@ -93,7 +93,7 @@ impl Client {
 
     async fn check(&mut self, protocol: Protocol, workload: &str, model: &str) -> CheckOutcome {
         let (status, body) = self
-            .send(&check_call(protocol, DOMAIN, workload, model))
+            .send(&check_call(protocol, DOMAIN, workload, model, 1))
             .await;
         check_outcome(status, &body, FailureMode::Deny, 60)
     }
@@ -106,7 +106,7 @@ impl Client {
         tokens: u64,
     ) -> rls::Code {
         let call =
-            charge_call(protocol, DOMAIN, workload, model, tokens).expect("something to charge");
+            charge_call(protocol, DOMAIN, workload, model, tokens, 1).expect("something to charge");
         let (status, body) = self.send(&call).await;
         assert_eq!(status, 0, "charge answered gRPC status {status}");
         decode_should_rate_limit_response(&body)
@@ -433,7 +433,7 @@ async fn failures_follow_the_failure_mode() {
         .await
         .unwrap();
     let mut c = Client::connect(&rls).await;
-    let call = check_call(Protocol::Kuadrant, DOMAIN, "w", "m");
+    let call = check_call(Protocol::Kuadrant, DOMAIN, "w", "m", 1);
     rls.set_unavailable(true);
     let (status, body) = c.send(&call).await;
     assert_eq!(
@@ -450,7 +450,9 @@ async fn failures_follow_the_failure_mode() {
     ));
     rls.set_unavailable(false);
     // An empty domain: Limitador answers UNKNOWN, a failure too.
-    let (status, body) = c.send(&check_call(Protocol::Kuadrant, "", "w", "m")).await;
+    let (status, body) = c
+        .send(&check_call(Protocol::Kuadrant, "", "w", "m", 1))
+        .await;
     assert_eq!(status, 0);
     assert_eq!(
         decode_should_rate_limit_response(&body)
@@ -571,12 +573,12 @@ async fn redis_failure_answers_unavailable() {
     let p = Protocol::Kuadrant;
     assert_eq!(c.check(p, "w", "m").await, ADMIT);
     drop(redis);
-    let (status, body) = c.send(&check_call(p, DOMAIN, "w", "m")).await;
+    let (status, body) = c.send(&check_call(p, DOMAIN, "w", "m", 1)).await;
     assert_eq!(status, 14, "UNAVAILABLE");
     assert!(matches!(
         check_outcome(status, &body, FailureMode::Deny, 60),
         CheckOutcome::Unavailable { .. }
     ));
-    let call = charge_call(p, DOMAIN, "w", "m", 10).unwrap();
+    let call = charge_call(p, DOMAIN, "w", "m", 10, 1).unwrap();
     assert_eq!(c.send(&call).await.0, 14);
 }
