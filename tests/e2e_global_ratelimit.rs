@@ -1,7 +1,9 @@
 //! Global rate limits (issue 6, global mode), end to end: two Envoys share one workload's token
 //! budget through one rate limit service (tests/rls: Limitador's rate limiter behind Limitador's
 //! gRPC services), or through two RLS replicas keeping their counters in one Redis; another
-//! workload is unaffected, and an RLS that cannot answer follows `failure_mode`.
+//! workload is unaffected, and an RLS that cannot answer follows `failure_mode`. Since issue
+//! 14 the check carries the request's estimate (`hits_addend`) and the charge what the answer
+//! cost (src/rls/mod.rs has what each protocol makes of them).
 //!
 
 mod common;
@@ -55,11 +57,25 @@ async fn envoy_with(plugin: Value, standin: &StandIn, rls_port: u16) -> Envoy {
     Envoy::start(o).await
 }
 
+fn ask_body() -> Value {
+    json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "count my tokens please"}]})
+}
+
+/// The filter's estimate of a request: ceil(body bytes / 4) + max_tokens (src/estimate.rs).
+fn estimate(body: &Value) -> u32 {
+    let bytes = serde_json::to_vec(body).unwrap().len() as u32;
+    bytes.div_ceil(4) + body["max_tokens"].as_u64().unwrap_or(0) as u32
+}
+
 async fn ask(envoy: &Envoy, key: &str) -> reqwest::Response {
+    ask_with(envoy, key, &ask_body()).await
+}
+
+async fn ask_with(envoy: &Envoy, key: &str, body: &Value) -> reqwest::Response {
     client()
         .post(envoy.url("/v1/chat/completions"))
         .header("api-key", key)
-        .json(&json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "count my tokens please"}]}))
+        .json(body)
         .send()
         .await
         .unwrap()
@@ -122,8 +138,9 @@ async fn two_envoys_share_one_workload_budget_and_other_workloads_are_unaffected
     assert_eq!(ask(&one, KEY_B).await.status(), 200);
     assert_eq!(ask(&two, KEY_B).await.status(), 200);
 
-    // What the RLS saw: checks before (1 hit), reports after with the real usage; no charge
-    // for refused requests. Reports leave a moment after each answer (from the root context,
+    // What the RLS saw: checks before (the estimate: Limitador's CheckRateLimit itself checks
+    // 1 whatever hits_addend says), reports after with the real usage; no charge for refused
+    // requests. Reports leave a moment after each answer (from the root context,
     // so that they outlive the request): wait for the last ones.
     let reported_for_a = |calls: &[azure_rls::RecordedCall]| -> u64 {
         calls
@@ -145,7 +162,7 @@ async fn two_envoys_share_one_workload_budget_and_other_workloads_are_unaffected
     assert!(calls
         .iter()
         .filter(|c| c.method == "CheckRateLimit")
-        .all(|c| c.hits_addend == 1 && c.domain == DOMAIN));
+        .all(|c| c.hits_addend == estimate(&ask_body()) && c.domain == DOMAIN));
     assert_eq!(
         calls[0].descriptors,
         vec![
@@ -202,11 +219,14 @@ async fn rls_down_with_failure_mode_deny_answers_503() {
     );
 }
 
-/// `protocol: envoy` (envoyproxy/ratelimit): `ShouldRateLimit` both times, 1 hit before and the
-/// rest of the real usage after, against an RLS that counts like envoyproxy/ratelimit.
+/// `protocol: envoy` (envoyproxy/ratelimit): `ShouldRateLimit` both times, the estimate
+/// before (a reservation: envoyproxy/ratelimit adds it, admitted or not) and what the answer
+/// cost beyond it after, against an RLS that counts like envoyproxy/ratelimit. The answers here
+/// cost more than their estimates (one-letter words: 1 token per 2 bytes where the estimate
+/// counts 4), so each is charged its excess.
 #[tokio::test]
-async fn envoy_ratelimit_protocol_checks_with_one_hit_and_charges_the_rest() {
-    const BUDGET: u64 = 60;
+async fn envoy_ratelimit_protocol_reserves_the_estimate_and_charges_the_excess() {
+    const BUDGET: u64 = 200;
     let mut opts = RlsOptions::new(vec![LimitSpec::per_workload(DOMAIN, BUDGET, 60)]);
     opts.flavor = Flavor::EnvoyRatelimit;
     let rls = RlsServer::start_with(opts).await.unwrap();
@@ -215,33 +235,36 @@ async fn envoy_ratelimit_protocol_checks_with_one_hit_and_charges_the_rest() {
     plugin["rate_limits"]["global"]["protocol"] = json!("envoy");
     let envoy = envoy_with(plugin, &standin, rls.port()).await;
 
-    let mut charged = 0;
-    let mut refused = false;
-    for _ in 0..20 {
-        let resp = ask(&envoy, KEY_A).await;
-        if resp.status() == 429 {
-            refused = true;
+    let body = json!({"model": "gpt-4o", "max_tokens": 10,
+        "messages": [{"role": "user", "content": "a ".repeat(100)}]});
+    let est = estimate(&body);
+    let mut statuses = Vec::new();
+    let mut real = 0;
+    for _ in 0..4 {
+        let resp = ask_with(&envoy, KEY_A, &body).await;
+        statuses.push(resp.status().as_u16());
+        if resp.status() != 200 {
             break;
         }
-        assert_eq!(resp.status(), 200);
-        charged += tokens(resp).await;
+        real = tokens(resp).await;
         // Let the charge land before the next check (it leaves just after the answer).
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(refused, "team-a ran out of its budget");
+    let excess = u32::try_from(real).unwrap() - est;
     assert!(
-        (BUDGET..BUDGET + 30).contains(&charged),
-        "refused once the real usage reached the budget ({charged})"
+        excess > 0,
+        "the answers cost {real}, more than the estimate {est}"
     );
+    // 0 + est fits; real, then real + est fits; 2 x real + est does not.
+    assert!(2 * real + u64::from(est) > BUDGET && real + u64::from(est) <= BUDGET);
+    assert_eq!(statuses, vec![200, 200, 429]);
     let calls = rls.calls();
     assert!(calls.iter().all(|c| c.method == "ShouldRateLimit"));
     let hits: Vec<u32> = calls.iter().map(|c| c.hits_addend).collect();
-    let per_request = u32::try_from(charged).unwrap() / (hits.len() as u32 / 2);
-    assert_eq!(hits[0], 1, "the check costs one token: {hits:?}");
     assert_eq!(
-        hits[1],
-        per_request - 1,
-        "the charge is the rest of the usage: {hits:?}"
+        hits,
+        vec![est, excess, est, excess, est],
+        "checks reserve the estimate, charges add the excess"
     );
     assert_eq!(ask(&envoy, KEY_B).await.status(), 200, "team-b unaffected");
 }

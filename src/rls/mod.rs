@@ -68,16 +68,19 @@
 //! - [`Protocol::Kuadrant`] (Limitador; the default). Limitador also serves
 //!   `kuadrant.service.ratelimit.v1.RateLimitService`, which takes the same messages and which
 //!   Kuadrant's own wasm-shim uses for token limits:
-//!   - before: `CheckRateLimit` with `hits_addend = estimate`: `is_rate_limited(delta)`,
-//!     nothing written. OVER_LIMIT iff some matching counter has `used + estimate > max`.
+//!   - before: `CheckRateLimit` with `hits_addend = estimate`, nothing written. Limitador's
+//!     handler (limitador-server `kuadrant_service.rs`) checks `is_rate_limited(delta = 1)`
+//!     whatever `hits_addend` says: OVER_LIMIT iff some matching counter has `used >= max`.
+//!     A service that honours `hits_addend` refuses `used + estimate > max`.
 //!   - after: `Report` with `hits_addend` = the charge: `update_counters`, an unconditional add
 //!     to every matching counter, so a request whose answer exceeds its estimate is charged in
 //!     full. Nothing is sent for a charge of 0 (Limitador would count 0 as 1).
 //!   - **Overshoot that remains**: the check reserves nothing, so requests checked before the
 //!     charges of those in flight land are all admitted: at the budget's edge, up to (requests
 //!     in flight across the fleet) x (their cost) beyond the budget, as with charge-after in
-//!     local mode, though each must at least fit alone. Plus each answer's excess over its
-//!     estimate. Exact otherwise (no overcharge: the charge is the real usage).
+//!     local mode (with Limitador, any request is admitted while one token is left). Exact
+//!     otherwise: no overcharge, the charge is the real usage (the estimate only when none
+//!     could be read).
 //! - [`Protocol::Envoy`] (envoyproxy/ratelimit, whose counters add `hits_addend` before
 //!   comparing, OVER_LIMIT or not; not for Limitador, for the reason above):
 //!   - before: `ShouldRateLimit` with `hits_addend = estimate`: refused iff
