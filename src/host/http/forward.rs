@@ -13,6 +13,8 @@ use proxy_wasm::traits::HttpContext;
 impl HttpFilter {
     /// Sets the upstream headers of a plan.
     pub(super) fn forward(&mut self, config: &Config, plan: &RoutePlan) {
+        // Every attempt (pool targets too) inherits this.
+        self.set_http_request_header("accept-encoding", None);
         if self.via_pool_cluster() {
             return self.forward_to_pool(config, plan);
         }
@@ -27,7 +29,6 @@ impl HttpFilter {
         }
         self.set_http_request_header(":authority", Some(&plan.backend.host));
         self.set_http_request_header(":path", Some(&plan.path));
-        self.set_http_request_header("accept-encoding", None);
         self.set_http_request_header(&config.routing_header, Some(&plan.backend.name));
         for (name, value) in &plan.backend.headers {
             self.set_http_request_header(name, Some(value));
