@@ -315,6 +315,8 @@ const OPENAI_CASES: &[&str] = &[
     "oai_images",
     "oai_speech",
     "oai_transcription",
+    "oai_translation",
+    "oai_openai_v1_base",
     "oai_models",
     "oai_model_unknown",
     "oai_unknown_model",
@@ -443,6 +445,15 @@ async fn openai_sdk_every_api() {
         .unwrap()
         .is_empty());
     dated("oai_transcription", "whisper", "audio/transcriptions");
+    assert!(!ok(&r, "oai_translation")["text"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    dated("oai_translation", "whisper", "audio/translations");
+    assert_full_chat("oai_openai_v1_base", ok(&r, "oai_openai_v1_base"));
+    let u = upstream(&gw, "oai_openai_v1_base");
+    assert_eq!(u.path, "/openai/v1/chat/completions");
+    assert_eq!(u.body_json().unwrap()["model"], "gpt-4o-prod");
 
     // Discovery, answered by the gateway itself.
     let v = ok(&r, "oai_models");
@@ -539,6 +550,7 @@ async fn openai_sdk_every_api() {
     let full = [
         "oai_chat",
         "oai_chat_v1",
+        "oai_openai_v1_base",
         "oai_chat_stream",
         "oai_chat_stream_usage",
         "oai_chat_stream_no_usage",

@@ -198,6 +198,24 @@ def oai_transcription():
 
 
 @case
+def oai_translation():
+    r = openai_client().audio.translations.create(
+        model="whisper", file=("oai_translation.wav", b"RIFF....WAVEfmt fake audio")
+    )
+    return {"text": r.text}
+
+
+@case
+def oai_openai_v1_base():
+    # OpenAI(base_url=".../openai/v1"), the Azure v1 API's own address form.
+    return chat_result(
+        openai_client(base="/openai/v1").chat.completions.create(
+            model="gpt-4o-v1", messages=prompt("oai_openai_v1_base")
+        )
+    )
+
+
+@case
 def oai_models():
     c = openai_client()
     return {

@@ -131,6 +131,8 @@ fn match_route(path: &str) -> Option<Route<'_>> {
                 ["images", "generations"] => Op::Images,
                 ["audio", "speech"] => Op::Speech,
                 ["audio", "transcriptions"] => Op::Transcriptions,
+                // Translations (speech to English text) answer like transcriptions.
+                ["audio", "translations"] => Op::Transcriptions,
                 _ => return None,
             };
             r(Api::Dated, op, "POST", Some(*d))
