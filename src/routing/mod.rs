@@ -126,11 +126,17 @@ pub fn classify(method: &str, path: &str) -> Result<Option<Inbound>, FilterError
     let api = |op: Option<Operation>, path_model: Option<String>| {
         op.map(|op| Inbound::Api { op, path_model })
     };
+    // Anthropic's own address form serves Messages only.
+    if let Some(suffix) = path.strip_prefix("/anthropic/v1/") {
+        return Ok((suffix == "messages").then_some(Inbound::Api {
+            op: Operation::Messages,
+            path_model: None,
+        }));
+    }
     // OpenAI-style and Azure v1-style: the model is in the body.
     if let Some(suffix) = path
         .strip_prefix("/v1/")
         .or_else(|| path.strip_prefix("/openai/v1/"))
-        .or_else(|| path.strip_prefix("/anthropic/v1/"))
     {
         return Ok(api(Operation::from_suffix(suffix), None));
     }
@@ -508,6 +514,7 @@ mod tests {
         assert_eq!(c("POST", "/v1/responses"), api(Responses, None));
         assert_eq!(c("POST", "/v1/messages"), api(Messages, None));
         assert_eq!(c("POST", "/anthropic/v1/messages"), api(Messages, None));
+        assert_eq!(c("POST", "/anthropic/v1/chat/completions"), None);
         assert_eq!(
             c("POST", "/v1/audio/transcriptions"),
             api(AudioTranscriptions, None)
