@@ -5,7 +5,7 @@
 use super::http::HttpFilter;
 use super::keys;
 use super::now_ms;
-use super::tokens::{self, TICK_IDLE_MS, TICK_WHILE_WAITING_MS};
+use super::tokens::{self, TICK_IDLE_MS, TICK_WHILE_BODIES_WATCHED_MS, TICK_WHILE_WAITING_MS};
 use super::upstream::UpstreamFilter;
 use super::worker::{LocalToken, WorkerState};
 use crate::config::{resolve_secrets, Config};
@@ -183,10 +183,14 @@ impl RootContext for FilterRoot {
                 tokens::send_error(&err);
             }
         }
-        let wanted = if state.waiters.is_empty() && state.body_watch.is_empty() {
-            TICK_IDLE_MS
-        } else {
+        // Body watches are kept for every request that waits for its body (usually for well
+        // under a millisecond): their deadlines are seconds away, so they need no fast tick.
+        let wanted = if !state.waiters.is_empty() {
             TICK_WHILE_WAITING_MS
+        } else if !state.body_watch.is_empty() {
+            TICK_WHILE_BODIES_WATCHED_MS
+        } else {
+            TICK_IDLE_MS
         };
         if state.tick_period_ms != wanted {
             state.tick_period_ms = wanted;

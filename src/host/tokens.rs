@@ -11,6 +11,8 @@ use std::time::Duration;
 /// How often the root context looks at the shared slots while requests wait (they may wait
 /// for a token another worker is fetching).
 pub const TICK_WHILE_WAITING_MS: u64 = 10;
+/// While requests wait for their body (`crate::body_watch`): a 408 may come this much late.
+pub const TICK_WHILE_BODIES_WATCHED_MS: u64 = 100;
 /// Idle tick: expires nothing time-critical, only keeps the fast path honest.
 pub const TICK_IDLE_MS: u64 = 500;
 
