@@ -132,6 +132,13 @@ async fn a_cancelled_or_reset_stream_is_charged_its_reservation() {
     );
     let served = standin.count(EndpointKind::DataPlane) as u64;
     assert_eq!(served, cancelled, "the refused one never reached Azure");
+    assert_eq!(
+        envoy
+            .stat("wasmcustom.azure_llm.ratelimit.decision.charged_estimate")
+            .await,
+        Some(cancelled),
+        "the fail-safe charges are counted"
+    );
 
     // A stream that Azure's side resets after its first events is charged the same way.
     let (standin, envoy) = setup(json!({"default": {"tokens_per_minute": 100_000}})).await;

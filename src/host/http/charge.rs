@@ -5,6 +5,7 @@
 //! This is the one place a request's cost is decided: hooks that need it go here.
 
 use super::HttpFilter;
+use crate::host::metrics::Family;
 use crate::host::{limits, now_ms};
 use crate::settlement::{Ending, Settlement};
 use crate::usage::Usage;
@@ -32,7 +33,18 @@ impl HttpFilter {
             });
         }
         self.charge_global(settlement.tokens(self.global_estimate));
-        self.property("azure_llm_charge", settlement.label().as_bytes());
+        if !self.taken.is_empty() || self.global_estimate > 0 {
+            // How often the fail-safe rules decide a charge is worth watching.
+            self.count(
+                Family::RateLimit,
+                match settlement {
+                    Settlement::Exact(_) => "charged_usage",
+                    Settlement::AtLeastEstimate { .. } => "charged_estimate",
+                    Settlement::Release => "charge_released",
+                },
+            );
+            self.property("azure_llm_charge", settlement.label().as_bytes());
+        }
         if let Some(u) = usage {
             self.record_usage(&u);
         }
