@@ -474,3 +474,65 @@ async fn reserve_false_keeps_charging_after_the_answer() {
         Some(50_000 - real)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_gone_before_the_answer_pays_its_reservation_unless_nothing_was_sent() {
+    let (standin, envoy) = setup(json!({"default": {"tokens_per_minute": 100_000}})).await;
+    common::early_in_a_minute().await;
+    let body = chat("think about it for a while", 50);
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+
+    // Still waiting for its Entra token when the caller leaves: it never reached Azure.
+    standin.push_fault(
+        EndpointKind::Token,
+        Fault::Delay(Duration::from_millis(1500)),
+        1,
+    );
+    let gone = impatient
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the caller gave up");
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(standin.count(EndpointKind::DataPlane), 0);
+    let (used, probe) = used_before_probe(&envoy, 100_000).await;
+    assert_eq!(used, 0, "nothing sent, nothing charged");
+    settle().await;
+
+    // Sent, and Azure is still working on it when the caller leaves: Azure may bill it.
+    standin.push_fault(
+        EndpointKind::DataPlane,
+        Fault::Delay(Duration::from_millis(1000)),
+        1,
+    );
+    let gone = impatient
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the caller gave up");
+    settle().await;
+    let (used, _) = used_before_probe(&envoy, 100_000).await;
+    assert_eq!(used, probe + estimate(&body), "charged its reservation");
+
+    // Azure compresses an answer anyway (the filter asked it not to): unreadable, so charged
+    // its reservation rather than nothing.
+    let (standin, envoy) = setup(json!({"default": {"tokens_per_minute": 100_000}})).await;
+    common::early_in_a_minute().await;
+    standin.push_fault(
+        EndpointKind::DataPlane,
+        Fault::ExtraHeaders(vec![("content-encoding".into(), "gzip".into())]),
+        1,
+    );
+    let resp = post(&envoy, &body).await;
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.unwrap();
+    settle().await;
+    let (used, _) = used_before_probe(&envoy, 100_000).await;
+    assert_eq!(used, estimate(&body));
+}
