@@ -8,13 +8,23 @@
 //! minutes or less remain (half-life for tokens of 2 h or more, and for short tokens), keep
 //! serving the cached token while a refresh fails and it is still valid, at most one refresh
 //! attempt per `refresh_retry_interval_ms` while a valid token exists.
+//!
+//! Expiry: a token's lifetime (`expires_in`) counts from the moment its request was *sent*
+//! (Entra issued it after that, so this never overestimates it, however long the answer took),
+//! and the token is handed out until [`EXPIRY_SKEW_MS`] before that expiry (a tenth of the
+//! lifetime for tokens shorter than 10 s). During an Entra outage a valid token is served to
+//! the end of its life, refreshes are tried every `refresh_retry_interval_ms` (or later if
+//! Entra's `Retry-After` says so) for as long as it lasts, and once it has run out the cold
+//! back-off (1 s, doubling, capped at the interval) counts from the last failed attempt.
 
 use serde::{Deserialize, Serialize};
 
 const FIVE_MINUTES_MS: u64 = 5 * 60 * 1000;
 const TWO_HOURS_MS: u64 = 2 * 60 * 60 * 1000;
-/// Never hand out a token that expires within this margin (it could expire in flight).
-const MAX_EXPIRY_MARGIN_MS: u64 = 10_000;
+/// A token is handed out until this long before it expires: it must still be valid when the
+/// request carrying it reaches Azure. (Azure itself tolerates minutes of clock skew on `exp`;
+/// this only covers the trip.)
+pub const EXPIRY_SKEW_MS: u64 = 1_000;
 /// First retry delay when there is no usable token at all; doubles per failure.
 const COLD_RETRY_BASE_MS: u64 = 1_000;
 /// Extra time on a lease beyond the callout timeout, so a lease outlives its callout.
@@ -27,7 +37,7 @@ pub struct TokenSlot {
     pub token: String,
     #[serde(rename = "e", default)]
     pub expires_at_ms: u64,
-    /// Hand the token out only before this instant (expiry minus a margin).
+    /// Hand the token out only before this instant (expiry minus [`EXPIRY_SKEW_MS`]).
     #[serde(rename = "u", default)]
     pub usable_until_ms: u64,
     #[serde(rename = "r", default)]
@@ -35,9 +45,12 @@ pub struct TokenSlot {
     /// A worker is fetching until this instant; nobody else starts a fetch before it.
     #[serde(rename = "l", default)]
     pub lease_until_ms: u64,
-    /// After a failure, no new attempt before this instant.
+    /// After a failed refresh while the token is still usable, no new refresh before this.
     #[serde(rename = "b", default)]
     pub retry_at_ms: u64,
+    /// After a failure, no attempt without a usable token before this (the cold back-off).
+    #[serde(rename = "c", default)]
+    pub cold_retry_at_ms: u64,
     #[serde(rename = "f", default)]
     pub failures: u32,
     /// Short description of the last failure (an AADSTS code, a status), never a secret.
@@ -48,8 +61,8 @@ pub struct TokenSlot {
 /// Retry policy of a credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Minimum spacing of refresh attempts while a valid token is still cached, and the cap of
-    /// the exponential back-off when there is none.
+    /// Spacing of refresh attempts while a valid token is still cached, and the cap of the
+    /// exponential back-off when there is none.
     pub refresh_retry_interval_ms: u64,
 }
 
@@ -81,18 +94,24 @@ impl TokenSlot {
 
     /// True when this worker should try to take the lease and fetch a token now.
     pub fn needs_fetch(&self, now_ms: u64) -> bool {
-        let wanted = self.usable_token(now_ms).is_none() || now_ms >= self.refresh_at_ms;
-        wanted && now_ms >= self.retry_at_ms && !self.lease_held(now_ms)
+        if self.lease_held(now_ms) {
+            return false;
+        }
+        if self.usable_token(now_ms).is_some() {
+            now_ms >= self.refresh_at_ms && now_ms >= self.retry_at_ms
+        } else {
+            now_ms >= self.cold_retry_at_ms
+        }
     }
 
     /// When there is no usable token and the last attempt failed, requests should not wait for
-    /// a fetch that will not happen before `retry_at_ms`: this returns how long until the next
-    /// attempt so they can be answered 503 with Retry-After at once.
+    /// a fetch that will not happen before `cold_retry_at_ms`: this returns how long until the
+    /// next attempt so they can be answered 503 with Retry-After at once.
     pub fn cold_backoff_remaining_ms(&self, now_ms: u64) -> Option<u64> {
         if self.usable_token(now_ms).is_some() || self.failures == 0 || self.lease_held(now_ms) {
             return None;
         }
-        (now_ms < self.retry_at_ms).then(|| self.retry_at_ms - now_ms)
+        (now_ms < self.cold_retry_at_ms).then(|| self.cold_retry_at_ms - now_ms)
     }
 
     pub fn with_lease(&self, now_ms: u64, fetch_timeout_ms: u64) -> TokenSlot {
@@ -102,10 +121,12 @@ impl TokenSlot {
         }
     }
 
-    pub fn on_success(&self, now_ms: u64, token: String, expires_in_s: u64) -> TokenSlot {
+    /// A token was granted. `sent_at_ms`: when the request that got it was sent; its lifetime
+    /// counts from then (the token was issued later, so its real expiry is not earlier).
+    pub fn on_success(&self, sent_at_ms: u64, token: String, expires_in_s: u64) -> TokenSlot {
         let lifetime_ms = expires_in_s.saturating_mul(1000);
-        let expires_at_ms = now_ms.saturating_add(lifetime_ms);
-        let margin = (lifetime_ms / 10).min(MAX_EXPIRY_MARGIN_MS);
+        let expires_at_ms = sent_at_ms.saturating_add(lifetime_ms);
+        let skew = (lifetime_ms / 10).min(EXPIRY_SKEW_MS);
         let refresh_before_expiry = if lifetime_ms >= TWO_HOURS_MS {
             lifetime_ms / 2
         } else {
@@ -114,10 +135,11 @@ impl TokenSlot {
         TokenSlot {
             token,
             expires_at_ms,
-            usable_until_ms: expires_at_ms - margin,
+            usable_until_ms: expires_at_ms - skew,
             refresh_at_ms: expires_at_ms - refresh_before_expiry,
             lease_until_ms: 0,
             retry_at_ms: 0,
+            cold_retry_at_ms: 0,
             failures: 0,
             last_error: String::new(),
         }
@@ -132,21 +154,20 @@ impl TokenSlot {
     ) -> TokenSlot {
         let failures = self.failures.saturating_add(1);
         let interval = policy.refresh_retry_interval_ms;
-        let retry_at_ms = if let Some(_token) = self.usable_token(now_ms) {
-            // A valid token remains: space attempts out, but try again before it runs out
-            // unless Azure asked us to stay away longer.
-            let at = now_ms + interval.max(retry_after_ms.unwrap_or(0));
-            let last_chance = self
-                .usable_until_ms
-                .max(now_ms + retry_after_ms.unwrap_or(0));
-            at.min(last_chance)
+        let told = retry_after_ms.unwrap_or(0);
+        let backoff = COLD_RETRY_BASE_MS.saturating_mul(1u64 << (failures - 1).min(20));
+        let cold_retry_at_ms = now_ms + backoff.min(interval).max(told);
+        // While the cached token lasts, refreshes keep coming one interval apart (or as late
+        // as Entra asked); once it has run out, the cold back-off above decides.
+        let retry_at_ms = if self.usable_token(now_ms).is_some() {
+            now_ms + interval.max(told)
         } else {
-            let exp = COLD_RETRY_BASE_MS.saturating_mul(1u64 << (failures - 1).min(20));
-            now_ms + exp.min(interval).max(retry_after_ms.unwrap_or(0))
+            cold_retry_at_ms
         };
         TokenSlot {
             lease_until_ms: 0,
             retry_at_ms,
+            cold_retry_at_ms,
             failures,
             last_error: error,
             ..self.clone()
@@ -179,7 +200,7 @@ mod tests {
         assert_eq!(s.refresh_at_ms, 3_599_000 - FIVE_MINUTES_MS);
         assert!(!s.needs_fetch(s.refresh_at_ms - 1));
         assert!(s.needs_fetch(s.refresh_at_ms));
-        assert_eq!(s.usable_until_ms, 3_599_000 - MAX_EXPIRY_MARGIN_MS);
+        assert_eq!(s.usable_until_ms, 3_599_000 - EXPIRY_SKEW_MS);
     }
 
     #[test]
@@ -206,25 +227,86 @@ mod tests {
     fn failure_without_token_backs_off_exponentially_and_honours_retry_after() {
         let s = TokenSlot::default();
         let f1 = s.on_failure(0, None, "500".into(), P);
-        assert_eq!(f1.retry_at_ms, 1000);
+        assert_eq!(f1.cold_retry_at_ms, 1000);
         assert_eq!(f1.cold_backoff_remaining_ms(400), Some(600));
         let f2 = f1.on_failure(1000, None, "500".into(), P);
-        assert_eq!(f2.retry_at_ms, 3000);
+        assert_eq!(f2.cold_retry_at_ms, 3000);
         let mut f = f2;
         for _ in 0..10 {
             f = f.on_failure(0, None, "500".into(), P);
         }
-        assert_eq!(f.retry_at_ms, 30_000);
+        assert_eq!(f.cold_retry_at_ms, 30_000);
         let r = TokenSlot::default().on_failure(0, Some(45_000), "429".into(), P);
-        assert_eq!(r.retry_at_ms, 45_000);
+        assert_eq!(r.cold_retry_at_ms, 45_000);
+    }
+
+    /// Drives a slot through an Entra outage as the workers would (a look every 100 ms; every
+    /// fetch fails at once) and returns (attempt times, last instant a token was served).
+    fn outage(slot: TokenSlot, until_ms: u64) -> (Vec<u64>, Option<u64>) {
+        let (mut s, mut attempts, mut served) = (slot, Vec::new(), None);
+        let mut now = 0;
+        while now <= until_ms {
+            if s.usable_token(now).is_some() {
+                served = Some(now);
+            }
+            if s.needs_fetch(now) {
+                attempts.push(now);
+                s = s
+                    .with_lease(now, 5_000)
+                    .on_failure(now, None, "AADSTS50000".into(), P);
+            }
+            now += 100;
+        }
+        (attempts, served)
     }
 
     #[test]
-    fn retry_is_not_postponed_past_token_expiry() {
+    fn outage_serves_the_token_to_its_end_and_refreshes_every_interval_while_it_lasts() {
+        let s = TokenSlot::default().on_success(0, "t".into(), 3600);
+        let (attempts, served) = outage(s.clone(), 3_700_000);
+        assert_eq!(served, Some(3_600_000 - EXPIRY_SKEW_MS - 100));
+        let while_valid: Vec<u64> = attempts
+            .iter()
+            .copied()
+            .filter(|&t| t < s.usable_until_ms)
+            .collect();
+        let expected: Vec<u64> = (0..10).map(|i| 3_300_000 + i * 30_000).collect();
+        assert_eq!(while_valid, expected, "one attempt per 30 s from refresh time on");
+        // Past expiry the cold back-off (capped at the interval) counts from the last attempt.
+        let after: Vec<u64> = attempts
+            .iter()
+            .copied()
+            .filter(|&t| t >= s.usable_until_ms)
+            .collect();
+        assert_eq!(after[0], 3_300_000 + 10 * 30_000);
+        assert!(after.windows(2).all(|w| w[1] - w[0] == 30_000), "{after:?}");
+    }
+
+    #[test]
+    fn short_token_in_an_outage_is_served_until_its_skew_and_not_retried_early() {
+        // The case of issue 17: a 20 s token, a refresh at 10 s that fails.
         let s = TokenSlot::default().on_success(0, "t".into(), 20);
+        assert_eq!(s.refresh_at_ms, 10_000);
+        assert_eq!(s.usable_until_ms, 19_000);
+        let (attempts, served) = outage(s, 25_000);
+        assert_eq!(served, Some(18_900));
+        // No second refresh attempt within 30 s of the first while the token lasts; once it has
+        // run out, a cold attempt at once (the back-off after one failure is 1 s).
+        assert_eq!(attempts[..2], [10_000, 19_000]);
+    }
+
+    #[test]
+    fn lifetime_counts_from_the_request_and_entra_retry_after_is_honoured() {
+        let s = TokenSlot::default().on_success(1_000, "t".into(), 3600);
+        assert_eq!(s.expires_at_ms, 3_601_000);
         let now = s.refresh_at_ms;
-        let f = s.on_failure(now, None, "x".into(), P);
-        assert_eq!(f.retry_at_ms, s.usable_until_ms);
+        let f = s.on_failure(now, Some(45_000), "AADSTS90055".into(), P);
+        assert!(!f.needs_fetch(now + 44_999));
+        assert!(f.needs_fetch(now + 45_000));
+        assert_eq!(f.usable_token(now + 45_000), Some("t"));
+        // A slot written before cold_retry_at_ms existed decodes with it 0.
+        let old = br#"{"t":"x","e":10,"u":5,"r":2,"l":0,"b":0,"f":1,"x":"500"}"#;
+        assert_eq!(TokenSlot::decode(old).map(|s| s.cold_retry_at_ms), Some(0));
     }
 
     #[test]

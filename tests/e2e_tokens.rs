@@ -171,6 +171,90 @@ async fn entra_outage_serves_from_cache_then_clean_503s_then_recovers() {
         .all(|r| r.outcome_status == 200));
 }
 
+/// Issue 17: during an Entra outage the cached token is served until its expiry minus the 1 s
+/// skew (its lifetime counted from when the filter asked for it), one refresh is tried at
+/// half-life and no second one within 30 s while the token lasts; once it has run out callers
+/// get a clean 503 at once, and the token never reaches Azure after its real expiry.
+#[tokio::test]
+async fn entra_outage_serves_the_token_to_its_end_and_spaces_refreshes() {
+    const LIFETIME: Duration = Duration::from_secs(20);
+    let cfg = StandInConfig {
+        token_lifetime_secs: LIFETIME.as_secs(),
+        ..StandInConfig::default()
+    };
+    let (standin, envoy) = start(cfg, json!({}), 1).await;
+    let http = client();
+    let asked = Instant::now();
+    assert_eq!(chat(&http, &envoy).await.0, 200);
+    let issued = standin.requests_of(EndpointKind::Token)[0].received_at;
+    standin.set_fault(
+        EndpointKind::Token,
+        Some(Fault::Status {
+            status: 500,
+            body: r#"{"error":"server_error","error_description":"AADSTS50000: There was an error issuing a token."}"#.into(),
+        }),
+    );
+    let mut last_ok = asked;
+    let refused = loop {
+        let sent = Instant::now();
+        let resp = http
+            .post(envoy.url("/v1/chat/completions"))
+            .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 200 {
+            break resp;
+        }
+        last_ok = sent;
+        assert!(sent < issued + LIFETIME + Duration::from_secs(2), "{}", envoy.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Served until 1 s before expiry (the loop looks every ~100 ms).
+    let served = last_ok - asked;
+    assert!(
+        served >= LIFETIME - Duration::from_millis(1400),
+        "token dropped early: last served {served:?} after it was asked for"
+    );
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "backend_token_unavailable");
+    // Attempts: the first fetch, one refresh at half-life, then only the cold attempt at
+    // expiry (no retry crammed in before it).
+    let attempts: Vec<Duration> = standin
+        .requests_of(EndpointKind::Token)
+        .iter()
+        .map(|r| r.received_at.saturating_duration_since(issued))
+        .collect();
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert!(
+        attempts[1] >= Duration::from_millis(9_500) && attempts[1] <= Duration::from_millis(11_000),
+        "refresh at half-life: {attempts:?}"
+    );
+    assert!(
+        attempts[2] >= LIFETIME - Duration::from_millis(1_500),
+        "no second refresh within 30 s: {attempts:?}"
+    );
+    // Azure never saw the token after its real expiry.
+    let token = standin.requests_of(EndpointKind::DataPlane)[0]
+        .header("authorization")
+        .unwrap()
+        .to_string();
+    assert!(standin
+        .requests_of(EndpointKind::DataPlane)
+        .iter()
+        .filter(|r| r.header("authorization") == Some(token.as_str()))
+        .all(|r| r.received_at < issued + LIFETIME));
+    // Entra is back: the next attempt (after the cold back-off) recovers.
+    standin.set_fault(EndpointKind::Token, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chat(&http, &envoy).await.0 != 200 {
+        assert!(Instant::now() < deadline, "no recovery: {}", envoy.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn malformed_token_answer_is_a_503_and_the_next_fetch_recovers() {
     let (standin, envoy) = start(StandInConfig::default(), json!({}), 1).await;

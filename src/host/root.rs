@@ -67,7 +67,8 @@ impl Context for FilterRoot {
             }
             return;
         }
-        let Some((credential, mut fetch)) = state.fetches_in_flight.remove(&token_id) else {
+        let Some((credential, mut fetch, sent_at)) = state.fetches_in_flight.remove(&token_id)
+        else {
             return;
         };
         let retry_after = self.get_http_call_response_header("retry-after");
@@ -76,7 +77,7 @@ impl Context for FilterRoot {
             .unwrap_or_default();
         match fetch.on_response(status, retry_after.as_deref(), &body, now_ms() / 1000) {
             FetchStep::Next(req) => self.dispatch_step(&mut state, credential, fetch, req),
-            FetchStep::Done(result) => finish_fetch(&mut state, credential, result),
+            FetchStep::Done(result) => finish_fetch(&mut state, credential, result, sent_at),
         }
     }
 }
@@ -339,7 +340,7 @@ impl FilterRoot {
         };
         match TokenFetch::start(cred, secret, now_ms() / 1000) {
             Ok((fetch, req)) => self.dispatch_step(state, credential, fetch, req),
-            Err(failure) => finish_fetch(state, credential, Err(failure)),
+            Err(failure) => finish_fetch(state, credential, Err(failure), now_ms()),
         }
     }
 
@@ -351,6 +352,7 @@ impl FilterRoot {
         req: CalloutRequest,
     ) {
         let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id());
+        let sent_at = now_ms();
         match self.dispatch_http_call(
             &req.cluster,
             req.host_headers(),
@@ -361,24 +363,26 @@ impl FilterRoot {
             Ok(token_id) => {
                 state
                     .fetches_in_flight
-                    .insert(token_id, (credential, fetch));
+                    .insert(token_id, (credential, fetch, sent_at));
             }
             Err(status) => {
                 let failure = TokenFailure::callout_failed(&format!(
                     "dispatch to cluster {:?} failed ({status:?}); is the cluster defined in Envoy?",
                     req.cluster
                 ));
-                finish_fetch(state, credential, Err(failure));
+                finish_fetch(state, credential, Err(failure), sent_at);
             }
         }
     }
 }
 
-/// Stores the outcome of a fetch and lets the waiting requests go on or fail.
+/// Stores the outcome of a fetch and lets the waiting requests go on or fail. `sent_at`: when
+/// the fetch's last callout was sent (a granted token's lifetime counts from then).
 fn finish_fetch(
     state: &mut WorkerState,
     credential: usize,
     result: Result<entra::TokenGrant, TokenFailure>,
+    sent_at: u64,
 ) {
     let now = now_ms();
     let key = state.slot_keys[credential].clone();
@@ -387,7 +391,7 @@ fn finish_fetch(
         Ok(grant) => {
             let expires_in = grant.expires_in_s;
             let written = tokens::update_slot(&key, |s| {
-                Some(s.on_success(now, grant.access_token.clone(), expires_in))
+                Some(s.on_success(sent_at.min(now), grant.access_token.clone(), expires_in))
             });
             log::info!("azure-llm-filter: credential {name}: Entra token obtained, expires in {expires_in} s");
             state.metrics.count(metrics::token_fetches(&name, "ok"), 1);
@@ -426,7 +430,8 @@ fn finish_fetch(
                     tokens::resume_with_token(&w, &token);
                 }
             } else {
-                let err = tokens::token_unavailable(slot.retry_at_ms.saturating_sub(now));
+                let wait_ms = slot.cold_backoff_remaining_ms(now).unwrap_or(0);
+                let err = tokens::token_unavailable(wait_ms);
                 for w in state.take_waiters(credential) {
                     tokens::fail_waiter(&w, &err);
                 }

@@ -67,8 +67,9 @@ pub struct WorkerState {
     pub slot_keys: Vec<String>,
     pub local_tokens: Vec<LocalToken>,
     pub waiters: Vec<Waiter>,
-    /// Callout token id -> (credential index, the fetch it belongs to).
-    pub fetches_in_flight: HashMap<u32, (usize, TokenFetch)>,
+    /// Callout token id -> (credential index, the fetch it belongs to, when the callout was
+    /// sent: a granted token's lifetime counts from then).
+    pub fetches_in_flight: HashMap<u32, (usize, TokenFetch, u64)>,
     /// Set by an HTTP context that found no token; the root's next tick starts the fetch.
     pub fetch_wanted: Vec<bool>,
     /// The root context's current tick period (1 ms = "tick now, a fetch is wanted").
@@ -120,7 +121,7 @@ impl WorkerState {
     pub fn fetch_in_flight(&self, credential: usize) -> bool {
         self.fetches_in_flight
             .values()
-            .any(|(c, _)| *c == credential)
+            .any(|(c, _, _)| *c == credential)
     }
 
     pub fn has_waiters(&self, credential: usize) -> bool {
