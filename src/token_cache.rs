@@ -271,7 +271,10 @@ mod tests {
             .filter(|&t| t < s.usable_until_ms)
             .collect();
         let expected: Vec<u64> = (0..10).map(|i| 3_300_000 + i * 30_000).collect();
-        assert_eq!(while_valid, expected, "one attempt per 30 s from refresh time on");
+        assert_eq!(
+            while_valid, expected,
+            "one attempt per 30 s from refresh time on"
+        );
         // Past expiry the cold back-off (capped at the interval) counts from the last attempt.
         let after: Vec<u64> = attempts
             .iter()

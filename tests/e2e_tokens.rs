@@ -207,7 +207,11 @@ async fn entra_outage_serves_the_token_to_its_end_and_spaces_refreshes() {
             break resp;
         }
         last_ok = sent;
-        assert!(sent < issued + LIFETIME + Duration::from_secs(2), "{}", envoy.logs());
+        assert!(
+            sent < issued + LIFETIME + Duration::from_secs(2),
+            "{}",
+            envoy.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // Served until 1 s before expiry (the loop looks every ~100 ms).

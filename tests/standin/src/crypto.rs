@@ -16,6 +16,8 @@ const PRIMARY_KEY: &str = include_str!("../keys/entra-primary-TEST-ONLY.key.pem"
 const PRIMARY_CERT: &str = include_str!("../keys/entra-primary-TEST-ONLY.cert.pem");
 const SECONDARY_KEY: &str = include_str!("../keys/entra-secondary-TEST-ONLY.key.pem");
 const SECONDARY_CERT: &str = include_str!("../keys/entra-secondary-TEST-ONLY.cert.pem");
+const KUBERNETES_KEY: &str = include_str!("../keys/kubernetes-issuer-TEST-ONLY.key.pem");
+const KUBERNETES_CERT: &str = include_str!("../keys/kubernetes-issuer-TEST-ONLY.cert.pem");
 
 /// One PEM block: label and DER.
 pub struct PemBlock {
@@ -154,7 +156,7 @@ pub struct EntraSigningKey {
 }
 
 impl EntraSigningKey {
-    fn load(key_pem: &str, cert_pem: &str) -> Result<EntraSigningKey, String> {
+    pub(crate) fn load(key_pem: &str, cert_pem: &str) -> Result<EntraSigningKey, String> {
         let key_block = pem_blocks(key_pem)
             .into_iter()
             .next()
@@ -249,6 +251,20 @@ impl KeySet {
             }
         })
     }
+}
+
+/// The stand-in Kubernetes issuer's TEST-ONLY key (`keys/kubernetes-issuer-TEST-ONLY.*`).
+pub fn kubernetes_issuer_key() -> Result<Arc<EntraSigningKey>, String> {
+    static KEY: OnceLock<Result<Arc<EntraSigningKey>, String>> = OnceLock::new();
+    KEY.get_or_init(|| EntraSigningKey::load(KUBERNETES_KEY, KUBERNETES_CERT).map(Arc::new))
+        .clone()
+        .map_err(|e| format!("built-in Kubernetes issuer key: {e}"))
+}
+
+/// The stand-in's unrelated TEST-ONLY key (the secondary Entra key), for "signed by the wrong
+/// key" tests of other issuers.
+pub fn foreign_key() -> Result<Arc<EntraSigningKey>, String> {
+    builtin().map(|(_, secondary)| secondary.clone())
 }
 
 /// A decoded (not yet verified) compact JWS.

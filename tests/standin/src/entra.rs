@@ -571,46 +571,86 @@ fn verify_assertion(
         return Ok(());
     }
 
-    // Federated identity credential.
-    let registered = client
-        .federated_issuers
-        .iter()
-        .any(|(i, s)| i == iss && s == sub);
-    if !registered {
-        return Err(invalid_client(
+    // Federated identity credential: Entra looks up the app's credentials by issuer, checks the
+    // signature with that issuer's keys, then audience, subject and lifetime, and names the
+    // first mismatch (AADSTS700211 issuer, 700212 audience, 70021 no record for the subject).
+    verify_federated(shared, client, &jwt, iss, sub, &aud_text, now)
+        .map_err(|(status, code, description)| invalid_client(status, code, &description))
+}
+
+/// The checks of a federated assertion; Err = (status, AADSTS code, description).
+fn verify_federated(
+    shared: &Shared,
+    client: &ClientRegistration,
+    jwt: &Jwt,
+    iss: &str,
+    sub: &str,
+    aud_text: &str,
+    now: i64,
+) -> Result<(), (u16, u64, String)> {
+    const SEE: &str = "Please check your federated identity credential Subject, Audience and \
+                       Issuer against the presented assertion. \
+                       https://learn.microsoft.com/entra/workload-id/workload-identity-federation";
+    // Matching is case-sensitive, as Entra's is.
+    if !client.federated_issuers.iter().any(|(i, _)| i == iss) {
+        return Err((
             400,
-            70021,
-            &format!(
-                "No matching federated identity record found for presented assertion. Assertion \
-                 Issuer: '{iss}'. Assertion Subject: '{sub}'. Assertion Audience: '{aud_text}'."
+            700211,
+            format!(
+                "No matching federated identity record found for presented assertion issuer \
+                 '{iss}'. {SEE}"
             ),
         ));
     }
-    if jwt.alg() != "RS256" || !jwt.verify_rs256(&shared.keys.signing.public) {
-        return Err(invalid_client(
+    let external = shared.cfg.external_issuers.iter().find(|e| e.issuer == iss);
+    let signed = jwt.alg() == "RS256"
+        && match external {
+            Some(e) => e.keys.iter().any(|k| jwt.verify_rs256(k)),
+            None => jwt.verify_rs256(&shared.keys.signing.public),
+        };
+    if !signed {
+        return Err((
             401,
             700027,
             "Client assertion failed signature validation (federated assertion not signed by a \
-             key of its issuer).",
+             key of its issuer)."
+                .into(),
         ));
     }
-    if !jwt.audiences().contains(&TOKEN_EXCHANGE_AUDIENCE) {
-        return Err(invalid_client(
+    if !jwt
+        .audiences()
+        .contains(&client.federated_audience.as_str())
+    {
+        return Err((
             400,
             700212,
-            &format!(
+            format!(
                 "No matching federated identity record found for presented assertion audience \
-                 '{aud_text}'."
+                 '{aud_text}'. {SEE}"
+            ),
+        ));
+    }
+    if !client
+        .federated_issuers
+        .iter()
+        .any(|(i, s)| i == iss && s == sub)
+    {
+        return Err((
+            400,
+            70021,
+            format!(
+                "No matching federated identity record found for presented assertion. Assertion \
+                 Issuer: '{iss}'. Assertion Subject: '{sub}'. Assertion Audience: '{aud_text}'."
             ),
         ));
     }
     let exp = jwt.claim_time("exp");
     let nbf = jwt.claim_time("nbf").unwrap_or(i64::MIN);
     if exp.is_none_or(|e| e <= now) || nbf > now.saturating_add(SKEW_SECS) {
-        return Err(invalid_client(
+        return Err((
             400,
             700024,
-            "Client assertion is not within its valid time range.",
+            "Client assertion is not within its valid time range.".into(),
         ));
     }
     Ok(())

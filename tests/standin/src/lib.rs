@@ -13,6 +13,7 @@
 mod crypto;
 mod dataplane;
 mod entra;
+mod kubernetes;
 mod util;
 
 #[cfg(test)]
@@ -33,6 +34,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::kubernetes::{
+    service_account_subject, ExternalIssuer, KubernetesIssuer, DEFAULT_KUBERNETES_ISSUER,
+};
 pub use crate::util::entra_timestamp;
 
 /// Default tenant id.
@@ -106,6 +110,10 @@ pub struct StandInConfig {
     /// One line per request on stderr (method, path, kind, status). Default false; the binary
     /// turns it on.
     pub log_requests: bool,
+    /// OIDC issuers besides this Entra whose keys verify federated assertions (e.g.
+    /// [`KubernetesIssuer::trust`]). Default empty: federated assertions must be signed by
+    /// this Entra's own key (managed-identity tokens).
+    pub external_issuers: Vec<ExternalIssuer>,
 }
 
 impl Default for StandInConfig {
@@ -125,6 +133,7 @@ impl Default for StandInConfig {
             chunk_delay_ms: 0,
             signing_key: EntraKey::Primary,
             log_requests: false,
+            external_issuers: Vec::new(),
         }
     }
 }
@@ -139,8 +148,13 @@ pub struct ClientRegistration {
     /// thumbprint (`x5t#S256` or `x5t`).
     pub certificate_pem: Option<String>,
     /// Federated identity credentials: trusted `(iss, sub)` pairs of assertions with audience
-    /// `api://AzureADTokenExchange` (signatures are checked with the stand-in's Entra key).
+    /// `federated_audience` (signatures are checked with the issuer's key from
+    /// `StandInConfig::external_issuers`, else with the stand-in's Entra key).
     pub federated_issuers: Vec<(String, String)>,
+    /// The audience the federated credentials expect in assertions. Default
+    /// [`TOKEN_EXCHANGE_AUDIENCE`] (sovereign clouds use their own, e.g.
+    /// `api://AzureADTokenExchangeUSGov`).
+    pub federated_audience: String,
 }
 
 impl Default for ClientRegistration {
@@ -156,6 +170,7 @@ impl Default for ClientRegistration {
                 v2_issuer(DEFAULT_TENANT_ID),
                 DEFAULT_MI_OBJECT_ID.to_string(),
             )],
+            federated_audience: TOKEN_EXCHANGE_AUDIENCE.to_string(),
         }
     }
 }
@@ -168,6 +183,7 @@ impl ClientRegistration {
             client_secret: Some(secret.to_string()),
             certificate_pem: None,
             federated_issuers: Vec::new(),
+            federated_audience: TOKEN_EXCHANGE_AUDIENCE.to_string(),
         }
     }
 
@@ -178,6 +194,7 @@ impl ClientRegistration {
             client_secret: None,
             certificate_pem: Some(certificate_pem.to_string()),
             federated_issuers: Vec::new(),
+            federated_audience: TOKEN_EXCHANGE_AUDIENCE.to_string(),
         }
     }
 
@@ -188,6 +205,7 @@ impl ClientRegistration {
             client_secret: None,
             certificate_pem: None,
             federated_issuers: vec![(issuer.to_string(), subject.to_string())],
+            federated_audience: TOKEN_EXCHANGE_AUDIENCE.to_string(),
         }
     }
 }

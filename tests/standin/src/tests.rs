@@ -633,6 +633,165 @@ fn managed_identity_token_works_as_federated_assertion() {
     );
 }
 
+const WI_CLIENT: &str = "55555555-5555-5555-5555-555555555555";
+
+/// A stand-in whose only client trusts the Kubernetes issuer's tokens for
+/// `llm-gateway/llm-gateway` (AKS workload identity), with `audience` on its credential.
+fn workload_identity_standin(issuer: &KubernetesIssuer, audience: &str) -> StandIn {
+    let mut client = issuer.federated_client(WI_CLIENT, "llm-gateway", "llm-gateway");
+    client.federated_audience = audience.to_string();
+    start(StandInConfig {
+        clients: vec![client],
+        external_issuers: vec![issuer.trust()],
+        ..StandInConfig::default()
+    })
+}
+
+fn exchange(standin: &StandIn, assertion: &str) -> Resp {
+    token_request(
+        standin,
+        &[
+            ("client_id", WI_CLIENT),
+            ("client_assertion_type", JWT_BEARER_ASSERTION_TYPE),
+            ("client_assertion", assertion),
+            ("scope", "https://cognitiveservices.azure.com/.default"),
+            ("grant_type", "client_credentials"),
+        ],
+    )
+}
+
+#[test]
+fn kubernetes_issuer_tokens_look_like_projected_service_account_tokens() {
+    let issuer = KubernetesIssuer::new().unwrap();
+    let token = issuer.service_account_token("llm-gateway", "llm-gateway", 3600);
+    let jwt = Jwt::decode(&token).unwrap();
+    assert_eq!(jwt.alg(), "RS256");
+    assert_eq!(jwt.header_str("kid"), Some(issuer.kid()));
+    assert!(jwt.header_str("typ").is_none() && jwt.header_str("x5t").is_none());
+    let c = claims_of(&token);
+    assert_eq!(c["iss"], DEFAULT_KUBERNETES_ISSUER);
+    assert_eq!(c["sub"], "system:serviceaccount:llm-gateway:llm-gateway");
+    assert_eq!(c["aud"], json!([TOKEN_EXCHANGE_AUDIENCE]));
+    assert_eq!(c["kubernetes.io"]["serviceaccount"]["name"], "llm-gateway");
+    assert_eq!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+        3600
+    );
+    // Every token is new (the kubelet rotates the file with a fresh token).
+    assert_ne!(
+        token,
+        issuer.service_account_token("llm-gateway", "llm-gateway", 3600)
+    );
+    let jwks = issuer.jwks_json();
+    assert_eq!(jwks["keys"][0]["kid"], issuer.kid());
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
+}
+
+#[test]
+fn entra_accepts_only_the_trusted_issuers_token_for_the_service_account() {
+    let issuer = KubernetesIssuer::new().unwrap();
+    let standin = workload_identity_standin(&issuer, TOKEN_EXCHANGE_AUDIENCE);
+    let r = exchange(
+        &standin,
+        &issuer.service_account_token("llm-gateway", "llm-gateway", 3600),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let access = r.json()["access_token"].as_str().unwrap().to_string();
+    assert!(standin.verify_access_token(&access).is_ok());
+    assert_eq!(claims_of(&access)["appid"], WI_CLIENT);
+    assert_eq!(claims_of(&access)["appidacr"], "2");
+
+    // Another service account of the same cluster: no record for that subject.
+    let other_sa = issuer.service_account_token("llm-gateway", "default", 3600);
+    assert_aad_error(&exchange(&standin, &other_sa), 400, "invalid_client", 70021);
+    let other_ns = issuer.service_account_token("default", "llm-gateway", 3600);
+    assert_aad_error(&exchange(&standin, &other_ns), 400, "invalid_client", 70021);
+    // Another cluster (issuer), even with the same key.
+    let other_cluster =
+        KubernetesIssuer::with_issuer("https://westeurope.oic.prod-aks.azure.com/x/y/")
+            .unwrap()
+            .service_account_token("llm-gateway", "llm-gateway", 3600);
+    let r = exchange(&standin, &other_cluster);
+    assert_aad_error(&r, 400, "invalid_client", 700211);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("westeurope.oic.prod-aks.azure.com"));
+    // Wrong audience.
+    let mut claims = issuer.service_account_claims("llm-gateway", "llm-gateway", 3600);
+    claims["aud"] = json!(["https://kubernetes.default.svc"]);
+    assert_aad_error(
+        &exchange(&standin, &issuer.sign(&claims)),
+        400,
+        "invalid_client",
+        700212,
+    );
+    // Right claims, wrong key: the issuer's kid, a foreign signature; or the stand-in's own
+    // Entra key (trusted for managed identities, not for this issuer).
+    let claims = issuer.service_account_claims("llm-gateway", "llm-gateway", 3600);
+    assert_aad_error(
+        &exchange(&standin, &issuer.sign_with_foreign_key(&claims)),
+        401,
+        "invalid_client",
+        700027,
+    );
+    assert_aad_error(
+        &exchange(&standin, &standin.sign_token(claims.clone())),
+        401,
+        "invalid_client",
+        700027,
+    );
+    // Expired (a file the kubelet stopped rotating).
+    let mut expired = claims.clone();
+    expired["exp"] = json!(util::now_secs() - 10);
+    assert_aad_error(
+        &exchange(&standin, &issuer.sign(&expired)),
+        400,
+        "invalid_client",
+        700024,
+    );
+    // The client has no secret: a secret is no way in.
+    let r = token_request(
+        &standin,
+        &[
+            ("client_id", WI_CLIENT),
+            ("client_secret", DEFAULT_CLIENT_SECRET),
+            ("scope", "https://cognitiveservices.azure.com/.default"),
+            ("grant_type", "client_credentials"),
+        ],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    // Without the issuer's keys, Entra cannot verify its tokens at all.
+    let untrusting = start(StandInConfig {
+        clients: vec![issuer.federated_client(WI_CLIENT, "llm-gateway", "llm-gateway")],
+        ..StandInConfig::default()
+    });
+    assert_aad_error(
+        &exchange(
+            &untrusting,
+            &issuer.service_account_token("llm-gateway", "llm-gateway", 3600),
+        ),
+        401,
+        "invalid_client",
+        700027,
+    );
+}
+
+#[test]
+fn sovereign_cloud_federated_credentials_expect_their_own_audience() {
+    let issuer = KubernetesIssuer::new().unwrap();
+    let standin = workload_identity_standin(&issuer, "api://AzureADTokenExchangeUSGov");
+    let mut claims = issuer.service_account_claims("llm-gateway", "llm-gateway", 3600);
+    assert_aad_error(
+        &exchange(&standin, &issuer.sign(&claims)),
+        400,
+        "invalid_client",
+        700212,
+    );
+    claims["aud"] = json!(["api://AzureADTokenExchangeUSGov"]);
+    assert_eq!(exchange(&standin, &issuer.sign(&claims)).status, 200);
+}
+
 // ---------------------------------------------------------------------------------------------
 // IMDS, App Service, JWKS
 
