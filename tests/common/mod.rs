@@ -197,6 +197,9 @@ pub struct EnvoyOptions {
     /// directory) instead of `static_resources`, so that [`Envoy::update_plugin_config`] can
     /// change the filter's configuration in a running Envoy, as a control plane would.
     pub dynamic_listener: bool,
+    /// `bootstrap_extensions` entries (YAML list entries `- name: ...` at indentation 0), e.g.
+    /// `envoy.bootstrap.internal_listener` for internal listeners.
+    pub bootstrap_extensions_yaml: Option<String>,
 }
 
 impl EnvoyOptions {
@@ -221,6 +224,7 @@ impl EnvoyOptions {
             extra_routes_yaml: None,
             access_log: true,
             dynamic_listener: false,
+            bootstrap_extensions_yaml: None,
         }
     }
 
@@ -590,6 +594,12 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
         w,
         "    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}"
     );
+    if let Some(ext) = &opts.bootstrap_extensions_yaml {
+        let _ = writeln!(w, "bootstrap_extensions:");
+        for line in ext.lines() {
+            let _ = writeln!(w, "  {line}");
+        }
+    }
     let _ = writeln!(w, "stats_config:");
     let _ = writeln!(w, "  stats_tags:");
     for tag in STATS_TAGS {
