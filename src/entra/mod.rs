@@ -19,6 +19,7 @@ pub mod assertion;
 pub mod credential;
 pub mod federated;
 pub mod managed_identity;
+pub mod workload_identity;
 #[cfg(test)]
 mod tests;
 
