@@ -131,6 +131,18 @@ pub fn entra_response(data: &[u8]) {
             assert!(entra::federated::is_compact_jwt(&assertion));
         }
     }
+    // Workload identity: the token file's content, the token route's error header and
+    // AZURE_AUTHORITY_HOST are all outside input.
+    let text = String::from_utf8_lossy(body);
+    let wi = &entra::workload_identity::check_assertion;
+    if let Err(f) = wi(&text, &["api://AzureADTokenExchange"], NOW_S) {
+        assert!(!f.summary().contains('\n'));
+    }
+    let failure = entra::workload_identity::token_route_failure(status, Some(&text), Some(&text));
+    assert!(!failure.description.contains('\n') && !failure.description.contains('\r'));
+    if let Ok(host) = entra::workload_identity::authority_host_from_env(&text) {
+        assert!(!host.is_empty() && !host.contains('/'));
+    }
 }
 
 /// A request: method and path (first line), then the body: classified, read and rewritten.
@@ -321,6 +333,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "\x01\x01{\"error\":\"invalid_client\",\"error_description\":\"AADSTS7000215: Invalid client secret provided.\",\"error_codes\":[7000215]}".into(),
             "\x05\x01{\"error\":\"temporarily_unavailable\"}".into(),
             "\x00\x00eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl".into(),
+            "\x05\x00eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsiYXBpOi8vQXp1cmVBRFRva2VuRXhjaGFuZ2UiXSwiZXhwIjoxNzYwMDAzNjAwLCJpc3MiOiJodHRwczovL2Vhc3R1cy5vaWMucHJvZC1ha3MuYXp1cmUuY29tL3QvYy8iLCJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bGxtLWdhdGV3YXk6bGxtLWdhdGV3YXkifQ.c2lnbmF0dXJl".into(),
         ],
         "request_body" => vec![
             "POST /v1/chat/completions\n{\"model\":\"gpt-4o\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}".into(),
