@@ -15,7 +15,7 @@ pub mod error;
 pub(crate) mod tests;
 
 use crate::entra::credential::{
-    self, validate_credentials, Credential, RawCredential, ResolvedSecret,
+    self, validate_credentials, Credential, CredentialKind, RawCredential, ResolvedSecret,
 };
 use crate::routing::config::{
     validate_backend, validate_models, Backend, ModelInfo, ModelRoute, RawBackend, RawModel,
@@ -297,6 +297,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let credentials = validate_credentials(raw.credentials)?;
     let backends = validate_backends(raw.backends, &credentials)?;
+    token_routes_are_not_backends(&credentials, &backends)?;
     let (models, model_list) = validate_models(raw.models, &backends)?;
 
     let routing_mode = raw.routing_mode.unwrap_or(RoutingMode::Body);
@@ -410,6 +411,29 @@ fn request_headers_to_remove(configured: Option<Vec<String>>) -> Result<Vec<Stri
         }
     }
     Ok(remove)
+}
+
+/// Backends are routed to the Envoy cluster of their name: none may be named like the cluster
+/// of a workload identity's token route, or callers could be routed to the token file.
+fn token_routes_are_not_backends(
+    credentials: &[Credential],
+    backends: &[Backend],
+) -> Result<(), ConfigError> {
+    for c in credentials {
+        if let CredentialKind::WorkloadIdentity(wi) = &c.kind {
+            if backends.iter().any(|b| b.name == wi.assertion_cluster) {
+                return Err(ConfigError::new(
+                    format!("backends.{}", wi.assertion_cluster),
+                    format!(
+                        "a backend may not be named like the token route cluster of credential \
+                         {:?} (its route would lead callers to the token file)",
+                        c.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The routing header comes first (never shown to callers), then the configured ones, once each.

@@ -19,9 +19,9 @@ pub mod assertion;
 pub mod credential;
 pub mod federated;
 pub mod managed_identity;
-pub mod workload_identity;
 #[cfg(test)]
 mod tests;
+pub mod workload_identity;
 
 use credential::{
     AssertionResponse, AssertionSource, Credential, CredentialKind, ManagedIdentityEndpoint,
@@ -174,6 +174,8 @@ enum Stage {
 #[derive(Debug, Clone, Copy)]
 enum Answerer {
     Entra,
+    /// Entra, exchanging a workload identity's projected token (its errors get hints).
+    EntraWorkloadIdentity,
     ManagedIdentity(ManagedIdentityEndpoint),
 }
 
@@ -181,6 +183,12 @@ enum Answerer {
 enum AssertionFrom {
     Endpoint(AssertionResponse),
     ManagedIdentity(ManagedIdentityEndpoint),
+    /// The token route serving AZURE_FEDERATED_TOKEN_FILE: the audiences the token may carry,
+    /// and the file's name when the VM knows it (for log lines).
+    TokenFile {
+        audiences: Vec<String>,
+        file: Option<String>,
+    },
 }
 
 /// What to do after an answer.
@@ -308,10 +316,36 @@ impl TokenFetch {
                     req,
                 ))
             }
+            (CredentialKind::WorkloadIdentity(wi), ResolvedSecret::WorkloadIdentity(resolved)) => {
+                let (exchange, req) = workload_identity::start(cred, wi, resolved)?;
+                Ok((
+                    fetch(Stage::Assertion {
+                        from: AssertionFrom::TokenFile {
+                            audiences: resolved.audiences.clone(),
+                            file: resolved.token_file.clone(),
+                        },
+                        exchange,
+                    }),
+                    req,
+                ))
+            }
             _ => Err(TokenFailure::internal(
                 "the resolved secret does not match the credential kind",
             )),
         }
+    }
+
+    /// A response header the next answer's reader wants besides `Retry-After` (the token
+    /// route's failure reason), if any: the host passes its value to `on_response_with`.
+    pub fn wanted_header(&self) -> Option<&'static str> {
+        matches!(
+            self.stage,
+            Stage::Assertion {
+                from: AssertionFrom::TokenFile { .. },
+                ..
+            }
+        )
+        .then_some(workload_identity::TOKEN_FILE_ERROR_HEADER)
     }
 
     /// Feeds one callout answer (`status` None: no answer at all: timeout, reset, ...).
@@ -322,60 +356,104 @@ impl TokenFetch {
         body: &[u8],
         now_s: u64,
     ) -> FetchStep {
+        self.on_response_with(status, retry_after, None, body, now_s)
+    }
+
+    /// `on_response` with the value of `wanted_header`.
+    pub fn on_response_with(
+        &mut self,
+        status: Option<u32>,
+        retry_after: Option<&str>,
+        wanted_header: Option<&str>,
+        body: &[u8],
+        now_s: u64,
+    ) -> FetchStep {
         match std::mem::replace(&mut self.stage, Stage::Finished) {
             Stage::Finished => FetchStep::Done(Err(TokenFailure::internal(
                 "an answer came for a token fetch that had already finished",
             ))),
             Stage::Token(answerer) => {
-                let result = match (answerer, status) {
-                    (Answerer::Entra, None) => Err(TokenFailure::callout_failed(
-                        "no response from the token endpoint (timeout, connection failure or reset)",
-                    )),
-                    (Answerer::ManagedIdentity(endpoint), None) => {
-                        Err(TokenFailure::callout_failed(&format!(
-                            "no response from the managed identity endpoint ({}): timeout, \
-                             connection failure or reset",
-                            endpoint.label()
-                        )))
-                    }
-                    (Answerer::Entra, Some(status)) => {
-                        parse_token_response(status, retry_after, body, now_s)
-                    }
-                    (Answerer::ManagedIdentity(endpoint), Some(status)) => {
-                        managed_identity::parse_response(endpoint, status, retry_after, body, now_s)
-                    }
-                };
-                FetchStep::Done(result)
+                FetchStep::Done(read_token(answerer, status, retry_after, body, now_s))
             }
             Stage::Assertion { from, exchange } => {
-                let assertion = match (&from, status) {
-                    (AssertionFrom::Endpoint(_), None) => Err(TokenFailure::callout_failed(
-                        "no response from the assertion endpoint (timeout, connection failure or reset)",
-                    )),
-                    (AssertionFrom::ManagedIdentity(endpoint), None) => {
-                        Err(TokenFailure::callout_failed(&format!(
-                            "no response from the managed identity endpoint ({}) for the \
-                             federated assertion: timeout, connection failure or reset",
-                            endpoint.label()
-                        )))
-                    }
-                    (AssertionFrom::Endpoint(response), Some(status)) => {
-                        federated::extract_assertion(response, status, retry_after, body)
-                    }
-                    (AssertionFrom::ManagedIdentity(endpoint), Some(status)) => {
-                        managed_identity::parse_response(*endpoint, status, retry_after, body, now_s)
-                            .map(|grant| grant.access_token)
-                            .map_err(|f| f.in_step("federated assertion (managed identity token)"))
-                    }
-                };
-                match assertion {
+                let answer = (status, retry_after, wanted_header, body);
+                match read_assertion(&from, answer, now_s) {
                     Ok(jwt) => {
-                        self.stage = Stage::Token(Answerer::Entra);
+                        self.stage = Stage::Token(match from {
+                            AssertionFrom::TokenFile { .. } => Answerer::EntraWorkloadIdentity,
+                            _ => Answerer::Entra,
+                        });
                         FetchStep::Next(exchange.request(ClientAuth::Assertion(&jwt)))
                     }
                     Err(failure) => FetchStep::Done(Err(failure)),
                 }
             }
+        }
+    }
+}
+
+/// The answer that carries the access token.
+fn read_token(
+    answerer: Answerer,
+    status: Option<u32>,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now_s: u64,
+) -> Result<TokenGrant, TokenFailure> {
+    match (answerer, status) {
+        (Answerer::Entra | Answerer::EntraWorkloadIdentity, None) => {
+            Err(TokenFailure::callout_failed(
+                "no response from the token endpoint (timeout, connection failure or reset)",
+            ))
+        }
+        (Answerer::ManagedIdentity(endpoint), None) => Err(TokenFailure::callout_failed(&format!(
+            "no response from the managed identity endpoint ({}): timeout, connection failure \
+             or reset",
+            endpoint.label()
+        ))),
+        (Answerer::Entra, Some(status)) => parse_token_response(status, retry_after, body, now_s),
+        (Answerer::EntraWorkloadIdentity, Some(status)) => {
+            parse_token_response(status, retry_after, body, now_s)
+                .map_err(workload_identity::with_hint)
+        }
+        (Answerer::ManagedIdentity(endpoint), Some(status)) => {
+            managed_identity::parse_response(endpoint, status, retry_after, body, now_s)
+        }
+    }
+}
+
+/// The answer that carries the client assertion: (status, Retry-After, the wanted header,
+/// body).
+fn read_assertion(
+    from: &AssertionFrom,
+    (status, retry_after, wanted_header, body): (Option<u32>, Option<&str>, Option<&str>, &[u8]),
+    now_s: u64,
+) -> Result<String, TokenFailure> {
+    match (from, status) {
+        (AssertionFrom::Endpoint(_), None) => Err(TokenFailure::callout_failed(
+            "no response from the assertion endpoint (timeout, connection failure or reset)",
+        )),
+        (AssertionFrom::ManagedIdentity(endpoint), None) => {
+            Err(TokenFailure::callout_failed(&format!(
+                "no response from the managed identity endpoint ({}) for the federated \
+                 assertion: timeout, connection failure or reset",
+                endpoint.label()
+            )))
+        }
+        (AssertionFrom::TokenFile { .. }, None) => Err(TokenFailure::callout_failed(
+            "no response from the token route serving AZURE_FEDERATED_TOKEN_FILE (is its \
+             internal listener and cluster in Envoy's configuration?)",
+        )),
+        (AssertionFrom::Endpoint(response), Some(status)) => {
+            federated::extract_assertion(response, status, retry_after, body)
+        }
+        (AssertionFrom::ManagedIdentity(endpoint), Some(status)) => {
+            managed_identity::parse_response(*endpoint, status, retry_after, body, now_s)
+                .map(|grant| grant.access_token)
+                .map_err(|f| f.in_step("federated assertion (managed identity token)"))
+        }
+        (AssertionFrom::TokenFile { audiences, file }, Some(status)) => {
+            workload_identity::read_token_file(status, wanted_header, body, audiences, file, now_s)
         }
     }
 }

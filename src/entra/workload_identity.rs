@@ -9,7 +9,10 @@
 //! instead of an Entra round trip), the token route's error header, and what Entra's federated
 //! errors mean for this setup. Nothing here logs or keeps the assertion.
 
-use super::TokenFailure;
+use super::credential::{
+    AssertionResponse, Credential, ResolvedWorkloadIdentity, WorkloadIdentity,
+};
+use super::{federated, CalloutRequest, Exchange, TokenFailure};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
@@ -242,6 +245,63 @@ pub fn check_assertion(
     Ok(info)
 }
 
+/// The first callout of a fetch (the token route) and the exchange that follows it. Fails,
+/// naming the variable, when the environment lacked a value the credential needs.
+pub(super) fn start(
+    cred: &Credential,
+    wi: &WorkloadIdentity,
+    resolved: &ResolvedWorkloadIdentity,
+) -> Result<(Exchange, CalloutRequest), TokenFailure> {
+    let exchange = Exchange {
+        cluster: cred.token_cluster.clone(),
+        authority_host: resolved.authority_host.get()?.to_string(),
+        tenant_id: resolved.tenant_id.get()?.to_string(),
+        client_id: resolved.client_id.get()?.to_string(),
+        scope: resolved.scope.clone(),
+        timeout_ms: cred.timeout_ms,
+    };
+    let request = federated::assertion_request(
+        &wi.assertion_cluster,
+        &wi.assertion_authority,
+        &wi.assertion_path,
+        None,
+        cred.timeout_ms,
+    );
+    Ok((exchange, request))
+}
+
+/// The token route's answer: the projected token, checked (`audiences`, expiry), or why not.
+/// `reason`: its [`TOKEN_FILE_ERROR_HEADER`]; `file`: the file's name, if the VM knows it.
+pub(super) fn read_token_file(
+    status: u32,
+    reason: Option<&str>,
+    body: &[u8],
+    audiences: &[String],
+    file: &Option<String>,
+    now_s: u64,
+) -> Result<String, TokenFailure> {
+    if status != 200 {
+        return Err(token_route_failure(status, reason, file.as_deref()));
+    }
+    let jwt = federated::extract_assertion(&AssertionResponse::Text, status, None, body).map_err(
+        |f| TokenFailure {
+            description: format!("{ENV_TOKEN_FILE} does not hold a JWT: {}", f.description),
+            ..f
+        },
+    )?;
+    let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    check_assertion(&jwt, &audiences, now_s)?;
+    Ok(jwt)
+}
+
+/// Adds what an Entra refusal of the exchange means for this setup to its description.
+pub(super) fn with_hint(mut failure: TokenFailure) -> TokenFailure {
+    if let Some(h) = hint(&failure.code) {
+        failure.description = format!("{} [{h}]", failure.description);
+    }
+    failure
+}
+
 /// What Entra's federated-credential errors mean here, appended to the log line.
 pub fn hint(code: &str) -> Option<&'static str> {
     Some(match code {
@@ -418,6 +478,292 @@ mod tests {
             None,
         );
         assert!(!f.description.contains("eyJ"), "{f:?}");
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The credential kind through configuration, secrets and a whole fetch.
+
+    use crate::config::{resolve_secrets, Config};
+    use crate::entra::{FetchStep, TokenFetch};
+
+    const NOW: u64 = 1_700_000_000;
+    const TENANT: &str = "11111111-1111-1111-1111-111111111111";
+    const CLIENT: &str = "55555555-5555-5555-5555-555555555555";
+
+    fn config(cred: serde_json::Value) -> Result<Config, crate::config::ConfigError> {
+        let v = json!({
+            "credentials": {"aks": cred},
+            "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com",
+                                  "api_version": "2024-10-21", "credential": "aks"}},
+            "models": {"m": {"backend": "aoai", "deployment": "d"}}
+        });
+        Config::parse(v.to_string().as_bytes())
+    }
+
+    fn webhook_env(k: &str) -> Option<String> {
+        match k {
+            "AZURE_TENANT_ID" => Some(TENANT.into()),
+            "AZURE_CLIENT_ID" => Some(CLIENT.into()),
+            "AZURE_AUTHORITY_HOST" => Some("https://login.microsoftonline.com/".into()),
+            "AZURE_FEDERATED_TOKEN_FILE" => {
+                Some("/var/run/secrets/azure/tokens/azure-identity-token".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn start(
+        cred: serde_json::Value,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(TokenFetch, CalloutRequest), TokenFailure> {
+        let c = config(cred).unwrap();
+        let secrets = resolve_secrets(&c, env).unwrap();
+        TokenFetch::start(&c.credentials[0], &secrets[0], NOW)
+    }
+
+    fn projected(aud: &str, exp: u64) -> String {
+        jwt(json!({"iss": "https://eastus.oic.prod-aks.azure.com/t/c/",
+                   "sub": "system:serviceaccount:llm-gateway:llm-gateway", "aud": [aud], "exp": exp}))
+    }
+
+    fn form_value(r: &CalloutRequest, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(&r.body)
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    #[test]
+    fn minimal_credential_takes_the_webhook_environment_and_the_token_route() {
+        let (mut fetch, first) = start(
+            json!({"kind": "workload_identity", "token_cluster": "entra"}),
+            webhook_env,
+        )
+        .unwrap();
+        assert_eq!(first.cluster, "workload_identity_token");
+        assert_eq!(first.authority, "workload-identity.internal");
+        assert_eq!((first.method, first.path.as_str()), ("GET", "/token"));
+        assert_eq!(fetch.wanted_header(), Some(TOKEN_FILE_ERROR_HEADER));
+        let assertion = projected("api://AzureADTokenExchange", NOW + 3600);
+        let FetchStep::Next(exchange) =
+            fetch.on_response_with(Some(200), None, None, assertion.as_bytes(), NOW)
+        else {
+            panic!("the exchange follows the token file");
+        };
+        assert_eq!(fetch.wanted_header(), None);
+        assert_eq!(exchange.cluster, "entra");
+        assert_eq!(exchange.authority, "login.microsoftonline.com");
+        assert_eq!(exchange.path, format!("/{TENANT}/oauth2/v2.0/token"));
+        assert_eq!(form_value(&exchange, "client_id").as_deref(), Some(CLIENT));
+        assert_eq!(form_value(&exchange, "client_assertion"), Some(assertion));
+        assert_eq!(
+            form_value(&exchange, "scope").as_deref(),
+            Some("https://cognitiveservices.azure.com/.default")
+        );
+        let ok = br#"{"token_type":"Bearer","expires_in":3599,"access_token":"a.b.c"}"#;
+        let FetchStep::Done(Ok(grant)) = fetch.on_response(Some(200), None, ok, NOW) else {
+            panic!("granted");
+        };
+        assert_eq!(grant.expires_in_s, 3599);
+    }
+
+    #[test]
+    fn given_fields_win_and_sovereign_clouds_get_their_scope_and_audience() {
+        let gov = |k: &str| match k {
+            "AZURE_AUTHORITY_HOST" => Some("https://login.microsoftonline.us/".to_string()),
+            other => webhook_env(other),
+        };
+        let (mut fetch, _) = start(
+            json!({"kind": "workload_identity", "token_cluster": "entra"}),
+            gov,
+        )
+        .unwrap();
+        let usgov = projected("api://AzureADTokenExchangeUSGov", NOW + 60);
+        let FetchStep::Next(exchange) =
+            fetch.on_response_with(Some(200), None, None, usgov.as_bytes(), NOW)
+        else {
+            panic!("the USGov audience is accepted");
+        };
+        assert_eq!(exchange.authority, "login.microsoftonline.us");
+        assert_eq!(
+            form_value(&exchange, "scope").as_deref(),
+            Some("https://cognitiveservices.azure.us/.default")
+        );
+        let cred = json!({"kind": "workload_identity", "token_cluster": "entra",
+            "tenant_id": "contoso.onmicrosoft.com", "client_id": "c", "authority_host": "127.0.0.1:8089",
+            "scope": "https://ai.azure.com/.default", "audience": "api://custom",
+            "assertion_cluster": "tokens", "assertion_authority": "t.local", "assertion_path": "/sa-token"});
+        let (mut fetch, first) = start(cred, gov).unwrap();
+        assert_eq!(
+            (first.cluster.as_str(), first.authority.as_str()),
+            ("tokens", "t.local")
+        );
+        assert_eq!(first.path, "/sa-token");
+        let public = projected("api://AzureADTokenExchange", NOW + 60);
+        let FetchStep::Done(Err(e)) =
+            fetch.on_response_with(Some(200), None, None, public.as_bytes(), NOW)
+        else {
+            panic!("only the configured audience");
+        };
+        assert_eq!(e.code, "assertion_audience_mismatch");
+        let (mut fetch, _) = start(
+            json!({"kind": "workload_identity", "token_cluster": "entra",
+                   "tenant_id": "contoso.onmicrosoft.com", "client_id": "c",
+                   "authority_host": "127.0.0.1:8089", "scope": "https://ai.azure.com/.default"}),
+            gov,
+        )
+        .unwrap();
+        let FetchStep::Next(exchange) =
+            fetch.on_response_with(Some(200), None, None, public.as_bytes(), NOW)
+        else {
+            panic!("next");
+        };
+        assert_eq!(exchange.authority, "127.0.0.1:8089");
+        assert_eq!(exchange.path, "/contoso.onmicrosoft.com/oauth2/v2.0/token");
+        assert_eq!(form_value(&exchange, "client_id").as_deref(), Some("c"));
+        assert_eq!(
+            form_value(&exchange, "scope").as_deref(),
+            Some("https://ai.azure.com/.default")
+        );
+    }
+
+    #[test]
+    fn missing_variables_fail_the_fetch_naming_them_not_the_configuration() {
+        let cred = json!({"kind": "workload_identity", "token_cluster": "entra"});
+        let e = start(cred.clone(), |_| None).unwrap_err();
+        assert_eq!(e.code, "workload_identity_env_missing");
+        assert!(e.summary().contains("AZURE_TENANT_ID is not set"), "{e:?}");
+        let only_tenant = |k: &str| (k == "AZURE_TENANT_ID").then(|| TENANT.to_string());
+        let e = start(cred.clone(), only_tenant).unwrap_err();
+        assert!(e.summary().contains("AZURE_CLIENT_ID is not set"), "{e:?}");
+        // AZURE_AUTHORITY_HOST may be missing (public cloud), not malformed.
+        let no_host = |k: &str| {
+            (k != "AZURE_AUTHORITY_HOST")
+                .then(|| webhook_env(k))
+                .flatten()
+        };
+        assert!(start(cred.clone(), no_host).is_ok());
+        let bad_host = |k: &str| match k {
+            "AZURE_AUTHORITY_HOST" => Some("https://evil host/".to_string()),
+            other => webhook_env(other),
+        };
+        let e = start(cred, bad_host).unwrap_err();
+        assert_eq!(e.code, "workload_identity_env_invalid");
+        assert!(e.summary().contains("AZURE_AUTHORITY_HOST"));
+    }
+
+    #[test]
+    fn token_route_and_entra_failures_are_named() {
+        let cred = json!({"kind": "workload_identity", "token_cluster": "entra"});
+        let (mut fetch, _) = start(cred.clone(), webhook_env).unwrap();
+        let reason = "cannot open AZURE_FEDERATED_TOKEN_FILE: /x: No such file or directory";
+        let FetchStep::Done(Err(e)) =
+            fetch.on_response_with(Some(503), None, Some(reason), b"", NOW)
+        else {
+            panic!("done");
+        };
+        assert_eq!(e.code, "token_file_unavailable");
+        assert!(e.summary().contains(reason), "{e:?}");
+        let (mut fetch, _) = start(cred.clone(), webhook_env).unwrap();
+        let FetchStep::Done(Err(e)) = fetch.on_response_with(None, None, None, b"", NOW) else {
+            panic!("done");
+        };
+        assert!(e.summary().contains("token route"), "{e:?}");
+        let (mut fetch, _) = start(cred.clone(), webhook_env).unwrap();
+        let expired = projected("api://AzureADTokenExchange", NOW - 1);
+        let FetchStep::Done(Err(e)) =
+            fetch.on_response_with(Some(200), None, None, expired.as_bytes(), NOW)
+        else {
+            panic!("done");
+        };
+        assert_eq!(e.code, "assertion_expired");
+        let (mut fetch, _) = start(cred.clone(), webhook_env).unwrap();
+        let FetchStep::Done(Err(e)) =
+            fetch.on_response_with(Some(200), None, None, b"not a token", NOW)
+        else {
+            panic!("done");
+        };
+        assert_eq!(e.code, "malformed_assertion");
+        assert!(e
+            .summary()
+            .contains("AZURE_FEDERATED_TOKEN_FILE does not hold a JWT"));
+        // Entra's refusal of the exchange, with what it means here.
+        let (mut fetch, _) = start(cred, webhook_env).unwrap();
+        let token = projected("api://AzureADTokenExchange", NOW + 60);
+        let _ = fetch.on_response_with(Some(200), None, None, token.as_bytes(), NOW);
+        let refusal = br#"{"error":"invalid_client","error_description":"AADSTS70021: No matching federated identity record found for presented assertion. Assertion Issuer: 'https://x/'. Assertion Subject: 'system:serviceaccount:a:b'.\r\nTrace ID: 1","error_codes":[70021]}"#;
+        let FetchStep::Done(Err(e)) = fetch.on_response(Some(400), None, refusal, NOW) else {
+            panic!("done");
+        };
+        assert_eq!(e.code, "AADSTS70021");
+        assert!(e.summary().contains("system:serviceaccount:a:b"), "{e:?}");
+        assert!(e.summary().contains("oidcIssuerProfile.issuerUrl"), "{e:?}");
+        assert!(!e.summary().contains(&token), "never the assertion");
+    }
+
+    #[test]
+    fn configuration_errors_name_the_field() {
+        for (cred, field) in [
+            (json!({"kind": "workload_identity"}), "credentials.aks"),
+            (
+                json!({"kind": "workload_identity", "token_cluster": "entra", "tenant": "x"}),
+                "credentials.aks",
+            ),
+            (
+                json!({"kind": "workload_identity", "token_cluster": "entra", "tenant_id": "a b"}),
+                "credentials.aks.tenant_id",
+            ),
+            (
+                json!({"kind": "workload_identity", "token_cluster": "entra", "assertion_cluster": "entra"}),
+                "credentials.aks.assertion_cluster",
+            ),
+            (
+                json!({"kind": "workload_identity", "token_cluster": "entra", "assertion_path": "token"}),
+                "credentials.aks.assertion_path",
+            ),
+            (
+                json!({"kind": "workload_identity", "token_cluster": "entra", "assertion_authority": "a/b"}),
+                "credentials.aks.assertion_authority",
+            ),
+            (
+                json!({"kind": "workload_identity", "token_cluster": "entra", "audience": ""}),
+                "credentials.aks.audience",
+            ),
+        ] {
+            let e = config(cred.clone()).unwrap_err();
+            assert!(e.field.starts_with(field), "{cred}: {e}");
+        }
+        // No backend may be routed to the token route's cluster.
+        let v = json!({
+            "credentials": {"aks": {"kind": "workload_identity", "token_cluster": "entra"}},
+            "backends": {"workload_identity_token": {"kind": "azure_openai", "host": "r.openai.azure.com",
+                                  "api_version": "2024-10-21", "credential": "aks"}},
+            "models": {"m": {"backend": "workload_identity_token", "deployment": "d"}}
+        });
+        let e = Config::parse(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, "backends.workload_identity_token", "{e}");
+    }
+
+    #[test]
+    fn fingerprint_follows_every_field() {
+        let base = json!({"kind": "workload_identity", "token_cluster": "entra"});
+        let fp = |v: &serde_json::Value| config(v.clone()).unwrap().credentials[0].fingerprint();
+        let mut seen = vec![fp(&base)];
+        for (k, v) in [
+            ("tenant_id", "t"),
+            ("client_id", "c"),
+            ("authority_host", "login.microsoftonline.us"),
+            ("scope", "https://ai.azure.com/.default"),
+            ("audience", "api://x"),
+            ("assertion_cluster", "other"),
+            ("assertion_authority", "other.local"),
+            ("assertion_path", "/other"),
+        ] {
+            let mut c = base.clone();
+            c[k] = json!(v);
+            let f = fp(&c);
+            assert!(!seen.contains(&f), "{k}");
+            seen.push(f);
+        }
     }
 
     #[test]

@@ -72,10 +72,20 @@ impl Context for FilterRoot {
             return;
         };
         let retry_after = self.get_http_call_response_header("retry-after");
+        let wanted = fetch
+            .wanted_header()
+            .and_then(|h| self.get_http_call_response_header(h));
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        match fetch.on_response(status, retry_after.as_deref(), &body, now_ms() / 1000) {
+        let now_s = now_ms() / 1000;
+        match fetch.on_response_with(
+            status,
+            retry_after.as_deref(),
+            wanted.as_deref(),
+            &body,
+            now_s,
+        ) {
             FetchStep::Next(req) => self.dispatch_step(&mut state, credential, fetch, req),
             FetchStep::Done(result) => finish_fetch(&mut state, credential, result, sent_at),
         }

@@ -12,6 +12,7 @@ pub mod managed_identity;
 pub mod secrets;
 #[cfg(test)]
 mod tests;
+pub mod workload_identity;
 
 use crate::config::error::{
     check_bytes, check_cluster, check_env_name, check_host, check_name, check_range, check_scope,
@@ -28,6 +29,7 @@ pub use crate::entra::assertion::SigningAlgorithm;
 pub use federated::{AssertionResponse, AssertionSource};
 pub use managed_identity::{IdentitySelector, ManagedIdentity, ManagedIdentityEndpoint};
 pub use secrets::{resolve_secrets, ResolvedSecret};
+pub use workload_identity::{ResolvedWorkloadIdentity, WorkloadIdentity};
 
 pub const DEFAULT_AUTHORITY_HOST: &str = "login.microsoftonline.com";
 pub const DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
@@ -71,6 +73,16 @@ pub enum RawCredential {
         )
     )]
     Federated(RawFederated),
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "AKS workload identity (any projected service-account token): tenant, \
+                           client id and authority host from the webhook's AZURE_* variables \
+                           unless given; the assertion is the AZURE_FEDERATED_TOKEN_FILE that \
+                           Envoy serves from an internal listener (docs/plugin-config.md)."
+        )
+    )]
+    WorkloadIdentity(workload_identity::RawWorkloadIdentity),
 }
 
 impl fmt::Debug for RawCredential {
@@ -136,6 +148,8 @@ pub enum CredentialKind {
         client_id: String,
         assertion: AssertionSource,
     },
+    /// Federated, the assertion being the projected token file Envoy serves.
+    WorkloadIdentity(WorkloadIdentity),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +239,7 @@ impl Credential {
                 }
                 parts
             }
+            CredentialKind::WorkloadIdentity(wi) => wi.fingerprint_parts(),
         };
         // JSON keeps the parts unambiguous whatever characters they hold.
         let text = serde_json::json!([kind, self.token_cluster, self.authority_host, self.scope])
@@ -245,7 +260,9 @@ impl Credential {
                 assertion: AssertionSource::ManagedIdentity { timeout_ms, .. },
                 ..
             } => self.timeout_ms.saturating_add(*timeout_ms),
-            CredentialKind::Federated { .. } => self.timeout_ms.saturating_mul(2),
+            CredentialKind::Federated { .. } | CredentialKind::WorkloadIdentity(_) => {
+                self.timeout_ms.saturating_mul(2)
+            }
             _ => self.timeout_ms,
         }
     }
@@ -299,6 +316,7 @@ fn validate_credential(
         RawCredential::ClientCertificate(raw) => certificate::validate(raw, &f)?,
         RawCredential::ManagedIdentity(raw) => managed_identity::validate(raw, &f)?,
         RawCredential::Federated(raw) => federated::validate(raw, &f, identities)?,
+        RawCredential::WorkloadIdentity(raw) => workload_identity::validate(raw, &f)?,
     };
     let Common {
         token_cluster,

@@ -3,6 +3,7 @@
 
 use super::federated::AssertionSource;
 use super::managed_identity::ManagedIdentity;
+use super::workload_identity::{self, ResolvedWorkloadIdentity};
 use super::{Credential, CredentialKind, SecretSource};
 use crate::config::error::ConfigError;
 use crate::entra::assertion::{
@@ -109,6 +110,10 @@ pub fn resolve_secrets(
                         identity_header: identity_header(identity, credential)?,
                     },
                 },
+                // Never refuses the configuration: a missing variable fails the token requests.
+                CredentialKind::WorkloadIdentity(wi) => ResolvedSecret::WorkloadIdentity(Box::new(
+                    workload_identity::resolve(c, wi, &lookup),
+                )),
             })
         })
         .collect()
@@ -126,6 +131,9 @@ pub enum ResolvedSecret {
     ManagedIdentity { identity_header: Option<String> },
     /// `federated` with an HTTP source: the endpoint's Authorization header value, if any.
     AssertionEndpoint { authorization: Option<String> },
+    /// `workload_identity`: tenant, client id, authority host, scope and audiences as the
+    /// configuration and the VM's environment give them (no secret).
+    WorkloadIdentity(Box<ResolvedWorkloadIdentity>),
 }
 
 impl fmt::Debug for ResolvedSecret {
@@ -144,6 +152,7 @@ impl fmt::Debug for ResolvedSecret {
                 "AssertionEndpoint {{ authorization: {} }}",
                 set(authorization)
             ),
+            ResolvedSecret::WorkloadIdentity(wi) => write!(f, "WorkloadIdentity({wi:?})"),
         }
     }
 }
