@@ -79,10 +79,35 @@ struct Setup {
     token_file: PathBuf,
 }
 
+/// What the AKS webhook sets in the pod (the authority host is the real one: the `entra`
+/// cluster leads to the stand-in). `token_file` None: no AZURE_FEDERATED_TOKEN_FILE.
+fn webhook_env(standin: &StandIn, token_file: Option<&Path>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("AZURE_CLIENT_ID".to_string(), CLIENT_ID.to_string()),
+        ("AZURE_TENANT_ID".to_string(), standin.tenant_id()),
+        (
+            "AZURE_AUTHORITY_HOST".to_string(),
+            "https://login.microsoftonline.com/".to_string(),
+        ),
+    ];
+    if let Some(f) = token_file {
+        env.push((
+            "AZURE_FEDERATED_TOKEN_FILE".to_string(),
+            f.to_string_lossy().into_owned(),
+        ));
+    }
+    env
+}
+
 /// A stand-in Entra trusting only the Kubernetes issuer's tokens for the gateway's service
-/// account; Envoy with the shipped token route and credential. `token_file` None: Envoy's
-/// environment has no AZURE_FEDERATED_TOKEN_FILE.
-async fn setup(token_lifetime_secs: u64, token_file: Option<PathBuf>) -> Setup {
+/// account; Envoy with the shipped token route and credential (plus `credential_extra`) and
+/// Envoy's environment from `env` (its names are the VM's `host_env_keys`, as shipped).
+async fn setup_with(
+    token_lifetime_secs: u64,
+    token_file: PathBuf,
+    env: impl FnOnce(&StandIn) -> Vec<(String, String)>,
+    credential_extra: Value,
+) -> Setup {
     let issuer = KubernetesIssuer::new().unwrap();
     let standin = StandIn::start(StandInConfig {
         clients: vec![issuer.federated_client(CLIENT_ID, NAMESPACE, SERVICE_ACCOUNT)],
@@ -92,8 +117,12 @@ async fn setup(token_lifetime_secs: u64, token_file: Option<PathBuf>) -> Setup {
     })
     .await
     .unwrap();
+    let mut credential = shipped_credential();
+    for (k, v) in credential_extra.as_object().unwrap() {
+        credential[k] = v.clone();
+    }
     let plugin = json!({
-        "credentials": {"aks": shipped_credential()},
+        "credentials": {"aks": credential},
         "backends": {"aoai": {"kind": "azure_openai", "host": "myresource.openai.azure.com",
                               "api_version": "2024-10-21", "credential": "aks"}},
         "models": {"gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"}}
@@ -115,19 +144,58 @@ async fn setup(token_lifetime_secs: u64, token_file: Option<PathBuf>) -> Setup {
         &boot["static_resources"]["clusters"],
         TOKEN_ROUTE,
     ));
-    if let Some(f) = &token_file {
-        o.host_env = vec![(
-            "AZURE_FEDERATED_TOKEN_FILE".into(),
-            f.to_string_lossy().into_owned(),
-        )];
-    }
-    let token_file = token_file.unwrap_or_default();
+    o.host_env = env(&standin);
     let envoy = Envoy::start(o).await;
     Setup {
         standin,
         envoy,
         issuer,
         token_file,
+    }
+}
+
+/// The usual setup: the whole webhook environment, the token file at `token_file`.
+async fn setup(token_lifetime_secs: u64, token_file: PathBuf) -> Setup {
+    let file = token_file.clone();
+    setup_with(
+        token_lifetime_secs,
+        token_file,
+        move |s| webhook_env(s, Some(&file)),
+        json!({}),
+    )
+    .await
+}
+
+/// Requests the token route answered (its listener's HTTP statistics).
+async fn token_route_requests(envoy: &Envoy) -> u64 {
+    envoy
+        .stat(&format!("http.{TOKEN_ROUTE}.downstream_rq_total"))
+        .await
+        .unwrap_or(0)
+}
+
+/// Lines the filter logged about failed token requests.
+fn failure_lines(envoy: &Envoy) -> Vec<String> {
+    envoy
+        .logs()
+        .lines()
+        .filter(|l| l.contains("token request failed"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sends chats until the filter has logged `needle` (each must be a 503); the line.
+async fn until_logged(envoy: &Envoy, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = chat(envoy).await;
+        assert_eq!(status, 503, "{body} {}", envoy.logs());
+        assert_eq!(body["error"]["code"], "backend_token_unavailable", "{body}");
+        if let Some(l) = failure_lines(envoy).into_iter().find(|l| l.contains(needle)) {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "{needle} never logged: {}", envoy.logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -158,7 +226,7 @@ async fn envoy_serves_the_token_file_and_a_rotated_file_is_used_by_the_next_exch
     let first = issuer.service_account_token(NAMESPACE, SERVICE_ACCOUNT, 3600);
     write_token(&file, &first);
     // Entra tokens of 4 s: refreshed after 2 s, so the next exchange comes soon.
-    let s = setup(4, Some(file)).await;
+    let s = setup(4, file).await;
     let (status, body) = chat(&s.envoy).await;
     assert_eq!(status, 200, "{body} {}", s.envoy.logs());
     assert_eq!(assertions(&s.standin), vec![first.clone()]);
@@ -208,7 +276,7 @@ async fn callers_cannot_reach_the_token_route() {
     let issuer = KubernetesIssuer::new().unwrap();
     let token = issuer.service_account_token(NAMESPACE, SERVICE_ACCOUNT, 3600);
     write_token(&file, &token);
-    let s = setup(3599, Some(file)).await;
+    let s = setup(3599, file).await;
     assert_eq!(chat(&s.envoy).await.0, 200, "{}", s.envoy.logs());
     let http = client();
     let attempts: Vec<(&str, Vec<(&str, &str)>)> = vec![
@@ -266,4 +334,137 @@ async fn callers_cannot_reach_the_token_route() {
         token_listener["local_address"]["socket_address"].is_null(),
         "{token_listener}"
     );
+}
+
+/// The token file is missing (the projected volume is not mounted): 503 for callers, the file
+/// named in the log, once per back-off period (not per request); once the file appears the next
+/// attempt succeeds.
+#[tokio::test]
+async fn missing_token_file_is_a_503_naming_the_file_once_per_back_off_then_recovers() {
+    let file = token_dir().join("azure-identity-token");
+    let s = setup(3599, file.clone()).await;
+    let (status, body) = chat(&s.envoy).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "backend_token_unavailable");
+    let lines = failure_lines(&s.envoy);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("token_file_unavailable")
+            && lines[0].contains("AZURE_FEDERATED_TOKEN_FILE")
+            && lines[0].contains(&*file.to_string_lossy()),
+        "{}",
+        lines[0]
+    );
+    // A burst within the back-off: answered at once, no new attempt, no new line.
+    for _ in 0..10 {
+        let (status, body) = chat(&s.envoy).await;
+        assert_eq!(status, 503, "{body}");
+    }
+    let attempts = token_route_requests(&s.envoy).await;
+    assert!(attempts <= 2, "{attempts} attempts for 11 requests");
+    assert_eq!(failure_lines(&s.envoy).len() as u64, attempts);
+    assert_eq!(s.standin.count(EndpointKind::Token), 0, "Entra never asked");
+    // The kubelet writes the file: the next attempt after the back-off succeeds.
+    write_token(
+        &file,
+        &s.issuer
+            .service_account_token(NAMESPACE, SERVICE_ACCOUNT, 3600),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chat(&s.envoy).await.0 != 200 {
+        assert!(Instant::now() < deadline, "no recovery: {}", s.envoy.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A variable the webhook did not set (the pod is not labelled, or the ServiceAccount not
+/// annotated): 503 and the variable named; AZURE_FEDERATED_TOKEN_FILE missing from Envoy's own
+/// environment is named by the token route.
+#[tokio::test]
+async fn missing_variables_are_503s_naming_the_variable() {
+    let file = token_dir().join("azure-identity-token");
+    let issuer = KubernetesIssuer::new().unwrap();
+    write_token(
+        &file,
+        &issuer.service_account_token(NAMESPACE, SERVICE_ACCOUNT, 3600),
+    );
+    let f = file.clone();
+    let s = setup_with(
+        3599,
+        file.clone(),
+        move |st| {
+            webhook_env(st, Some(&f))
+                .into_iter()
+                .filter(|(k, _)| k != "AZURE_CLIENT_ID")
+                .collect()
+        },
+        json!({}),
+    )
+    .await;
+    let line = until_logged(&s.envoy, "workload_identity_env_missing").await;
+    assert!(line.contains("AZURE_CLIENT_ID is not set in the Wasm VM"), "{line}");
+    assert_eq!(token_route_requests(&s.envoy).await, 0);
+    drop(s);
+
+    let s = setup_with(3599, file, |st| webhook_env(st, None), json!({})).await;
+    let line = until_logged(&s.envoy, "token_file_unavailable").await;
+    assert!(
+        line.contains("AZURE_FEDERATED_TOKEN_FILE is not set in Envoy's environment"),
+        "{line}"
+    );
+    assert_eq!(s.standin.count(EndpointKind::Token), 0);
+}
+
+/// Entra's refusals of the projected token are named in the log with what they mean here:
+/// another service account (AADSTS70021), another cluster (AADSTS700211), a token for another
+/// audience (AADSTS700212, with the credential's `audience` set so the filter sends it).
+#[tokio::test]
+async fn entra_refusals_of_the_projected_token_are_named() {
+    let file = token_dir().join("azure-identity-token");
+    let issuer = KubernetesIssuer::new().unwrap();
+    write_token(
+        &file,
+        &issuer.service_account_token(NAMESPACE, "default", 3600),
+    );
+    let s = setup(3599, file.clone()).await;
+    let line = until_logged(&s.envoy, "AADSTS70021").await;
+    assert!(
+        line.contains("system:serviceaccount:llm-gateway:default")
+            && line.contains("oidcIssuerProfile.issuerUrl"),
+        "{line}"
+    );
+    let other_cluster =
+        KubernetesIssuer::with_issuer("https://westeurope.oic.prod-aks.azure.com/x/y/").unwrap();
+    write_token(
+        &file,
+        &other_cluster.service_account_token(NAMESPACE, SERVICE_ACCOUNT, 3600),
+    );
+    let line = until_logged(&s.envoy, "AADSTS700211").await;
+    assert!(line.contains("westeurope.oic.prod-aks.azure.com"), "{line}");
+    assert!(line.contains("trailing slash"), "{line}");
+    drop(s);
+
+    // The filter itself refuses a token for another audience before Entra sees it, unless the
+    // credential says that audience is expected.
+    let mut claims = issuer.service_account_claims(NAMESPACE, SERVICE_ACCOUNT, 3600);
+    claims["aud"] = json!(["api://other"]);
+    write_token(&file, &issuer.sign(&claims));
+    let s = setup(3599, file.clone()).await;
+    let line = until_logged(&s.envoy, "assertion_audience_mismatch").await;
+    assert!(line.contains("api://other"), "{line}");
+    assert_eq!(s.standin.count(EndpointKind::Token), 0);
+    drop(s);
+    let f = file.clone();
+    let s = setup_with(
+        3599,
+        file,
+        move |st| webhook_env(st, Some(&f)),
+        json!({"audience": "api://other"}),
+    )
+    .await;
+    let line = until_logged(&s.envoy, "AADSTS700212").await;
+    assert!(line.contains("api://other"), "{line}");
+    // Never the assertion, whatever failed.
+    let signature = issuer.sign(&claims).rsplit('.').next().unwrap().to_string();
+    assert!(!s.envoy.logs().contains(&signature));
 }
