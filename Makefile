@@ -225,7 +225,7 @@ check-envoy: tools wasm
 # EnvoyFilter/WasmPlugin manifests. CHECK_CONFIG_FLAGS=--check-env also resolves `*_env`
 # secrets (Envoy key_values; host_env_keys from this environment).
 
-CONFIG ?= $(sort $(wildcard envoy/*.yaml envoy/istio/*.yaml))
+CONFIG ?= $(sort $(wildcard envoy/*.yaml envoy/istio/*.yaml envoy/istio/*/*.yaml))
 CHECK_CONFIG_FLAGS ?=
 
 check-config:

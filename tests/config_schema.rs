@@ -157,7 +157,7 @@ fn markdown_examples(rel: &str, out: &mut Vec<(String, String)>) {
 fn all_examples() -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut yaml_files: Vec<String> = Vec::new();
-    for dir in ["envoy", "envoy/istio"] {
+    for dir in ["envoy", "envoy/istio", "envoy/istio/aks-workload-identity"] {
         let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
             .unwrap()
             .flatten()
@@ -268,6 +268,10 @@ fn schema_rejects_what_the_filter_rejects() {
                                    "token_cluster": "entra",
                                    "assertion": {"source": "file", "path": "/x"}});
     cases.push(("unknown assertion source", c));
+    let mut c = base();
+    c["credentials"]["wi"] = json!({"kind": "workload_identity", "token_cluster": "entra",
+                                    "token_file": "/var/run/secrets/azure/tokens/azure-identity-token"});
+    cases.push(("workload identity with a file path (Envoy serves the file)", c));
     for (what, config) in cases {
         assert!(
             Config::parse(config.to_string().as_bytes()).is_err(),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use std::path::{Path, PathBuf};
-
+use std::process::Command;
 const TOKEN_ROUTE: &str = "workload_identity_token";
 const WEBHOOK_VARIABLES: [&str; 4] = [
     "AZURE_CLIENT_ID",
@@ -183,4 +183,56 @@ fn no_route_leads_to_the_token_route() {
     for (name, _) in plugin["backends"].as_object().unwrap() {
         assert_ne!(name, TOKEN_ROUTE);
     }
+}
+
+#[test]
+fn the_filter_and_check_config_accept_the_plugin_configuration() {
+    let docs = load(&wi_file());
+    let plugin = plugin_config(named(&docs, "EnvoyFilter", "azure-llm-filter"));
+    azure_llm_filter::config::Config::parse(plugin.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let run = |args: &[&str], file: &Path, env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_check-config"));
+        cmd.args(args).arg(file);
+        for v in WEBHOOK_VARIABLES {
+            cmd.env_remove(v);
+        }
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().expect("run check-config");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&[], &wi_file(), &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(": OK")).count(),
+        1,
+        "{out}"
+    );
+    // --check-env: the webhook's variables must be there, as the filter needs them.
+    let (code, out) = run(&["--check-env"], &wi_file(), &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("credentials.main.tenant_id: not given, and AZURE_TENANT_ID is not set"),
+        "{out}"
+    );
+    let env = [("AZURE_TENANT_ID", "t"), ("AZURE_CLIENT_ID", "c")];
+    let (code, out) = run(&["--check-env"], &wi_file(), &env);
+    assert_eq!(code, Some(0), "{out}");
+    // A manifest that does not pass AZURE_CLIENT_ID to the VM is caught without a cluster.
+    let text = std::fs::read_to_string(wi_file()).unwrap();
+    let broken = text.replacen("[AZURE_CLIENT_ID, ", "[", 1);
+    assert_ne!(broken, text);
+    let dir = root().join("target/e2e/rendered");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wi-envoyfilter-without-client-id.yaml");
+    std::fs::write(&path, broken).unwrap();
+    let (code, out) = run(&[], &path, &env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("credentials.main.client_id: not given, and AZURE_CLIENT_ID is not passed to the Wasm VM"),
+        "{out}"
+    );
 }

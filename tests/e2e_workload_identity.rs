@@ -191,10 +191,17 @@ async fn until_logged(envoy: &Envoy, needle: &str) -> String {
         let (status, body) = chat(envoy).await;
         assert_eq!(status, 503, "{body} {}", envoy.logs());
         assert_eq!(body["error"]["code"], "backend_token_unavailable", "{body}");
-        if let Some(l) = failure_lines(envoy).into_iter().find(|l| l.contains(needle)) {
+        if let Some(l) = failure_lines(envoy)
+            .into_iter()
+            .find(|l| l.contains(needle))
+        {
             return l;
         }
-        assert!(Instant::now() < deadline, "{needle} never logged: {}", envoy.logs());
+        assert!(
+            Instant::now() < deadline,
+            "{needle} never logged: {}",
+            envoy.logs()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -402,7 +409,10 @@ async fn missing_variables_are_503s_naming_the_variable() {
     )
     .await;
     let line = until_logged(&s.envoy, "workload_identity_env_missing").await;
-    assert!(line.contains("AZURE_CLIENT_ID is not set in the Wasm VM"), "{line}");
+    assert!(
+        line.contains("AZURE_CLIENT_ID is not set in the Wasm VM"),
+        "{line}"
+    );
     assert_eq!(token_route_requests(&s.envoy).await, 0);
     drop(s);
 

@@ -20,6 +20,8 @@
 //! of the package builds the filter alone.
 
 use azure_llm_filter::config::{resolve_secrets, Config, ConfigError};
+use azure_llm_filter::entra::credential::CredentialKind;
+use azure_llm_filter::entra::workload_identity::{ENV_CLIENT_ID, ENV_TENANT_ID};
 use base64::Engine as _;
 use serde::Deserialize as _;
 use serde_json::Value as Json;
@@ -174,6 +176,17 @@ enum VmEnv {
 }
 
 impl VmEnv {
+    /// Whether the file gives the VM this variable at all (a bare configuration: unknown, yes).
+    fn passes(&self, name: &str) -> bool {
+        match self {
+            VmEnv::Process => true,
+            VmEnv::Vm {
+                key_values,
+                host_keys,
+            } => key_values.contains_key(name) || host_keys.iter().any(|k| k == name),
+        }
+    }
+
     fn lookup(&self, name: &str) -> Option<String> {
         match self {
             VmEnv::Process => std::env::var(name).ok(),
@@ -196,8 +209,48 @@ impl VmEnv {
 fn check(found: &Found, check_env: bool) -> Result<(), String> {
     let bytes = found.bytes.as_ref().map_err(Clone::clone)?;
     let config = Config::parse(bytes).map_err(|e: ConfigError| e.to_string())?;
+    workload_identity_env(&config, &found.env, check_env)?;
     if check_env {
         resolve_secrets(&config, |name| found.env.lookup(name)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A `workload_identity` credential leaves tenant and client id to the AKS webhook's
+/// variables; the filter accepts the configuration without them but answers every request 503.
+/// Here that is an error: a variable the file does not pass to the VM (`host_env_keys`,
+/// `key_values`), or with `--check-env` one that is not set.
+fn workload_identity_env(config: &Config, env: &VmEnv, check_env: bool) -> Result<(), String> {
+    for c in &config.credentials {
+        let CredentialKind::WorkloadIdentity(wi) = &c.kind else {
+            continue;
+        };
+        let needed = [
+            ("tenant_id", wi.tenant_id.is_none(), ENV_TENANT_ID),
+            ("client_id", wi.client_id.is_none(), ENV_CLIENT_ID),
+        ];
+        for (field, from_env, var) in needed {
+            if !from_env {
+                continue;
+            }
+            let problem = if !env.passes(var) {
+                Some(format!(
+                    "not given, and {var} is not passed to the Wasm VM (list it in \
+                     vm_config.environment_variables.host_env_keys)"
+                ))
+            } else if check_env && env.lookup(var).is_none_or(|v| v.trim().is_empty()) {
+                Some(format!("not given, and {var} is not set"))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return Err(format!(
+                    "credentials.{}.{field}: {p}: the filter would answer every request 503 \
+                     backend_token_unavailable",
+                    c.name
+                ));
+            }
+        }
     }
     Ok(())
 }
