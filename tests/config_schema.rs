@@ -271,7 +271,10 @@ fn schema_rejects_what_the_filter_rejects() {
     let mut c = base();
     c["credentials"]["wi"] = json!({"kind": "workload_identity", "token_cluster": "entra",
                                     "token_file": "/var/run/secrets/azure/tokens/azure-identity-token"});
-    cases.push(("workload identity with a file path (Envoy serves the file)", c));
+    cases.push((
+        "workload identity with a file path (Envoy serves the file)",
+        c,
+    ));
     for (what, config) in cases {
         assert!(
             Config::parse(config.to_string().as_bytes()).is_err(),
