@@ -200,7 +200,19 @@ fn envoy_filter_reads_bodies_and_fails_closed_on_the_gateway() {
         "llm-gateway"
     );
     let wasm = envoy_filter_wasm_configs(ef);
-    assert_eq!(wasm.len(), 1, "one Wasm filter config");
+    assert_eq!(
+        wasm.len(),
+        2,
+        "the listener's Wasm filter config and the failover pool's upstream one"
+    );
+    for w in &wasm {
+        assert_eq!(w["allow_on_headers_stop_iteration"].as_bool(), Some(true));
+        assert_eq!(s(&w["failure_policy"]), "FAIL_CLOSED");
+        assert_eq!(
+            s(&w["vm_config"]["vm_id"]),
+            s(&wasm[0]["vm_config"]["vm_id"])
+        );
+    }
     let wasm = wasm[0];
     assert_eq!(
         wasm["allow_on_headers_stop_iteration"].as_bool(),
@@ -498,12 +510,13 @@ fn oci_recipe_follows_the_wasm_image_spec() {
 #[test]
 fn check_config_accepts_the_manifests() {
     let files = ["envoyfilter.yaml", "wasmplugin.yaml"].map(|f| istio_dir().join(f));
-    let run = |extra: &[&str], env: Option<(&str, &str)>| {
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_check-config"));
         cmd.args(extra)
             .args(&files)
-            .env_remove("AZURE_CLIENT_SECRET");
-        if let Some((k, v)) = env {
+            .env_remove("AZURE_CLIENT_SECRET")
+            .env_remove("AZURE_PARTNER_CLIENT_SECRET");
+        for (k, v) in env {
             cmd.env(k, v);
         }
         let out = cmd.output().expect("run check-config");
@@ -512,18 +525,25 @@ fn check_config_accepts_the_manifests() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    let (code, out) = run(&[], None);
+    let (code, out) = run(&[], &[]);
     assert_eq!(code, Some(0), "{out}");
+    // The EnvoyFilter's listener and failover-pool upstream filters, and the WasmPlugin.
     assert_eq!(
         out.lines().filter(|l| l.ends_with(": OK")).count(),
-        2,
+        3,
         "{out}"
     );
 
-    let (code, out) = run(&["--check-env"], Some(("AZURE_CLIENT_SECRET", "s3cret")));
+    let (code, out) = run(
+        &["--check-env"],
+        &[
+            ("AZURE_CLIENT_SECRET", "s3cret"),
+            ("AZURE_PARTNER_CLIENT_SECRET", "s3cret2"),
+        ],
+    );
     assert_eq!(code, Some(0), "{out}");
 
-    let (code, out) = run(&["--check-env"], None);
+    let (code, out) = run(&["--check-env"], &[]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(
@@ -531,5 +551,109 @@ fn check_config_accepts_the_manifests() {
              variable \"AZURE_CLIENT_SECRET\" is not set"
         ),
         "{out}"
+    );
+}
+
+/// The failover pool of the EnvoyFilter: the upstream filter has the listener's credentials,
+/// backends and models with role upstream; the aggregate cluster lists the pool's targets in
+/// order, each target cluster's endpoint names its backend and originates TLS to its host; the
+/// route of the pool's routing-header value retries 429 / 5xx on the next target.
+#[test]
+fn the_failover_pool_fits_together() {
+    let docs = documents();
+    let ef = of_kind(&docs, "EnvoyFilter")[0];
+    let patches = ef["spec"]["configPatches"].as_sequence().unwrap();
+    let configs: Vec<Json> = envoy_filter_wasm_configs(ef)
+        .iter()
+        .map(|w| serde_json::from_str(w["configuration"]["value"].as_str().unwrap()).unwrap())
+        .collect();
+    let (listener, upstream) = (&configs[0], &configs[1]);
+    assert_eq!(upstream["role"], "upstream");
+    for section in ["credentials", "backends", "models"] {
+        assert_eq!(listener[section], upstream[section], "{section} differ");
+    }
+    let config = Config::parse(listener.to_string().as_bytes()).unwrap();
+    let pool = &config.models["gpt-4o"];
+    assert!(pool.is_pool());
+    let backends: Vec<&str> = pool
+        .targets
+        .iter()
+        .map(|t| config.backends[t.backend].name.as_str())
+        .collect();
+    let key = backends.join("+");
+
+    let clusters: Vec<&Yaml> = patches
+        .iter()
+        .filter(|p| s(&p["applyTo"]) == "CLUSTER" && s(&p["patch"]["operation"]) == "ADD")
+        .map(|p| &p["patch"]["value"])
+        .collect();
+    let cluster = |name: &str| {
+        *clusters
+            .iter()
+            .find(|c| s(&c["name"]) == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"))
+    };
+    let aggregate = cluster(&key);
+    let members = aggregate["cluster_type"]["typed_config"]["clusters"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(members.len(), backends.len());
+    for (member, backend) in members.iter().zip(&backends) {
+        let c = cluster(s(member));
+        let ep = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0];
+        assert_eq!(
+            s(&ep["metadata"]["filter_metadata"]["azure_llm"]["backend"]),
+            *backend
+        );
+        let host = &config
+            .backends
+            .iter()
+            .find(|b| b.name == *backend)
+            .unwrap()
+            .host;
+        assert_eq!(
+            s(&ep["endpoint"]["address"]["socket_address"]["address"]),
+            host
+        );
+        assert_eq!(s(&c["transport_socket"]["typed_config"]["sni"]), host);
+    }
+    let filters = aggregate["typed_extension_protocol_options"]
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
+        .as_sequence()
+        .unwrap();
+    let ext = patches
+        .iter()
+        .filter(|p| s(&p["applyTo"]) == "EXTENSION_CONFIG")
+        .nth(1)
+        .expect("the upstream filter's EXTENSION_CONFIG");
+    assert_eq!(s(&filters[0]["name"]), s(&ext["patch"]["value"]["name"]));
+    assert_eq!(
+        s(&filters[0]["config_discovery"]["config_source"]["initial_fetch_timeout"]),
+        "0s"
+    );
+    assert_eq!(s(&filters[1]["name"]), "envoy.filters.http.upstream_codec");
+
+    let route = patches
+        .iter()
+        .find(|p| s(&p["applyTo"]) == "HTTP_ROUTE")
+        .map(|p| &p["patch"]["value"])
+        .expect("the pool's route");
+    assert_eq!(
+        s(&route["match"]["headers"][0]["string_match"]["exact"]),
+        key
+    );
+    assert_eq!(s(&route["route"]["cluster"]), key);
+    let retry = &route["route"]["retry_policy"];
+    for on in ["5xx", "connect-failure", "retriable-status-codes"] {
+        assert!(s(&retry["retry_on"]).contains(on), "retry_on {on}");
+    }
+    assert_eq!(retry["retriable_status_codes"][0].as_u64(), Some(429));
+    assert_eq!(
+        retry["num_retries"].as_u64(),
+        Some(backends.len() as u64 - 1)
+    );
+    assert_eq!(
+        s(&retry["retry_priority"]["name"]),
+        "envoy.retry_priorities.previous_priorities"
     );
 }
