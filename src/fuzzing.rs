@@ -33,6 +33,7 @@ pub const TARGETS: &[Target] = &[
     ("sse_usage", sse_usage),
     ("usage_chunk", usage_chunk),
     ("rls_response", rls_response),
+    ("target_answer", target_answer),
 ];
 
 const NOW_S: u64 = 1_760_000_000;
@@ -291,6 +292,36 @@ pub fn rls_response(data: &[u8]) {
     }
 }
 
+/// What a failover pool reads from outside: a target's `retry-after-ms` / `retry-after`
+/// answer headers, the target health in shared data (any worker, any version may have written
+/// it) and the listener filter's hand-over. Input: those three and a status, one per line.
+pub fn target_answer(data: &[u8]) {
+    use crate::failover::{self, FailoverPolicy, Outcome, TargetHealth};
+    use crate::host::pool::Handover;
+    let mut parts = data.splitn(4, |b| *b == b'\n');
+    let mut next = || parts.next().unwrap_or_default();
+    let (ms, secs, health, rest) = (next(), next(), next(), next());
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let wait = failover::retry_after_ms(Some(&text(ms)), Some(&text(secs)));
+    let before = TargetHealth::decode(health);
+    let policy = FailoverPolicy::default();
+    let status = rest.first().map_or(429, |b| u32::from(*b) * 3);
+    let now = NOW_S * 1000;
+    let after = before.record(Outcome::of_status(status, wait), now, &policy);
+    assert_eq!(TargetHealth::decode(&after.encode()), after);
+    if let Some(until) = after.closed_until(now) {
+        assert!(until > now);
+        assert!(
+            until <= now + policy.max_retry_after_ms.max(policy.eject_for_ms)
+                || until <= before.throttled_until_ms.max(before.ejected_until_ms),
+            "a target is closed no longer than the policy allows"
+        );
+    }
+    if let Some(h) = Handover::decode(rest) {
+        assert_eq!(Handover::decode(&h.encode()), Some(h));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Seeds: valid inputs the mutator starts from.
 
@@ -317,6 +348,14 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 "backends": {"v1": {"kind": "azure_openai_v1", "host": "v.openai.azure.com", "credential": "x"}},
                 "models": {"m": {"backend": "v1", "deployment": "d"}},
                 "routing_mode": "header", "model_header": "x-model"
+            })
+            .to_string(),
+            json!({
+                "credentials": {"a": {"kind": "client_secret", "tenant_id": "t", "client_id": "c", "client_secret": "s", "token_cluster": "entra"}},
+                "backends": {"ptu": {"kind": "azure_openai", "host": "p.openai.azure.com", "api_version": "2024-10-21", "credential": "a"},
+                             "payg": {"kind": "azure_openai_v1", "host": "g.openai.azure.com", "credential": "a"}},
+                "models": {"gpt-4o": {"targets": [{"backend": "ptu", "deployment": "d1"}, {"backend": "payg", "deployment": "d2", "priority": 1}]}},
+                "failover": {"eject_after_failures": 2, "eject_for_ms": 1000}, "role": "upstream"
             })
             .to_string(),
         ],
@@ -360,6 +399,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "data: {\"choices\":[],\"prompt_filter_results\":[]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":12,\"total_tokens\":33}}\n\ndata: [DONE]\n\n".into(),
             "data:{\"choices\":[],\r\ndata:\"usage\":{\"total_tokens\":1}}\r\n\r\ndata: [DONE]\r\n\r\n".into(),
             "event: x\rdata: {\"usage\":{},\"choices\":[]}\r\r: comment\n\n".into(),
+        ],
+        "target_answer" => vec![
+            "1500\n2\n0,0,0\ngpt-4o\nchat/completions".into(),
+            "\n7\n1760000001000,2,0\n\u{a7}".into(),
+            "12.5\n\n0,3,1760000030000\nclaude\nmessages".into(),
         ],
         "rls_response" => {
             return vec![
