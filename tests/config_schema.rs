@@ -397,3 +397,35 @@ fn check_config_reads_a_yaml_plugin_configuration_and_rejects_bad_usage() {
     let (code, out) = check_config(&["envoy/istio/azure-egress.yaml"]);
     assert_eq!(code, Some(1), "{out}");
 }
+
+/// A failover pool's upstream filter must have the listener filter's credentials, backends and
+/// models; a pool without its upstream filter in the file gets a note, not a failure.
+#[test]
+fn check_config_checks_failover_pools() {
+    let production = read("envoy/azure-production.yaml");
+    let last = production.rfind("\"gpt-4o-global\"").unwrap();
+    let mismatched = format!(
+        "{}\"gpt-4o-other\"{}",
+        &production[..last],
+        &production[last + "\"gpt-4o-global\"".len()..]
+    );
+    let file = scratch("pool-mismatch.yaml", &mismatched);
+    let (code, out) = check_config(&[&file]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("clusters[4].typed_extension_protocol_options")
+            && out.contains("invalid failover pool: this upstream filter's credentials, backends or models differ"),
+        "{out}"
+    );
+
+    let start = production.find("    - name: \"ptu+payg\"").unwrap();
+    let end = production.find("    - name: foundry\n").unwrap();
+    let without = format!("{}{}", &production[..start], &production[end..]);
+    let file = scratch("pool-without-upstream.yaml", &without);
+    let (code, out) = check_config(&[&file]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("note: model `gpt-4o`") && out.contains("\"role\": \"upstream\""),
+        "{out}"
+    );
+}

@@ -13,7 +13,9 @@
 //! Istio WasmPlugin (its `pluginConfig`, serialised to JSON the way istiod does). `-` is stdin.
 //!
 //! One line per plugin configuration: `<where>: OK` or `<where>: invalid plugin configuration:
-//! <field>: <reason>`. Exit status 0 when every configuration is valid, 1 otherwise, 2 for a bad
+//! <field>: <reason>`; then, for failover pools, `<where>: invalid failover pool: ...` when a
+//! pool's upstream filter has other credentials, backends or models than the listener filter
+//! of the same file (and a `note:` line when it is not in the file). Exit status 0 when every configuration is valid, 1 otherwise, 2 for a bad
 //! command line.
 //!
 //! Native only: this binary needs the `schema` feature (`required-features`), so the wasm build
@@ -116,6 +118,7 @@ fn main() -> ExitCode {
             println!("{file}: no azure-llm-filter plugin configuration in this file (skipped)");
             continue;
         }
+        let mut valid = Vec::new();
         for f in found {
             checked += 1;
             let place = if f.location.is_empty() {
@@ -124,12 +127,19 @@ fn main() -> ExitCode {
                 format!("{file}: {}", f.location)
             };
             match check(&f, check_env) {
-                Ok(()) => println!("{place}: OK"),
+                Ok(config) => {
+                    println!("{place}: OK");
+                    valid.push((place, config, !f.location.is_empty()));
+                }
                 Err(message) => {
                     println!("{place}: {message}");
                     failed = true;
                 }
             }
+        }
+        for line in check_pools(file, &valid) {
+            println!("{line}");
+            failed |= !line.contains(": note: ");
         }
     }
     if checked == 0 && !failed {
@@ -206,14 +216,57 @@ impl VmEnv {
 
 /// Runs what the filter runs when Envoy configures it: `Config::parse`, then (with
 /// `--check-env`) `resolve_secrets`. The error is the line the filter logs.
-fn check(found: &Found, check_env: bool) -> Result<(), String> {
+fn check(found: &Found, check_env: bool) -> Result<Config, String> {
     let bytes = found.bytes.as_ref().map_err(Clone::clone)?;
     let config = Config::parse(bytes).map_err(|e: ConfigError| e.to_string())?;
     workload_identity_env(&config, &found.env, check_env)?;
     if check_env {
         resolve_secrets(&config, |name| found.env.lookup(name)).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(config)
+}
+
+/// Failover pools across the configurations of one file: a pool's upstream filter (`"role":
+/// "upstream"`) must have the listener filter's credentials, backends and models (it rewrites
+/// each attempt from them); a pool whose upstream filter is not in the file gets a note (it may
+/// be configured elsewhere, e.g. by CDS). `valid`: (where, config, found inside an Envoy or
+/// Istio document). Lines with `: note: ` do not fail the check.
+fn check_pools(file: &str, valid: &[(String, Config, bool)]) -> Vec<String> {
+    use azure_llm_filter::failover::Role;
+    let same = |a: &Config, b: &Config| {
+        a.credentials == b.credentials && a.backends == b.backends && a.models == b.models
+    };
+    let (upstream, downstream): (Vec<_>, Vec<_>) =
+        valid.iter().partition(|(_, c, _)| c.role == Role::Upstream);
+    let mut lines = Vec::new();
+    for (place, up, _) in &upstream {
+        if !downstream.is_empty() && !downstream.iter().any(|(_, d, _)| same(d, up)) {
+            lines.push(format!(
+                "{place}: invalid failover pool: this upstream filter's credentials, backends or \
+                 models differ from the listener filter's in this file; they must be the same"
+            ));
+        }
+    }
+    for (place, d, embedded) in &downstream {
+        let mut pools: Vec<&str> = d
+            .models
+            .values()
+            .filter(|m| m.is_pool())
+            .map(|m| m.name.as_str())
+            .collect();
+        pools.sort_unstable();
+        pools.dedup();
+        if let Some(model) = pools.first() {
+            if *embedded && !upstream.iter().any(|(_, u, _)| same(d, u)) {
+                lines.push(format!(
+                    "{file}: note: model `{model}` ({place}) is a failover pool; its aggregate \
+                     cluster needs this filter as upstream filter (\"role\": \"upstream\"), which is \
+                     not in this file"
+                ));
+            }
+        }
+    }
+    lines
 }
 
 /// A `workload_identity` credential leaves tenant and client id to the AKS webhook's
