@@ -200,6 +200,30 @@ fn filter_options_with(fx: &Fixture, auth: Option<Value>, limits: bool) -> Envoy
     o
 }
 
+/// The full path through a failover pool of two targets (both the fast upstream): the
+/// listener filter chooses where the pool starts and hands over, the pool's aggregate cluster
+/// runs the filter once more as upstream filter for the one attempt. What the per-attempt
+/// design costs when nothing fails over.
+fn pool_options(fx: &Fixture) -> EnvoyOptions {
+    let mut o = filter_options(fx, jwt_auth(fx));
+    let backend = o.plugin_config["backends"]["aoai"].clone();
+    o.plugin_config["backends"]["ptu"] = backend.clone();
+    o.plugin_config["backends"]["payg"] = backend;
+    o.plugin_config["models"]["gpt-4o"] = json!({"targets": [
+        {"backend": "ptu", "deployment": "gpt-4o-prod"},
+        {"backend": "payg", "deployment": "gpt-4o-prod"}
+    ]});
+    let (clusters, routes) = common::failover_pool_yaml(
+        &o.plugin_config,
+        common::DEFAULT_ROUTING_HEADER,
+        &[("ptu", fx.upstream_port), ("payg", fx.upstream_port)],
+    );
+    o.extra_clusters_yaml = Some(clusters);
+    o.extra_routes_yaml = Some(routes);
+    o.backend_routes.push("payg".into());
+    o
+}
+
 fn jwt_auth(fx: &Fixture) -> Value {
     let tenant = fx.standin.tenant_id();
     json!({"jwt_providers": {"entra": {
@@ -710,6 +734,17 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
     let (lat, r) = latency_and_throughput(&envoy, &token).await;
     measure(
         "azure-llm-filter, full path, access_log_properties off",
+        r,
+        Some(lat),
+        true,
+    );
+    drop(envoy);
+
+    // The full path through a failover pool, nothing failing over.
+    let envoy = Envoy::start(pool_options(&fx)).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    measure(
+        "azure-llm-filter, full path, failover pool of 2 (no failover)",
         r,
         Some(lat),
         true,

@@ -198,79 +198,6 @@ mod pools {
         })
     }
 
-    /// One target cluster: its endpoint names the target's backend in metadata.
-    fn target_cluster(name: &str, port: u16) -> String {
-        format!(
-            "- name: {name}\n  type: STATIC\n  connect_timeout: 0.5s\n  load_assignment:\n    cluster_name: {name}\n    endpoints:\n      - lb_endpoints:\n          - endpoint:\n              address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}\n            metadata: {{ filter_metadata: {{ azure_llm: {{ backend: {name} }} }} }}\n"
-        )
-    }
-
-    /// The pool's aggregate cluster, with the filter as its upstream filter (role upstream).
-    fn aggregate_cluster(plugin: &Value) -> String {
-        let mut upstream = plugin.clone();
-        upstream["role"] = json!("upstream");
-        let config = serde_json::to_string(&serde_json::to_string(&upstream).unwrap()).unwrap();
-        let wasm = serde_json::to_string(&common::wasm_path().to_string_lossy()).unwrap();
-        format!(
-            r#"- name: "ptu+payg"
-  connect_timeout: 0.5s
-  lb_policy: CLUSTER_PROVIDED
-  cluster_type:
-    name: envoy.clusters.aggregate
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig
-      clusters: [ptu, payg]
-  typed_extension_protocol_options:
-    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-      explicit_http_config: {{ http_protocol_options: {{}} }}
-      http_filters:
-        - name: envoy.filters.http.wasm
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-            config:
-              name: azure_llm_filter_upstream
-              root_id: azure_llm_filter
-              failure_policy: FAIL_CLOSED
-              allow_on_headers_stop_iteration: true
-              vm_config:
-                vm_id: azure_llm_filter
-                runtime: envoy.wasm.runtime.v8
-                code: {{ local: {{ filename: {wasm} }} }}
-              configuration:
-                "@type": type.googleapis.com/google.protobuf.StringValue
-                value: {config}
-        - name: envoy.filters.http.upstream_codec
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
-"#
-        )
-    }
-
-    /// Routes: the whole pool (retried by Envoy on the next target), and its last target alone
-    /// (where requests start while the PTU is throttled).
-    const ROUTES: &str = r#"- match:
-    prefix: "/"
-    headers: [{ name: x-azure-llm-backend, string_match: { exact: "ptu+payg" } }]
-  route:
-    cluster: "ptu+payg"
-    timeout: 20s
-    retry_policy:
-      retry_on: "5xx,reset,connect-failure,retriable-status-codes"
-      retriable_status_codes: [429]
-      num_retries: 1
-      retry_back_off: { base_interval: 0.01s, max_interval: 0.05s }
-      retry_priority:
-        name: envoy.retry_priorities.previous_priorities
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig
-          update_frequency: 1
-- match:
-    prefix: "/"
-    headers: [{ name: x-azure-llm-backend, string_match: { exact: payg } }]
-  route: { cluster: payg, timeout: 20s }
-"#;
-
     /// Envoy with the pool; `ptu_port` is where the PTU cluster connects (a closed port
     /// plays a resource that refuses connections).
     async fn envoy(ptu: &StandIn, payg: &StandIn, ptu_port: u16) -> Envoy {
@@ -280,13 +207,16 @@ mod pools {
             Cluster::new("entra-contoso", ptu.port()),
             Cluster::new("entra-partner", payg.port()),
         ];
-        o.extra_clusters_yaml = Some(format!(
-            "{}{}{}",
-            target_cluster("ptu", ptu_port),
-            target_cluster("payg", payg.port()),
-            aggregate_cluster(&plugin)
-        ));
-        o.extra_routes_yaml = Some(ROUTES.to_string());
+        // The pool `ptu+payg` (aggregate cluster, retrying route) and `payg` alone, where
+        // requests start while the PTU is throttled.
+        let (clusters, routes) = common::failover_pool_yaml(
+            &plugin,
+            common::DEFAULT_ROUTING_HEADER,
+            &[("ptu", ptu_port), ("payg", payg.port())],
+        );
+        o.extra_clusters_yaml = Some(clusters);
+        o.extra_routes_yaml = Some(routes);
+        o.backend_routes = vec!["payg".into()];
         Envoy::start(o).await
     }
 
