@@ -298,6 +298,13 @@ mod pools {
             "each attempt carries its own target's token"
         );
         assert_eq!(g[0].header_count("authorization"), 1);
+        for r in [&p[0], &g[0]] {
+            assert_eq!(
+                r.header("x-azure-llm-backend"),
+                None,
+                "routing header kept in Envoy"
+            );
+        }
         let served = body["usage"]["total_tokens"].as_u64().unwrap();
         assert_eq!(
             tokens_stat(&envoy, "payg").await,

@@ -643,6 +643,11 @@ fn the_failover_pool_fits_together() {
         key
     );
     assert_eq!(s(&route["route"]["cluster"]), key);
+    assert_eq!(
+        s(&route["request_headers_to_remove"][0]),
+        "x-azure-llm-backend",
+        "the routing header never leaves the gateway"
+    );
     let retry = &route["route"]["retry_policy"];
     for on in ["5xx", "connect-failure", "retriable-status-codes"] {
         assert!(s(&retry["retry_on"]).contains(on), "retry_on {on}");

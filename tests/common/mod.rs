@@ -1133,6 +1133,7 @@ pub fn failover_pool_yaml(
             r#"- match:
     prefix: "/"
     headers: [{{ name: {header}, string_match: {{ exact: {key} }} }}]
+  request_headers_to_remove: [{header}]
   route:
     cluster: {key}
     timeout: 20s
