@@ -6,19 +6,54 @@
 //! `usage.{input_tokens,output_tokens,total_tokens}` (streamed in `response.completed` as
 //! `response.usage`); Anthropic `usage.{input_tokens,output_tokens,cache_*}` (streamed in
 //! `message_start` as `message.usage` and in `message_delta` as `usage`, output cumulative).
+//!
+//! Details, where the API reports them: cached input (`prompt_tokens_details.cached_tokens`,
+//! `input_tokens_details.cached_tokens`, Anthropic `cache_read_input_tokens`) and reasoning
+//! output (`completion_tokens_details.reasoning_tokens`,
+//! `output_tokens_details.reasoning_tokens`). Both are parts of the input and output figures,
+//! not additions to them.
 
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// All input tokens, cached ones included.
     pub prompt_tokens: u64,
+    /// All output tokens, reasoning ones included.
     pub completion_tokens: u64,
+    /// Input tokens read from the prompt cache (part of `prompt_tokens`), when reported.
+    pub cached_prompt_tokens: Option<u64>,
+    /// Output tokens spent on reasoning (part of `completion_tokens`), when reported.
+    pub reasoning_tokens: Option<u64>,
 }
 
 impl Usage {
+    /// Input and output tokens, no details.
+    pub fn tokens(prompt_tokens: u64, completion_tokens: u64) -> Usage {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            ..Usage::default()
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
     }
+}
+
+/// `prompt_tokens_details` / `input_tokens_details`.
+#[derive(Deserialize, Default)]
+struct InputDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+/// `completion_tokens_details` / `output_tokens_details`.
+#[derive(Deserialize, Default)]
+struct OutputDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -37,6 +72,10 @@ struct RawUsage {
     cache_read_input_tokens: Option<u64>,
     #[serde(default)]
     cache_creation_input_tokens: Option<u64>,
+    #[serde(default, alias = "input_tokens_details")]
+    prompt_tokens_details: Option<InputDetails>,
+    #[serde(default, alias = "output_tokens_details")]
+    completion_tokens_details: Option<OutputDetails>,
 }
 
 impl RawUsage {
@@ -52,9 +91,22 @@ impl RawUsage {
             .or(self.output_tokens)
             .or_else(|| self.total_tokens.map(|t| t.saturating_sub(prompt)))
             .unwrap_or(0);
+        let cached = self
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+            .or(self.cache_read_input_tokens)
+            .map(|c| c.min(prompt));
+        let reasoning = self
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens)
+            .map(|r| r.min(completion));
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
+            cached_prompt_tokens: cached,
+            reasoning_tokens: reasoning,
         }
     }
 }
@@ -100,6 +152,8 @@ pub struct SseUsageScanner {
     /// Anthropic reports input in `message_start` and output in `message_delta`.
     anthropic_input: Option<u64>,
     anthropic_output: Option<u64>,
+    /// Anthropic's cache reads, reported with the input.
+    anthropic_cached: Option<u64>,
 }
 
 impl SseUsageScanner {
@@ -139,8 +193,11 @@ impl SseUsageScanner {
     pub fn usage(&self) -> Option<Usage> {
         if self.anthropic_input.is_some() || self.anthropic_output.is_some() {
             return Some(Usage {
-                prompt_tokens: self.anthropic_input.unwrap_or(0),
-                completion_tokens: self.anthropic_output.unwrap_or(0),
+                cached_prompt_tokens: self.anthropic_cached,
+                ..Usage::tokens(
+                    self.anthropic_input.unwrap_or(0),
+                    self.anthropic_output.unwrap_or(0),
+                )
             });
         }
         self.usage
@@ -163,6 +220,7 @@ impl SseUsageScanner {
                 if let Some(u) = event.message.and_then(|m| m.usage) {
                     let usage = u.to_usage();
                     self.anthropic_input = Some(usage.prompt_tokens);
+                    self.anthropic_cached = usage.cached_prompt_tokens;
                     if usage.completion_tokens > 0 {
                         self.anthropic_output = Some(usage.completion_tokens);
                     }
@@ -174,10 +232,10 @@ impl SseUsageScanner {
                         self.anthropic_output = Some(out);
                     }
                     // Newer Anthropic streams also repeat input figures here.
-                    if let Some(inp) = u.input_tokens {
-                        let cached = u.cache_read_input_tokens.unwrap_or(0)
-                            + u.cache_creation_input_tokens.unwrap_or(0);
-                        self.anthropic_input = Some(inp.saturating_add(cached));
+                    if u.input_tokens.is_some() {
+                        let usage = u.to_usage();
+                        self.anthropic_input = Some(usage.prompt_tokens);
+                        self.anthropic_cached = usage.cached_prompt_tokens;
                     }
                 }
             }
@@ -206,40 +264,93 @@ mod tests {
     #[test]
     fn json_shapes() {
         let chat = br#"{"object":"chat.completion","usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;
-        assert_eq!(
-            from_json(chat),
-            Some(Usage {
-                prompt_tokens: 11,
-                completion_tokens: 7
-            })
-        );
+        assert_eq!(from_json(chat), Some(Usage::tokens(11, 7)));
         let emb = br#"{"object":"list","usage":{"prompt_tokens":5,"total_tokens":5}}"#;
-        assert_eq!(
-            from_json(emb),
-            Some(Usage {
-                prompt_tokens: 5,
-                completion_tokens: 0
-            })
-        );
+        assert_eq!(from_json(emb), Some(Usage::tokens(5, 0)));
         let resp = br#"{"object":"response","usage":{"input_tokens":9,"output_tokens":3,"total_tokens":12}}"#;
-        assert_eq!(
-            from_json(resp),
-            Some(Usage {
-                prompt_tokens: 9,
-                completion_tokens: 3
-            })
-        );
+        assert_eq!(from_json(resp), Some(Usage::tokens(9, 3)));
         let claude = br#"{"type":"message","usage":{"input_tokens":10,"output_tokens":4,"cache_read_input_tokens":2,"cache_creation_input_tokens":1}}"#;
         assert_eq!(
             from_json(claude),
             Some(Usage {
-                prompt_tokens: 13,
-                completion_tokens: 4
+                cached_prompt_tokens: Some(2),
+                ..Usage::tokens(13, 4)
             })
         );
         assert_eq!(from_json(br#"{"error":{"code":"429"}}"#), None);
         assert_eq!(from_json(b"garbage"), None);
         assert_eq!(from_json(br#"{"usage":null}"#), None);
+    }
+
+    #[test]
+    fn cached_and_reasoning_details() {
+        let chat = br#"{"usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":256,"audio_tokens":0}}}"#;
+        assert_eq!(
+            from_json(chat),
+            Some(Usage {
+                cached_prompt_tokens: Some(1920),
+                reasoning_tokens: Some(256),
+                ..Usage::tokens(2006, 300)
+            })
+        );
+        let resp = br#"{"usage":{"input_tokens":50,"input_tokens_details":{"cached_tokens":32},"output_tokens":40,"output_tokens_details":{"reasoning_tokens":30},"total_tokens":90}}"#;
+        assert_eq!(
+            from_json(resp),
+            Some(Usage {
+                cached_prompt_tokens: Some(32),
+                reasoning_tokens: Some(30),
+                ..Usage::tokens(50, 40)
+            })
+        );
+        // Anthropic: input_tokens excludes the cache; cache reads are the cached part.
+        let claude = br#"{"usage":{"input_tokens":10,"output_tokens":4,"cache_read_input_tokens":200,"cache_creation_input_tokens":5}}"#;
+        assert_eq!(
+            from_json(claude),
+            Some(Usage {
+                cached_prompt_tokens: Some(200),
+                ..Usage::tokens(215, 4)
+            })
+        );
+        // Not reported: None, not zero. Details bigger than their totals are capped.
+        assert_eq!(
+            from_json(br#"{"usage":{"prompt_tokens":3,"completion_tokens":1}}"#),
+            Some(Usage::tokens(3, 1))
+        );
+        let liar = br#"{"usage":{"prompt_tokens":3,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":99},"completion_tokens_details":{"reasoning_tokens":99}}}"#;
+        assert_eq!(
+            from_json(liar),
+            Some(Usage {
+                cached_prompt_tokens: Some(3),
+                reasoning_tokens: Some(1),
+                ..Usage::tokens(3, 1)
+            })
+        );
+        // `null` details are no details.
+        assert_eq!(
+            from_json(br#"{"usage":{"prompt_tokens":3,"prompt_tokens_details":null}}"#),
+            Some(Usage::tokens(3, 0))
+        );
+    }
+
+    #[test]
+    fn stream_details() {
+        let chat = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":12,\"prompt_tokens_details\":{\"cached_tokens\":16},\"completion_tokens_details\":{\"reasoning_tokens\":8}}}\n\n";
+        assert_eq!(
+            scan(&[chat]),
+            Some(Usage {
+                cached_prompt_tokens: Some(16),
+                reasoning_tokens: Some(8),
+                ..Usage::tokens(21, 12)
+            })
+        );
+        let claude = b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n";
+        assert_eq!(
+            scan(&[claude]),
+            Some(Usage {
+                cached_prompt_tokens: Some(100),
+                ..Usage::tokens(105, 9)
+            })
+        );
     }
 
     fn scan(chunks: &[&[u8]]) -> Option<Usage> {
@@ -253,10 +364,7 @@ mod tests {
     #[test]
     fn chat_stream_usage_chunk_split_anywhere() {
         let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":12,\"total_tokens\":33}}\n\ndata: [DONE]\n\n";
-        let want = Some(Usage {
-            prompt_tokens: 21,
-            completion_tokens: 12,
-        });
+        let want = Some(Usage::tokens(21, 12));
         assert_eq!(scan(&[stream]), want);
         for split in 0..stream.len() {
             let (a, b) = stream.split_at(split);
@@ -269,47 +377,23 @@ mod tests {
     #[test]
     fn crlf_and_no_usage() {
         let s = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\r\n\r\n";
-        assert_eq!(
-            scan(&[s]),
-            Some(Usage {
-                prompt_tokens: 1,
-                completion_tokens: 2
-            })
-        );
+        assert_eq!(scan(&[s]), Some(Usage::tokens(1, 2)));
         assert_eq!(scan(&[b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n"]), None);
     }
 
     #[test]
     fn responses_api_completed_event() {
         let s = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"usage\":{\"input_tokens\":8,\"output_tokens\":5,\"total_tokens\":13}}}\n\n";
-        assert_eq!(
-            scan(&[s]),
-            Some(Usage {
-                prompt_tokens: 8,
-                completion_tokens: 5
-            })
-        );
+        assert_eq!(scan(&[s]), Some(Usage::tokens(8, 5)));
     }
 
     #[test]
     fn anthropic_start_and_delta() {
         let s = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"usage\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
-        assert_eq!(
-            scan(&[s]),
-            Some(Usage {
-                prompt_tokens: 25,
-                completion_tokens: 15
-            })
-        );
+        assert_eq!(scan(&[s]), Some(Usage::tokens(25, 15)));
         // A stream cut after message_start still charges what was reported.
         let cut = b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n";
-        assert_eq!(
-            scan(&[cut]),
-            Some(Usage {
-                prompt_tokens: 25,
-                completion_tokens: 1
-            })
-        );
+        assert_eq!(scan(&[cut]), Some(Usage::tokens(25, 1)));
     }
 
     #[test]
@@ -320,13 +404,7 @@ mod tests {
         s.feed(&big);
         assert!(s.partial.len() <= MAX_LINE);
         s.feed(b"\ndata: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n");
-        assert_eq!(
-            s.usage(),
-            Some(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 4
-            })
-        );
+        assert_eq!(s.usage(), Some(Usage::tokens(3, 4)));
     }
 
     #[test]
