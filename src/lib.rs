@@ -24,6 +24,7 @@ pub mod host;
 pub mod meter;
 pub mod metrics;
 pub mod multipart;
+pub mod pricing;
 pub mod ratelimit;
 pub mod rls;
 pub mod routing;

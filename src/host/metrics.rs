@@ -1,10 +1,11 @@
 //! Envoy stats defined on first use (ids cached per worker VM).
 //!
 //! The per-request counters (request outcome, rate-limit decision, tokens by workload, model
-//! and backend) are looked up without building their names: a name is formatted only the
-//! first time a worker defines the stat.
+//! and backend) and histograms are looked up without building their names: a name is
+//! formatted only the first time a worker defines the stat.
 
-use crate::metrics::{self as names, WorkloadCap};
+use crate::metrics::{self as names, GenAiLabels, Histogram, TokenType, WorkloadCap};
+use crate::usage::Usage;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
@@ -31,12 +32,43 @@ impl Family {
 pub struct Metrics {
     ids: HashMap<String, u32>,
     fixed: HashMap<(Family, &'static str), u32>,
-    /// Prompt and completion token counters by `label \0 model \0 backend`.
-    tokens: HashMap<String, [u32; 2]>,
+    /// Prompt, completion, cached prompt and reasoning token counters by
+    /// `label \0 model \0 backend`.
+    tokens: HashMap<String, [u32; TOKEN_KINDS.len()]>,
+    /// Histograms by `operation \0 provider \0 model \0 backend \0 label`.
+    histograms: HashMap<String, HistogramIds>,
+    /// Cost counters by `label \0 model \0 currency`, with the part of a micro-unit (in
+    /// pico-units) not counted yet, so that many small answers add up exactly.
+    costs: HashMap<String, (u32, u64)>,
     /// Reused to build `tokens` keys without allocating.
     scratch: String,
     pub workloads: WorkloadCap,
 }
+
+/// The `kind` labels of the token counters, in `Usage` order.
+const TOKEN_KINDS: [&str; 4] = ["prompt", "completion", "cached_prompt", "reasoning"];
+
+/// One series of each histogram (token usage by type).
+#[derive(Clone, Copy)]
+struct HistogramIds {
+    tokens: [u32; TokenType::ALL.len()],
+    duration: u32,
+    ttft: u32,
+    tpot: u32,
+}
+
+/// What one routed request measured, recorded once when it is charged.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// The workload is capped here; pass the request's own.
+    pub labels: GenAiLabels<'a>,
+    pub usage: Option<Usage>,
+    pub duration_ms: u64,
+    /// Streamed answers: from the request's headers to the answer's first chunk.
+    pub ttft_ms: Option<u64>,
+}
+
+const PICO_PER_MICRO: u64 = 1_000_000;
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
     hostcalls::define_metric(kind, name).ok()
@@ -89,6 +121,12 @@ impl Metrics {
         prompt: u64,
         completion: u64,
     ) {
+        self.count_usage(workload, model, backend, &Usage::tokens(prompt, completion));
+    }
+
+    /// Adds a request's tokens (prompt, completion, and the cached and reasoning parts where
+    /// reported) to the workload's counters.
+    pub fn count_usage(&mut self, workload: &str, model: &str, backend: &str, usage: &Usage) {
         let label = self.workloads.label(workload);
         self.scratch.clear();
         for part in [label, "\0", model, "\0", backend] {
@@ -97,23 +135,127 @@ impl Metrics {
         let ids = match self.tokens.get(self.scratch.as_str()) {
             Some(ids) => *ids,
             None => {
-                let define_kind = |kind| {
-                    define(
-                        MetricType::Counter,
-                        &names::tokens(label, model, backend, kind),
-                    )
-                };
-                let (Some(p), Some(c)) = (define_kind("prompt"), define_kind("completion")) else {
-                    return;
-                };
-                self.tokens.insert(self.scratch.clone(), [p, c]);
-                [p, c]
+                let mut ids = [0; TOKEN_KINDS.len()];
+                for (id, kind) in ids.iter_mut().zip(TOKEN_KINDS) {
+                    let name = names::tokens(label, model, backend, kind);
+                    let Some(defined) = define(MetricType::Counter, &name) else {
+                        return;
+                    };
+                    *id = defined;
+                }
+                self.tokens.insert(self.scratch.clone(), ids);
+                ids
             }
         };
-        for (id, by) in ids.into_iter().zip([prompt, completion]) {
+        let amounts = [
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_prompt_tokens.unwrap_or(0),
+            usage.reasoning_tokens.unwrap_or(0),
+        ];
+        for (id, by) in ids.into_iter().zip(amounts) {
             if by > 0 {
                 increment(id, by);
             }
+        }
+    }
+
+    /// Records a request's histograms: tokens by type (the details only when the API reported
+    /// them), duration, and for streams time to first token and time per output token.
+    pub fn observe(&mut self, o: &Observation<'_>) {
+        let Some(ids) = self.histogram_ids(&o.labels) else {
+            return;
+        };
+        let record = |id: u32, value: u64| {
+            let _ = hostcalls::record_metric(id, value);
+        };
+        if let Some(u) = &o.usage {
+            let by_type = [
+                Some(u.prompt_tokens),
+                Some(u.completion_tokens),
+                u.cached_prompt_tokens,
+                u.reasoning_tokens,
+            ];
+            for (id, value) in ids.tokens.into_iter().zip(by_type) {
+                if let Some(v) = value {
+                    record(id, v);
+                }
+            }
+        }
+        record(ids.duration, o.duration_ms);
+        if let Some(ttft) = o.ttft_ms {
+            record(ids.ttft, ttft);
+            let output = o.usage.map_or(0, |u| u.completion_tokens);
+            if let Some(tpot) = names::time_per_output_token_ms(o.duration_ms, ttft, output) {
+                record(ids.tpot, tpot);
+            }
+        }
+    }
+
+    fn histogram_ids(&mut self, labels: &GenAiLabels<'_>) -> Option<HistogramIds> {
+        let workload = self.workloads.label(labels.workload);
+        self.scratch.clear();
+        for part in [
+            labels.operation,
+            "\0",
+            labels.provider,
+            "\0",
+            labels.model,
+            "\0",
+            labels.backend,
+            "\0",
+            workload,
+        ] {
+            self.scratch.push_str(part);
+        }
+        if let Some(ids) = self.histograms.get(self.scratch.as_str()) {
+            return Some(*ids);
+        }
+        let labels = GenAiLabels {
+            workload,
+            ..*labels
+        };
+        let def = |h: Histogram, t: Option<TokenType>| {
+            define(MetricType::Histogram, &names::histogram(h, &labels, t))
+        };
+        let mut tokens = [0; TokenType::ALL.len()];
+        for (id, t) in tokens.iter_mut().zip(TokenType::ALL) {
+            *id = def(Histogram::TokenUsage, Some(t))?;
+        }
+        let ids = HistogramIds {
+            tokens,
+            duration: def(Histogram::RequestDuration, None)?,
+            ttft: def(Histogram::TimeToFirstToken, None)?,
+            tpot: def(Histogram::TimePerOutputToken, None)?,
+        };
+        self.histograms.insert(self.scratch.clone(), ids);
+        Some(ids)
+    }
+
+    /// Adds a request's cost (pico-units of `currency`) to the workload's cost counter, which
+    /// counts micro-units; the remainder waits for the next request of the same series.
+    pub fn count_cost(&mut self, workload: &str, model: &str, currency: &str, pico: u128) {
+        let label = self.workloads.label(workload);
+        self.scratch.clear();
+        for part in [label, "\0", model, "\0", currency] {
+            self.scratch.push_str(part);
+        }
+        let entry = match self.costs.get_mut(self.scratch.as_str()) {
+            Some(entry) => entry,
+            None => {
+                let Some(id) = define(MetricType::Counter, &names::cost(label, model, currency))
+                else {
+                    return;
+                };
+                self.costs.entry(self.scratch.clone()).or_insert((id, 0))
+            }
+        };
+        let total = pico.saturating_add(u128::from(entry.1));
+        let micros = u64::try_from(total / u128::from(PICO_PER_MICRO)).unwrap_or(u64::MAX);
+        entry.1 = u64::try_from(total % u128::from(PICO_PER_MICRO)).unwrap_or(0);
+        let id = entry.0;
+        if micros > 0 {
+            increment(id, micros);
         }
     }
 
