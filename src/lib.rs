@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod body_watch;
+pub mod capture;
 pub mod config;
 pub mod discovery;
 pub mod entra;
