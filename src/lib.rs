@@ -34,6 +34,7 @@ pub mod token_cache;
 pub mod usage;
 pub mod usage_chunk;
 pub mod usage_json;
+pub mod usage_record;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

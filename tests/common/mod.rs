@@ -193,6 +193,9 @@ pub struct EnvoyOptions {
     /// The stdout access log (on by default; benchmarks turn it off to measure the filter,
     /// not the log).
     pub access_log: bool,
+    /// The usage record (src/usage_record.rs): Envoy's OpenTelemetry access logger exporting to
+    /// an OTLP/gRPC receiver on this port (cluster `otel_collector`).
+    pub otlp_port: Option<u16>,
     /// The listeners come from a file-based LDS (`dynamic_resources.lds_config` with a watched
     /// directory) instead of `static_resources`, so that [`Envoy::update_plugin_config`] can
     /// change the filter's configuration in a running Envoy, as a control plane would.
@@ -223,6 +226,7 @@ impl EnvoyOptions {
             pools: Vec::new(),
             extra_routes_yaml: None,
             access_log: true,
+            otlp_port: None,
             dynamic_listener: false,
             bootstrap_extensions_yaml: None,
         }
@@ -535,22 +539,48 @@ fn q(s: &str) -> String {
     serde_json::to_string(s).expect("string serialises")
 }
 
-/// Labels the filter's metric names carry as `.<label>.<value>` (see src/metrics.rs); the
-/// bootstrap's `stats_tags` turn them into Prometheus labels, as in envoy/envoy.yaml.
-pub const STATS_TAGS: [&str; 9] = [
-    "workload",
-    "model",
-    "backend",
-    "kind",
-    "credential",
-    "result",
-    "outcome",
-    "reason",
-    "decision",
-];
+/// The filter's `stats_config`, as in envoy/envoy.yaml: the tags that turn the label pairs of its
+/// stat names into Prometheus labels and the GenAI histograms' buckets (src/metrics.rs), and a
+/// flush at each admin stats request, so that a scrape soon shows what the workers recorded.
+fn render_stats_config(w: &mut String) {
+    let _ = writeln!(w, "stats_flush_on_admin: true");
+    let _ = writeln!(w, "stats_config:");
+    let _ = writeln!(w, "  stats_tags:");
+    for (tag, regex) in azure_llm_filter::metrics::stats_tags() {
+        let _ = writeln!(w, "    - tag_name: {tag}");
+        let _ = writeln!(w, "      regex: {}", q(&regex));
+    }
+    let _ = writeln!(w, "  histogram_bucket_settings:");
+    for (prefix, buckets) in azure_llm_filter::metrics::histogram_buckets() {
+        let _ = writeln!(w, "    - match: {{ prefix: {} }}", q(&prefix));
+        let list: Vec<String> = buckets.iter().map(u64::to_string).collect();
+        let _ = writeln!(w, "      buckets: [{}]", list.join(", "));
+    }
+}
+
+/// The usage record's OTLP access logger (src/usage_record.rs) to cluster `otel_collector`.
+fn render_otel_access_log(w: &mut String) {
+    use azure_llm_filter::usage_record::{ATTRIBUTES, BODY, LOG_NAME};
+    let p = "                  ";
+    let _ = writeln!(w, "{p}- name: envoy.access_loggers.open_telemetry");
+    let _ = writeln!(w, "{p}  typed_config:");
+    let _ = writeln!(w, "{p}    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig");
+    let _ = writeln!(w, "{p}    log_name: {LOG_NAME}");
+    let _ = writeln!(w, "{p}    buffer_flush_interval: 0.1s");
+    let _ = writeln!(w, "{p}    grpc_service:");
+    let _ = writeln!(w, "{p}      envoy_grpc: {{ cluster_name: otel_collector }}");
+    let _ = writeln!(w, "{p}      timeout: 5s");
+    let _ = writeln!(w, "{p}    body: {{ string_value: {} }}", q(BODY));
+    let _ = writeln!(w, "{p}    attributes:");
+    let _ = writeln!(w, "{p}      values:");
+    for (key, format) in ATTRIBUTES {
+        let _ = writeln!(w, "{p}        - key: {}", q(key));
+        let _ = writeln!(w, "{p}          value: {{ string_value: {} }}", q(format));
+    }
+}
 
 /// The access-log line of the harness: the filter's per-request data from filter state.
-pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% workload=%FILTER_STATE(wasm.azure_llm_workload:PLAIN)% model=%FILTER_STATE(wasm.azure_llm_model:PLAIN)% backend=%FILTER_STATE(wasm.azure_llm_backend:PLAIN)% deployment=%FILTER_STATE(wasm.azure_llm_deployment:PLAIN)% prompt_tokens=%FILTER_STATE(wasm.azure_llm_prompt_tokens:PLAIN)% completion_tokens=%FILTER_STATE(wasm.azure_llm_completion_tokens:PLAIN)% ratelimit=%FILTER_STATE(wasm.azure_llm_ratelimit:PLAIN)%\n";
+pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% workload=%FILTER_STATE(wasm.azure_llm_workload:PLAIN)% model=%FILTER_STATE(wasm.azure_llm_model:PLAIN)% backend=%FILTER_STATE(wasm.azure_llm_backend:PLAIN)% deployment=%FILTER_STATE(wasm.azure_llm_deployment:PLAIN)% prompt_tokens=%FILTER_STATE(wasm.azure_llm_prompt_tokens:PLAIN)% completion_tokens=%FILTER_STATE(wasm.azure_llm_completion_tokens:PLAIN)% ratelimit=%FILTER_STATE(wasm.azure_llm_ratelimit:PLAIN)% cached_prompt_tokens=%FILTER_STATE(wasm.azure_llm_cached_prompt_tokens:PLAIN)% reasoning_tokens=%FILTER_STATE(wasm.azure_llm_reasoning_tokens:PLAIN)% cost_micros=%FILTER_STATE(wasm.azure_llm_cost_micros:PLAIN)% ttft_ms=%FILTER_STATE(wasm.azure_llm_ttft_ms:PLAIN)%\n";
 
 /// Splits a rendered bootstrap into the bootstrap without its listeners and an LDS file
 /// (`resources:` with each listener typed), for `dynamic_listener`.
@@ -600,18 +630,7 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
             let _ = writeln!(w, "  {line}");
         }
     }
-    let _ = writeln!(w, "stats_config:");
-    let _ = writeln!(w, "  stats_tags:");
-    for tag in STATS_TAGS {
-        let _ = writeln!(w, "    - tag_name: {tag}");
-        let _ = writeln!(
-            w,
-            "      regex: {}",
-            q(&format!(
-                r"^wasmcustom\.azure_llm\.\w+(?:\.[\w-]+\.[\w-]+)*?(\.{tag}\.([\w-]+))"
-            ))
-        );
-    }
+    render_stats_config(w);
     let _ = writeln!(w, "static_resources:");
     let _ = writeln!(w, "  listeners:");
     if let Some(extra) = &opts.extra_listeners_yaml {
@@ -646,8 +665,13 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                codec_type: AUTO");
     // Room for large caller tokens, so the filter (not Envoy's 60 KiB default) refuses them.
     let _ = writeln!(w, "                max_request_headers_kb: 96");
-    if opts.access_log {
+    if opts.access_log || opts.otlp_port.is_some() {
         let _ = writeln!(w, "                access_log:");
+    }
+    if opts.otlp_port.is_some() {
+        render_otel_access_log(w);
+    }
+    if opts.access_log {
         let _ = writeln!(w, "                  - name: envoy.access_loggers.stdout");
         let _ = writeln!(w, "                    typed_config:");
         let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog");
@@ -834,7 +858,12 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                  - name: envoy.filters.http.router");
     let _ = writeln!(w, "                    typed_config:");
     let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router");
-    if opts.clusters.is_empty() && opts.pools.is_empty() && opts.extra_clusters_yaml.is_none() {
+    let otel_cluster = opts.otlp_port.map(|port| Cluster::grpc("otel_collector", port));
+    if opts.clusters.is_empty()
+        && opts.pools.is_empty()
+        && opts.extra_clusters_yaml.is_none()
+        && otel_cluster.is_none()
+    {
         let _ = writeln!(w, "  clusters: []");
     } else {
         let _ = writeln!(w, "  clusters:");
@@ -865,7 +894,7 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
             );
         }
     }
-    for c in &opts.clusters {
+    for c in opts.clusters.iter().chain(otel_cluster.as_ref()) {
         let _ = writeln!(w, "    - name: {}", q(&c.name));
         let _ = writeln!(w, "      type: STATIC");
         let _ = writeln!(w, "      connect_timeout: 1s");
