@@ -858,7 +858,9 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                  - name: envoy.filters.http.router");
     let _ = writeln!(w, "                    typed_config:");
     let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router");
-    let otel_cluster = opts.otlp_port.map(|port| Cluster::grpc("otel_collector", port));
+    let otel_cluster = opts
+        .otlp_port
+        .map(|port| Cluster::grpc("otel_collector", port));
     if opts.clusters.is_empty()
         && opts.pools.is_empty()
         && opts.extra_clusters_yaml.is_none()
