@@ -12,7 +12,9 @@
 use crate::crypto::Jwt;
 use crate::entra::SKEW_SECS;
 use crate::util::{now_secs, random_alnum, same_resource, uuid_v4, words};
+use crate::details::{self, PromptCache};
 use crate::{lock, v1_issuer, Ctx, Deployment, Reply, ReplyBody, Shared};
+use std::sync::Mutex;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -448,6 +450,7 @@ fn handle_inner(shared: &Shared, ctx: &Ctx) -> Reply {
         deployment,
         azure_filters: matches!(route.api, Api::Dated | Api::V1),
         usage_in_last_chunk: route.api == Api::Foundry,
+        cache: &shared.prompt_cache,
     };
     let result = match route.op {
         Op::Chat => gen.chat(&body),
@@ -779,6 +782,7 @@ struct Gen<'a> {
     /// Foundry model inference (`/models`): a stream's last chunk always carries `usage`
     /// (its `StreamingChatCompletionsUpdate.usage`); there is no `stream_options`.
     usage_in_last_chunk: bool,
+    cache: &'a Mutex<PromptCache>,
 }
 
 type GenResult = Result<(Reply, u64), String>;
@@ -788,14 +792,21 @@ impl Gen<'_> {
         &self.deployment.model
     }
 
-    fn chat_usage(p: u64, c: u64) -> Value {
+    /// `c` includes the `reasoning` tokens, `p` the `cached` ones (details.rs).
+    fn chat_usage(p: u64, c: u64, cached: u64, reasoning: u64) -> Value {
         json!({
             "prompt_tokens": p,
             "completion_tokens": c,
             "total_tokens": p + c,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
         })
+    }
+
+    /// Cached prompt tokens of these messages (and remembers them for the next request).
+    fn cached_tokens<'v>(&self, messages: impl Iterator<Item = &'v Value>) -> u64 {
+        let counted: Vec<(&Value, u64)> = messages.map(|m| (m, message_tokens(m))).collect();
+        lock(self.cache).lookup_and_store(&self.deployment.name, &counted)
     }
 
     fn chat(&self, body: &Map<String, Value>) -> GenResult {
@@ -806,7 +817,10 @@ impl Gen<'_> {
         let finish = if c < ANSWER.len() { "length" } else { "stop" };
         let id = format!("chatcmpl-{}", random_alnum(29));
         let created = now_secs();
-        let usage = Self::chat_usage(p, c as u64);
+        let cached = self.cached_tokens(msgs.iter());
+        let reasoning = details::reasoning_tokens(self.model(), c as u64);
+        let usage = Self::chat_usage(p, c as u64 + reasoning, cached, reasoning);
+        let billed = p + c as u64 + reasoning;
         if !stream {
             let mut v = json!({
                 "id": id,
@@ -827,7 +841,7 @@ impl Gen<'_> {
                     json!([{"prompt_index": 0, "content_filter_results": {}}]);
                 v["choices"][0]["content_filter_results"] = json!({});
             }
-            return Ok((Reply::json(200, &v), p + c as u64));
+            return Ok((Reply::json(200, &v), billed));
         }
         let with_usage = include_usage(body);
         let chunk = |choices: Value, usage: Option<&Value>| {
@@ -890,7 +904,7 @@ impl Gen<'_> {
             events.push(chunk(json!([]), Some(&usage)));
         }
         events.push("data: [DONE]\n\n".to_string());
-        Ok((Reply::events(events), p + c as u64))
+        Ok((Reply::events(events), billed))
     }
 
     fn completions(&self, body: &Map<String, Value>) -> GenResult {
@@ -1176,9 +1190,16 @@ impl Gen<'_> {
             Some(_) => return Err("stream: Input should be a valid boolean".into()),
         };
         let mut p: u64 = msgs.iter().map(message_tokens).sum();
-        if let Some(system) = body.get("system").filter(|s| !s.is_null()) {
-            p += 3 + content_words(Some(system));
+        let system_message = body
+            .get("system")
+            .filter(|s| !s.is_null())
+            .map(|system| serde_json::json!({"role": "system", "content": system}));
+        if let Some(system) = &system_message {
+            p += 3 + content_words(system.get("content"));
         }
+        // Anthropic reports cache reads beside the uncached input, not inside it.
+        let cached = self.cached_tokens(system_message.iter().chain(msgs.iter()));
+        let uncached = p - cached;
         let c = (max_tokens as usize).min(ANSWER.len());
         let stop = if c < ANSWER.len() {
             "max_tokens"
@@ -1197,9 +1218,9 @@ impl Gen<'_> {
                 "stop_reason": stop,
                 "stop_sequence": null,
                 "usage": {
-                    "input_tokens": p,
+                    "input_tokens": uncached,
                     "output_tokens": c,
-                    "cache_read_input_tokens": 0,
+                    "cache_read_input_tokens": cached,
                     "cache_creation_input_tokens": 0,
                 },
             });
@@ -1214,7 +1235,7 @@ impl Gen<'_> {
                 "id": id, "type": "message", "role": "assistant", "model": self.model(),
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 // Like Anthropic: a provisional output count in message_start.
-                "usage": {"input_tokens": p, "output_tokens": c.min(1), "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+                "usage": {"input_tokens": uncached, "output_tokens": c.min(1), "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached},
             }}),
         )];
         events.push(named_event(

@@ -12,6 +12,7 @@
 
 mod crypto;
 mod dataplane;
+mod details;
 mod entra;
 mod kubernetes;
 mod util;
@@ -104,6 +105,9 @@ pub struct StandInConfig {
     pub managed_identity: Option<ManagedIdentityRegistration>,
     /// Delay between streamed (SSE) chunks. Default 0.
     pub chunk_delay_ms: u64,
+    /// Delay between a stream's headers and its first event (the model's time to first
+    /// token). Default 0.
+    pub first_chunk_delay_ms: u64,
     /// The key the Entra part signs with. Default [`EntraKey::Primary`]. Ignored by
     /// [`StandIn::start_sharing_keys`].
     pub signing_key: EntraKey,
@@ -131,6 +135,7 @@ impl Default for StandInConfig {
             api_keys: Vec::new(),
             managed_identity: Some(ManagedIdentityRegistration::default()),
             chunk_delay_ms: 0,
+            first_chunk_delay_ms: 0,
             signing_key: EntraKey::Primary,
             log_requests: false,
             external_issuers: Vec::new(),
@@ -377,6 +382,8 @@ pub(crate) struct Shared {
     recorder: Mutex<Recorder>,
     faults: Mutex<HashMap<EndpointKind, FaultSlot>>,
     pub window: Mutex<RateWindow>,
+    /// Prompts served, for cached-token details (details.rs).
+    pub prompt_cache: Mutex<details::PromptCache>,
 }
 
 /// Locks, ignoring poisoning (a panicking test thread must not take the stand-in down).
@@ -701,6 +708,7 @@ async fn handle(
     Ok(into_response(
         reply,
         reset_after,
+        Duration::from_millis(shared.cfg.first_chunk_delay_ms),
         Duration::from_millis(shared.cfg.chunk_delay_ms),
     ))
 }
@@ -730,7 +738,12 @@ fn gzip_if_asked(mut reply: Reply, ctx: &Ctx, kind: EndpointKind) -> Reply {
     reply.with_header("content-encoding", "gzip")
 }
 
-fn into_response(reply: Reply, reset_after: Option<usize>, delay: Duration) -> Response<OutBody> {
+fn into_response(
+    reply: Reply,
+    reset_after: Option<usize>,
+    first_delay: Duration,
+    delay: Duration,
+) -> Response<OutBody> {
     let mut builder = Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
         builder = builder.header(k.as_str(), v.as_str());
@@ -753,6 +766,9 @@ fn into_response(reply: Reply, reset_after: Option<usize>, delay: Duration) -> R
                 for (i, chunk) in chunks.into_iter().enumerate() {
                     if reset_after.is_some_and(|n| i >= n) {
                         break;
+                    }
+                    if i == 0 && !first_delay.is_zero() {
+                        tokio::time::sleep(first_delay).await;
                     }
                     if i > 0 && !delay.is_zero() {
                         tokio::time::sleep(delay).await;
@@ -837,6 +853,7 @@ impl StandIn {
             recorder: Mutex::new(Recorder::default()),
             faults: Mutex::new(HashMap::new()),
             window: Mutex::new(RateWindow::default()),
+            prompt_cache: Mutex::new(details::PromptCache::default()),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
