@@ -10,15 +10,15 @@
 //!   answer is the first C words of [`ANSWER`].
 
 use crate::crypto::Jwt;
+use crate::details::{self, PromptCache};
 use crate::entra::SKEW_SECS;
 use crate::util::{now_secs, random_alnum, same_resource, uuid_v4, words};
-use crate::details::{self, PromptCache};
 use crate::{lock, v1_issuer, Ctx, Deployment, Reply, ReplyBody, Shared};
-use std::sync::Mutex;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
+use std::sync::Mutex;
 
 /// The answer's words; a completion of C tokens is the first C of them.
 pub const ANSWER: [&str; 12] = [

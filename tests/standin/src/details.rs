@@ -55,7 +55,9 @@ impl PromptCache {
 
 /// Whether a model reasons before it answers.
 pub fn is_reasoning_model(model: &str) -> bool {
-    ["o1", "o3", "o4", "gpt-5"].iter().any(|p| model.starts_with(p))
+    ["o1", "o3", "o4", "gpt-5"]
+        .iter()
+        .any(|p| model.starts_with(p))
 }
 
 /// Reasoning tokens of an answer with `visible` output tokens.
@@ -80,9 +82,15 @@ mod tests {
         let q2 = json!({"role": "user", "content": "two"});
         assert_eq!(cache.lookup_and_store("d", &[(&system, 1100), (&q1, 5)]), 0);
         // Same system message, other question: the 1100-token prefix is cached as 1024.
-        assert_eq!(cache.lookup_and_store("d", &[(&system, 1100), (&q2, 5)]), 1024);
+        assert_eq!(
+            cache.lookup_and_store("d", &[(&system, 1100), (&q2, 5)]),
+            1024
+        );
         // The whole first prompt again: 1105 -> 1024 as well; another deployment: nothing.
-        assert_eq!(cache.lookup_and_store("d", &[(&system, 1100), (&q1, 5)]), 1024);
+        assert_eq!(
+            cache.lookup_and_store("d", &[(&system, 1100), (&q1, 5)]),
+            1024
+        );
         assert_eq!(cache.lookup_and_store("e", &[(&system, 1100), (&q1, 5)]), 0);
         // Short prompts are never cached.
         assert_eq!(cache.lookup_and_store("d", &[(&q1, 5)]), 0);
