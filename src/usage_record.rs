@@ -96,7 +96,9 @@ pub const ATTRIBUTES: [(&str, &str); 20] = [
         "%FILTER_STATE(wasm.azure_llm_answer:PLAIN)%",
     ),
     ("http.request.method", "%REQ(:METHOD)%"),
-    ("url.path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    // The path as sent to Azure (deployment and api-version included): the filter rewrites
+    // `:path`, so this is not the caller's.
+    ("azure_llm.upstream_path", "%REQ(:PATH)%"),
     ("http.response.status_code", "%RESPONSE_CODE%"),
     ("azure_llm.duration_ms", "%DURATION%"),
 ];
@@ -105,7 +107,7 @@ pub const ATTRIBUTES: [(&str, &str); 20] = [
 pub const LOG_NAME: &str = "azure_llm_usage";
 
 /// The body of each record: one readable line.
-pub const BODY: &str = "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%";
+pub const BODY: &str = "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE%";
 
 #[cfg(test)]
 mod tests {

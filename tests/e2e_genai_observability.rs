@@ -425,7 +425,10 @@ fn assert_routed_record(r: &azure_otlp::ReceivedLog, prompt_tokens: u64) {
         ("azure_llm.ratelimit", "allowed"),
         ("azure_llm.currency", "USD"),
         ("http.request.method", "POST"),
-        ("url.path", "/v1/chat/completions"),
+        (
+            "azure_llm.upstream_path",
+            "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21",
+        ),
         ("http.response.status_code", "200"),
     ] {
         assert_eq!(r.attr(k), Some(v), "{k} in {r:?}");
@@ -437,7 +440,10 @@ fn assert_routed_record(r: &azure_otlp::ReceivedLog, prompt_tokens: u64) {
     assert!(r
         .attr("azure_llm.cost_micros")
         .is_some_and(|c| c.parse::<u64>().is_ok()));
-    assert_eq!(r.body, "POST /v1/chat/completions 200");
+    assert_eq!(
+        r.body,
+        "POST /openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21 200"
+    );
 }
 
 #[tokio::test]
