@@ -13,7 +13,7 @@
 //!
 //! Nothing here reads headers: caller credentials never reach a capture.
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 

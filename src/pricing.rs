@@ -17,7 +17,7 @@
 //! }
 //! ```
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use crate::usage::Usage;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};

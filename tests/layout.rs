@@ -20,6 +20,8 @@ const MAX_FUNCTION_LINES: usize = 150;
 /// else of `config` (which assembles them).
 const DOMAIN_CONFIG_FILES: &[&str] = &[
     "src/auth/config.rs",
+    "src/capture.rs",
+    "src/pricing.rs",
     "src/ratelimit.rs",
     "src/rls/config.rs",
     "src/routing/config.rs",

@@ -153,6 +153,24 @@ struct RawConfig {
     #[cfg_attr(
         feature = "schema",
         schemars(
+            description = "Prices per million tokens by model, for the cost counter and the \
+                           usage record (README \"Cost\")."
+        )
+    )]
+    #[serde(default)]
+    pricing: Option<crate::pricing::RawPricing>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Prompt and answer capture for the usage record: off by default, \
+                           size-capped, with role-based redaction (README \"Usage record\")."
+        )
+    )]
+    #[serde(default)]
+    capture: Option<crate::capture::RawCapture>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
             description = "Named Microsoft Entra ID credentials; each backend names one.",
             extend("propertyNames" = {"pattern": r"^[A-Za-z0-9._-]{1,64}$"})
         )
@@ -227,6 +245,10 @@ pub struct Config {
     pub rate_limits: crate::ratelimit::RateLimits,
     /// Caller authentication; `None`: every caller is the workload `anonymous`.
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Prices by model; `None`: no cost is counted.
+    pub pricing: Option<crate::pricing::Pricing>,
+    /// Prompt and answer capture for the usage record (off by default).
+    pub capture: crate::capture::Capture,
 }
 
 impl Config {
@@ -332,9 +354,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         None => crate::ratelimit::RateLimits::default(),
     };
     let failover = crate::failover::FailoverPolicy::from_raw(raw.failover.as_ref())?;
+    // Prices belong to models, not aliases (an alias is billed as its model).
+    let pricing = match &raw.pricing {
+        Some(p) => Some(crate::pricing::Pricing::from_raw(p, "pricing", |m| {
+            models.get(m).is_some_and(|r| r.name == m)
+        })?),
+        None => None,
+    };
+    let capture = match &raw.capture {
+        Some(c) => crate::capture::Capture::from_raw(c, "capture")?,
+        None => crate::capture::Capture::default(),
+    };
     Ok(Config {
         role: raw.role.unwrap_or_default(),
         failover,
+        pricing,
+        capture,
         rate_limits,
         auth,
         routing_header,

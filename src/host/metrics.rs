@@ -112,18 +112,6 @@ impl Metrics {
         increment(id, 1);
     }
 
-    /// Adds a request's prompt and completion tokens to the workload's counters.
-    pub fn count_tokens(
-        &mut self,
-        workload: &str,
-        model: &str,
-        backend: &str,
-        prompt: u64,
-        completion: u64,
-    ) {
-        self.count_usage(workload, model, backend, &Usage::tokens(prompt, completion));
-    }
-
     /// Adds a request's tokens (prompt, completion, and the cached and reasoning parts where
     /// reported) to the workload's counters.
     pub fn count_usage(&mut self, workload: &str, model: &str, backend: &str, usage: &Usage) {

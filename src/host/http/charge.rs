@@ -2,7 +2,8 @@
 //! reservations are settled with what it cost (src/settlement.rs: its real usage, the estimate
 //! when the usage could not be read, nothing for an error) in the local counters and the
 //! global rate limit service, and its usage recorded in metrics and access-log properties.
-//! This is the one place a request's cost is decided: hooks that need it go here.
+//! This is the one place a request's cost is decided: hooks that need it go here
+//! (`observe_end`: the request's histograms, cost and usage record).
 
 use super::HttpFilter;
 use crate::host::metrics::Family;
@@ -19,6 +20,7 @@ impl HttpFilter {
         }
         self.charged = true;
         let usage = self.meter.usage();
+        self.observe_end(usage);
         let settlement = self.settlement(usage);
         if !settlement.is_exact() {
             log::debug!(
@@ -82,13 +84,7 @@ impl HttpFilter {
             u.completion_tokens.to_string().as_bytes(),
         );
         if let (Some((model, backend)), Ok(mut s)) = (&self.routed, self.state.try_borrow_mut()) {
-            s.metrics.count_tokens(
-                &self.workload,
-                model,
-                backend,
-                u.prompt_tokens,
-                u.completion_tokens,
-            );
+            s.metrics.count_usage(&self.workload, model, backend, &u);
         }
     }
 }

@@ -19,6 +19,7 @@ impl HttpFilter {
             return self.forward_to_pool(config, plan);
         }
         self.routed = Some((plan.model.to_string(), plan.backend.name.clone()));
+        self.observe_route(plan);
         // Per-request data for access logs: %FILTER_STATE(wasm.azure_llm_<name>:PLAIN)%.
         for (name, value) in [
             ("azure_llm_model", plan.model),

@@ -44,16 +44,25 @@ impl HttpFilter {
             log::debug!("azure-llm-filter: encoded answer ({encoding:?}): its usage is not read");
         }
         self.meter = Meter::for_answer(content_type, encoding);
+        self.observe_answer_start(&config, content_type, encoding.is_some());
     }
 
     /// One chunk of the answer. With `Continue` the buffer holds just this chunk: it is read
     /// as it passes.
     pub(super) fn meter_response_body(&mut self, body_size: usize) {
-        if body_size > 0 && self.meter.reads_body() {
-            let chunk = self
-                .get_http_response_body(0, body_size)
-                .unwrap_or_default();
+        if body_size == 0 {
+            return;
+        }
+        if !self.meter.reads_body() && !self.observes_answer_text() {
+            self.observe_chunk(None);
+            return;
+        }
+        let chunk = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        if self.meter.reads_body() {
             self.meter.feed(&chunk);
         }
+        self.observe_chunk(Some(&chunk));
     }
 }

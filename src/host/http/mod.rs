@@ -23,6 +23,7 @@ mod credential;
 mod forward;
 mod global;
 mod meter;
+mod observe;
 mod pool;
 mod route;
 mod strip;
@@ -99,6 +100,8 @@ pub struct HttpFilter {
     /// meter: the filter asked Azure for stream usage the caller did not ask for; the
     /// usage-only chunk this causes is taken out of the answer.
     strip_usage_chunk: Option<UsageChunkStripper>,
+    /// observe: timings and what the usage record keeps until charge time.
+    observed: observe::Observed,
 }
 
 impl HttpFilter {
@@ -125,6 +128,7 @@ impl HttpFilter {
             pool: None,
             dialect: Dialect::OpenAi,
             strip_usage_chunk: None,
+            observed: observe::Observed::default(),
         }
     }
 
@@ -219,6 +223,7 @@ impl HttpContext for HttpFilter {
         let Inbound::Api { op, path_model } = inbound else {
             return self.discovery(&config, &inbound);
         };
+        self.observe_start(op);
         // Known from here on, for the access log of refusals too.
         self.property("azure_llm_workload", self.workload.as_bytes());
         let known_model = path_model.or_else(|| route::header_model(&config, &headers));

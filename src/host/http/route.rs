@@ -181,6 +181,7 @@ impl HttpFilter {
             return self.route_multipart(config, pending, body);
         }
         let info = routing::read_body(body)?;
+        self.observe_prompt(config, body);
         let model = pending
             .known_model
             .clone()

@@ -1,0 +1,158 @@
+//! Observing a request (issue 18): when it started, when its answer's first chunk came, and at
+//! charge time one record of what it measured: the OpenTelemetry GenAI histograms (tokens by
+//! type, duration, time to first token, time per output token), the cost of the price table,
+//! and the usage-record properties (`crate::usage_record`) for the access loggers, with the
+//! captured prompt and answer when `capture` is on.
+
+use super::HttpFilter;
+use crate::capture::AnswerCapture;
+use crate::config::Config;
+use crate::host::metrics::Observation;
+use crate::host::now_ms;
+use crate::metrics::{self, GenAiLabels};
+use crate::routing::config::BackendKind;
+use crate::routing::{Operation, RoutePlan};
+use crate::usage::Usage;
+use crate::usage_record as record;
+
+/// What the observation of one request keeps until it is charged.
+#[derive(Default)]
+pub(super) struct Observed {
+    started_ms: u64,
+    first_chunk_ms: Option<u64>,
+    operation: Option<Operation>,
+    /// `gen_ai.operation.name` and `gen_ai.provider.name`, once routed.
+    gen_ai: Option<(&'static str, &'static str)>,
+    /// The answer is a server-sent event stream.
+    streamed: bool,
+    answer: Option<AnswerCapture>,
+}
+
+/// `gen_ai.provider.name` of a backend kind.
+fn provider(kind: &BackendKind) -> &'static str {
+    match kind {
+        BackendKind::AzureOpenai { .. } | BackendKind::AzureOpenaiV1 => {
+            metrics::PROVIDER_AZURE_OPENAI
+        }
+        BackendKind::FoundryModels { .. } => metrics::PROVIDER_AZURE_AI_INFERENCE,
+        BackendKind::FoundryAnthropic { .. } => metrics::PROVIDER_ANTHROPIC,
+    }
+}
+
+impl HttpFilter {
+    /// Request headers of an API request: the clock starts.
+    pub(super) fn observe_start(&mut self, op: Operation) {
+        self.observed.started_ms = now_ms();
+        self.observed.operation = Some(op);
+    }
+
+    /// The request is routed: its operation and provider, for the histograms and the record.
+    pub(super) fn observe_route(&mut self, plan: &RoutePlan) {
+        let operation = self
+            .observed
+            .operation
+            .map_or("other", metrics::gen_ai_operation);
+        let provider = provider(&plan.backend.kind);
+        self.observed.gen_ai = Some((operation, provider));
+        self.property(record::OPERATION, operation.as_bytes());
+        self.property(record::PROVIDER, provider.as_bytes());
+    }
+
+    /// The request's JSON body: its prompt, if captured.
+    pub(super) fn observe_prompt(&self, config: &Config, body: &[u8]) {
+        if let Some(prompt) = config.capture.prompt_of(body) {
+            self.property(record::PROMPT, prompt.as_bytes());
+        }
+    }
+
+    /// Response headers: the answer's text is followed if captured (not an encoded answer,
+    /// whose bytes are not text).
+    pub(super) fn observe_answer_start(
+        &mut self,
+        config: &Config,
+        content_type: &str,
+        encoded: bool,
+    ) {
+        let streamed = content_type
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream");
+        self.observed.streamed = streamed;
+        self.observed.answer = config.capture.answer_reader(streamed).filter(|_| !encoded);
+    }
+
+    /// One chunk of the answer (read for the meter already, if it was read).
+    pub(super) fn observe_chunk(&mut self, chunk: Option<&[u8]>) {
+        if self.observed.first_chunk_ms.is_none() {
+            self.observed.first_chunk_ms = Some(now_ms());
+        }
+        if let (Some(answer), Some(chunk)) = (self.observed.answer.as_mut(), chunk) {
+            answer.feed(chunk);
+        }
+    }
+
+    /// Whether `observe_chunk` needs the chunk's bytes.
+    pub(super) fn observes_answer_text(&self) -> bool {
+        self.observed.answer.is_some()
+    }
+
+    /// Charge time, once: histograms, cost, and the record's properties.
+    pub(super) fn observe_end(&mut self, usage: Option<Usage>) {
+        let Some((model, backend)) = self.routed.clone() else {
+            return;
+        };
+        let (operation, provider) = self.observed.gen_ai.unwrap_or(("other", ""));
+        let started = self.observed.started_ms;
+        // Time to first token is a streaming measure: a JSON answer's first chunk is its end.
+        let ttft_ms = self
+            .observed
+            .first_chunk_ms
+            .filter(|_| self.observed.streamed)
+            .map(|t| t.saturating_sub(started));
+        let config = self.state.borrow().config.clone();
+        let cost = usage.zip(config.pricing.as_ref()).and_then(|(u, p)| {
+            let price = p.price(&model)?;
+            Some((price.cost_pico(&u), p.currency.as_str()))
+        });
+        let observation = Observation {
+            labels: GenAiLabels {
+                operation,
+                provider,
+                model: &model,
+                backend: &backend,
+                workload: &self.workload,
+            },
+            usage,
+            duration_ms: now_ms().saturating_sub(started),
+            ttft_ms,
+        };
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.metrics.observe(&observation);
+            if let Some((pico, currency)) = cost {
+                s.metrics.count_cost(&self.workload, &model, currency, pico);
+            }
+        }
+        let details = usage.map_or([None, None], |u| {
+            [u.cached_prompt_tokens, u.reasoning_tokens]
+        });
+        for (name, value) in [record::CACHED_PROMPT_TOKENS, record::REASONING_TOKENS]
+            .into_iter()
+            .zip(details)
+        {
+            if let Some(v) = value {
+                self.property(name, v.to_string().as_bytes());
+            }
+        }
+        if let Some((pico, currency)) = cost {
+            let micros = pico / 1_000_000;
+            self.property(record::COST_MICROS, micros.to_string().as_bytes());
+            self.property(record::CURRENCY, currency.as_bytes());
+        }
+        if let Some(t) = ttft_ms {
+            self.property(record::TTFT_MS, t.to_string().as_bytes());
+        }
+        if let Some(answer) = self.observed.answer.take() {
+            self.property(record::ANSWER, answer.finish().as_bytes());
+        }
+    }
+}
