@@ -12,7 +12,7 @@ use crate::auth::jwks::KeySet;
 use crate::auth::{AuthConfig, Authenticator, RawAuthConfig};
 use crate::config::Config;
 use crate::entra::credential::{AssertionResponse, ManagedIdentityEndpoint};
-use crate::{entra, multipart, rls, routing, usage, usage_chunk, usage_json};
+use crate::{capture, entra, multipart, rls, routing, usage, usage_chunk, usage_json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rsa::traits::PublicKeyParts;
@@ -34,6 +34,7 @@ pub const TARGETS: &[Target] = &[
     ("usage_chunk", usage_chunk),
     ("rls_response", rls_response),
     ("target_answer", target_answer),
+    ("capture", capture_text),
 ];
 
 const NOW_S: u64 = 1_760_000_000;
@@ -184,6 +185,9 @@ pub fn usage_json(data: &[u8]) {
     let reference = usage::from_json(data);
     if let Some(u) = reference {
         assert!(u.total() >= u.prompt_tokens.max(u.completion_tokens));
+        // Details are parts of the totals, never more.
+        assert!(u.cached_prompt_tokens.unwrap_or(0) <= u.prompt_tokens);
+        assert!(u.reasoning_tokens.unwrap_or(0) <= u.completion_tokens);
     }
     let whole = usage_json::scan(data);
     let mut split = usage_json::JsonUsageScanner::new();
@@ -282,6 +286,34 @@ pub fn usage_chunk(data: &[u8]) {
         (whole, 0),
         "the output still had a usage-only event"
     );
+}
+
+/// Prompt and answer capture of any request body or answer: within the cap, redacted, and a
+/// stream's text independent of how it is cut into chunks.
+pub fn capture_text(data: &[u8]) {
+    let raw = capture::RawCapture {
+        prompt: Some(true),
+        answer: Some(true),
+        max_bytes: Some(64),
+        drop_content_of_roles: vec!["system".into()],
+    };
+    let Ok(c) = capture::Capture::from_raw(&raw, "capture") else {
+        return;
+    };
+    if let Some(p) = c.prompt_of(data) {
+        assert!(p.len() <= 64);
+    }
+    for streamed in [false, true] {
+        let mut whole = c.answer_reader(streamed).unwrap_or_default();
+        whole.feed(data);
+        let mut split = c.answer_reader(streamed).unwrap_or_default();
+        for chunk in data.chunks(7) {
+            split.feed(chunk);
+        }
+        let (a, b) = (whole.finish(), split.finish());
+        assert!(a.len() <= 64);
+        assert_eq!(a, b, "capture depends on chunk boundaries");
+    }
 }
 
 /// A rate limit service's answer (protobuf), as the check and as the decoder alone.
@@ -389,6 +421,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "multipart_form" => vec![
             "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n".into(),
             "pre\r\n--XyZ \r\ncontent-disposition: form-data; name=model\r\n\r\ngpt-4o-transcribe\r\n--XyZ\r\nContent-Disposition: form-data; name=language\r\n\r\nen\r\n--XyZ--".into(),
+        ],
+        "capture" => vec![
+            r#"{"model":"gpt-4o","messages":[{"role":"system","content":"secret"},{"role":"user","content":"hi"}]}"#.into(),
+            r#"{"choices":[{"message":{"role":"assistant","content":"This is"}}]}"#.into(),
+            "data: {\"choices\":[{\"delta\":{\"content\":\"This\"}}]}\n\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"x\"}}\n\n".into(),
         ],
         "sse_usage" => vec![
             "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":12,\"total_tokens\":33}}\n\ndata: [DONE]\n\n".into(),

@@ -211,3 +211,32 @@ fn no_secret_in_any_debug_output() {
         "{text}"
     );
 }
+
+#[test]
+fn pricing_and_capture_sections() {
+    let mut v = base();
+    v["models"]["gpt-4o"]["aliases"] = json!(["gpt4"]);
+    v["pricing"] = json!({"models": {"gpt-4o": {"input": 2.5, "output": 10}}});
+    v["capture"] = json!({"prompt": true, "drop_content_of_roles": ["system"]});
+    let c = parse(v.clone()).unwrap();
+    let pricing = c.pricing.as_ref().unwrap();
+    assert_eq!(pricing.currency, "USD");
+    assert_eq!(pricing.price("gpt-4o").map(|p| p.output), Some(10_000_000));
+    assert!(c.capture.prompt && !c.capture.answer);
+    // Off by default; a price for an alias or an unknown model names the field.
+    let plain = parse(base()).unwrap();
+    assert!(plain.pricing.is_none() && !plain.capture.prompt && !plain.capture.answer);
+    v["pricing"] = json!({"models": {"gpt4": {"input": 1, "output": 1}}});
+    assert_eq!(err_field(v.clone()), "pricing.models.gpt4");
+    v["pricing"] = json!({"models": {"gpt-5": {"input": 1, "output": 1}}});
+    assert_eq!(err_field(v.clone()), "pricing.models.gpt-5");
+    v["pricing"] = json!({"models": {}, "cost": 1});
+    assert!(
+        err_field(v.clone()).starts_with("pricing"),
+        "{}",
+        err_field(v.clone())
+    );
+    v["pricing"] = json!(null);
+    v["capture"] = json!({"max_bytes": 0});
+    assert_eq!(err_field(v), "capture.max_bytes");
+}
