@@ -22,8 +22,11 @@ fn yaml_docs(rel: &str) -> Vec<Yaml> {
         .collect()
 }
 
-/// The filter's stats_config, as JSON, to compare with what a config holds.
-fn expected_stats_config() -> (Vec<(String, String)>, Vec<(String, Vec<u64>)>) {
+/// A `stats_config`'s (tag name, regex) list and (prefix, buckets) list.
+type StatsConfig = (Vec<(String, String)>, Vec<(String, Vec<u64>)>);
+
+/// The filter's stats_config, to compare with what a config holds.
+fn expected_stats_config() -> StatsConfig {
     let tags = metrics::stats_tags()
         .into_iter()
         .map(|(t, r)| (t.to_string(), r))
@@ -36,7 +39,7 @@ fn expected_stats_config() -> (Vec<(String, String)>, Vec<(String, Vec<u64>)>) {
 }
 
 /// (tags, bucket settings) of a `stats_config` (YAML or JSON, through serde_json values).
-fn stats_config_of(stats_config: &Json) -> (Vec<(String, String)>, Vec<(String, Vec<u64>)>) {
+fn stats_config_of(stats_config: &Json) -> StatsConfig {
     let tags = stats_config["stats_tags"]
         .as_array()
         .map(|a| {
@@ -312,11 +315,7 @@ fn dashboard_is_valid_and_queries_only_what_the_filter_emits() {
         for selector in e.split('{').skip(1) {
             let inside = selector.split('}').next().unwrap_or_default();
             for matcher in inside.split(',') {
-                let name = matcher
-                    .split(|c| c == '=' || c == '!')
-                    .next()
-                    .unwrap_or_default()
-                    .trim();
+                let name = matcher.split(['=', '!']).next().unwrap_or_default().trim();
                 if !name.is_empty() {
                     assert!(
                         labels.contains(name),
