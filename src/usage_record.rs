@@ -15,6 +15,9 @@ pub const WORKLOAD: &str = "azure_llm_workload";
 pub const MODEL: &str = "azure_llm_model";
 pub const BACKEND: &str = "azure_llm_backend";
 pub const DEPLOYMENT: &str = "azure_llm_deployment";
+/// Failover pools (set by the pool phase): the backend that answered, and the attempts.
+pub const TARGET: &str = "azure_llm_target";
+pub const ATTEMPTS: &str = "azure_llm_attempts";
 pub const OPERATION: &str = "azure_llm_operation";
 pub const PROVIDER: &str = "azure_llm_provider";
 pub const PROMPT_TOKENS: &str = "azure_llm_prompt_tokens";
@@ -30,7 +33,7 @@ pub const PROMPT: &str = "azure_llm_prompt";
 pub const ANSWER: &str = "azure_llm_answer";
 
 /// The record's attributes: (OTLP attribute key, Envoy access-log format of its value).
-pub const ATTRIBUTES: [(&str, &str); 20] = [
+pub const ATTRIBUTES: [(&str, &str); 22] = [
     (
         "gen_ai.operation.name",
         "%FILTER_STATE(wasm.azure_llm_operation:PLAIN)%",
@@ -70,6 +73,14 @@ pub const ATTRIBUTES: [(&str, &str); 20] = [
     (
         "azure_llm.deployment",
         "%FILTER_STATE(wasm.azure_llm_deployment:PLAIN)%",
+    ),
+    (
+        "azure_llm.target",
+        "%FILTER_STATE(wasm.azure_llm_target:PLAIN)%",
+    ),
+    (
+        "azure_llm.attempts",
+        "%FILTER_STATE(wasm.azure_llm_attempts:PLAIN)%",
     ),
     (
         "azure_llm.cost_micros",
@@ -120,6 +131,8 @@ mod tests {
             MODEL,
             BACKEND,
             DEPLOYMENT,
+            TARGET,
+            ATTEMPTS,
             OPERATION,
             PROVIDER,
             PROMPT_TOKENS,
