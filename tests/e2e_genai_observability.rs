@@ -207,7 +207,7 @@ async fn histograms_of_json_and_streamed_answers() {
     let started = Instant::now();
     let (status, body) = chat(
         &envoy,
-        json!({"model": "gpt-4o", "max_tokens": 3, "stream": true, "messages": [{"role": "user", "content": words}]}),
+        json!({"model": "gpt-4o", "max_tokens": 3, "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": words}]}),
     )
     .await;
     let client_duration = started.elapsed();
@@ -302,7 +302,7 @@ async fn cached_and_reasoning_tokens_by_type_and_their_cost() {
     // A reasoning model, streamed: 3 visible output tokens and 12 reasoning ones.
     let (status, body) = chat(
         &envoy,
-        json!({"model": "o3-mini", "max_completion_tokens": 3, "stream": true, "messages": [{"role": "user", "content": "think"}]}),
+        json!({"model": "o3-mini", "max_completion_tokens": 3, "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "think"}]}),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -495,6 +495,8 @@ async fn usage_record_one_per_request_over_otlp() {
         json_record.resource.get("log_name").map(String::as_str),
         Some("azure_llm_usage")
     );
+    // The caller did not ask for stream usage: the filter asked Azure for it (and took the
+    // usage chunk out of the answer), so the record still has it.
     let stream_record = &logs[1];
     assert_routed_record(stream_record, 3 + 2);
     let ttft: u64 = stream_record
@@ -536,7 +538,7 @@ async fn prompt_and_answer_only_when_capture_is_on() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = chat(&envoy, json!({"model": "gpt-4o", "max_tokens": 2, "stream": true, "messages": [{"role": "user", "content": "y".repeat(1000)}]})).await;
+    let (status, _) = chat(&envoy, json!({"model": "gpt-4o", "max_tokens": 2, "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "y".repeat(1000)}]})).await;
     assert_eq!(status, 200);
     let logs = otlp.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(logs.len(), 2, "{logs:#?}");
