@@ -84,7 +84,7 @@ impl HttpFilter {
             u.completion_tokens.to_string().as_bytes(),
         );
         if let (Some((model, backend)), Ok(mut s)) = (&self.routed, self.state.try_borrow_mut()) {
-            s.metrics.count_usage(&self.workload, model, backend, &u);
+            s.metrics.count_usage(&self.workload, model, backend, u);
         }
     }
 }
