@@ -201,6 +201,15 @@ mod pools {
     /// Envoy with the pool; `ptu_port` is where the PTU cluster connects (a closed port
     /// plays a resource that refuses connections).
     async fn envoy(ptu: &StandIn, payg: &StandIn, ptu_port: u16) -> Envoy {
+        envoy_with_routes(ptu, payg, ptu_port, "").await
+    }
+
+    async fn envoy_with_routes(
+        ptu: &StandIn,
+        payg: &StandIn,
+        ptu_port: u16,
+        more_routes: &str,
+    ) -> Envoy {
         let plugin = plugin_config(ptu);
         let mut o = EnvoyOptions::new(plugin.clone());
         o.clusters = vec![
@@ -215,7 +224,7 @@ mod pools {
             &[("ptu", ptu_port), ("payg", payg.port())],
         );
         o.extra_clusters_yaml = Some(clusters);
-        o.extra_routes_yaml = Some(routes);
+        o.extra_routes_yaml = Some(format!("{routes}{more_routes}"));
         o.backend_routes = vec!["payg".into()];
         Envoy::start(o).await
     }
@@ -318,6 +327,33 @@ mod pools {
                 .await,
             Some(1)
         );
+        assert_eq!(
+            envoy
+                .stat("wasmcustom.azure_llm.target_attempts.backend.payg.outcome.answered")
+                .await,
+            Some(1)
+        );
+        // The access log names the target that answered, its deployment and the attempts.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let line = loop {
+            let logs = envoy.logs();
+            if let Some(l) = logs
+                .lines()
+                .find(|l| l.contains("\" 200 ") && l.contains("model=gpt-4o"))
+            {
+                break l.to_string();
+            }
+            assert!(Instant::now() < deadline, "no access log line: {logs}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for part in [
+            "backend=payg",
+            "deployment=gpt-4o-global",
+            "target=payg",
+            "attempts=2",
+        ] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
 
         // Every later request skips the PTU until its retry-after-ms has passed.
         let resp = chat(&envoy).await;
@@ -486,5 +522,26 @@ mod pools {
         assert_eq!(resp.status(), 200);
         assert_eq!(data_plane(&ptu).len(), 1, "started at the PTU regardless");
         assert_eq!(data_plane(&payg).len(), 0);
+    }
+
+    /// A route that reaches the pool's cluster without the listener filter having routed the
+    /// request (here: a path the listener filter does not handle) gets no target's token and
+    /// no rewrite: the upstream filter refuses it, and no Azure resource sees it.
+    #[tokio::test]
+    async fn the_pool_cluster_refuses_what_the_listener_filter_did_not_route() {
+        let (ptu, payg) = resources().await;
+        let bypass =
+            "- match: { prefix: \"/bypass\" }\n  route: { cluster: \"ptu+payg\", timeout: 5s }\n";
+        let envoy = envoy_with_routes(&ptu, &payg, ptu.port(), bypass).await;
+        let resp = client()
+            .post(envoy.url("/bypass/openai/deployments/gpt-4o-ptu/chat/completions"))
+            .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "pool_misconfigured");
+        assert_eq!(data_plane(&ptu).len() + data_plane(&payg).len(), 0);
     }
 }
