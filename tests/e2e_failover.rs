@@ -201,7 +201,7 @@ mod pools {
     /// Envoy with the pool; `ptu_port` is where the PTU cluster connects (a closed port
     /// plays a resource that refuses connections).
     async fn envoy(ptu: &StandIn, payg: &StandIn, ptu_port: u16) -> Envoy {
-        envoy_with_routes(ptu, payg, ptu_port, "").await
+        envoy_with_routes(ptu, payg, ptu_port, "", 1).await
     }
 
     async fn envoy_with_routes(
@@ -209,6 +209,7 @@ mod pools {
         payg: &StandIn,
         ptu_port: u16,
         more_routes: &str,
+        workers: u32,
     ) -> Envoy {
         let plugin = plugin_config(ptu);
         let mut o = EnvoyOptions::new(plugin.clone());
@@ -225,6 +226,7 @@ mod pools {
         );
         o.extra_clusters_yaml = Some(clusters);
         o.extra_routes_yaml = Some(format!("{routes}{more_routes}"));
+        o.concurrency = workers;
         o.backend_routes = vec!["payg".into()];
         Envoy::start(o).await
     }
@@ -532,7 +534,7 @@ mod pools {
         let (ptu, payg) = resources().await;
         let bypass =
             "- match: { prefix: \"/bypass\" }\n  route: { cluster: \"ptu+payg\", timeout: 5s }\n";
-        let envoy = envoy_with_routes(&ptu, &payg, ptu.port(), bypass).await;
+        let envoy = envoy_with_routes(&ptu, &payg, ptu.port(), bypass, 1).await;
         let resp = client()
             .post(envoy.url("/bypass/openai/deployments/gpt-4o-ptu/chat/completions"))
             .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
@@ -543,5 +545,53 @@ mod pools {
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["code"], "pool_misconfigured");
         assert_eq!(data_plane(&ptu).len() + data_plane(&payg).len(), 0);
+    }
+
+    /// The throttle is in shared data: with two workers, requests on new connections (the
+    /// kernel spreads them over the workers' sockets; 16 all on one worker would be a 1 in
+    /// 30,000 chance) all skip the throttled PTU.
+    #[tokio::test]
+    async fn every_worker_skips_a_throttled_target() {
+        let (ptu, payg) = resources().await;
+        let envoy = envoy_with_routes(&ptu, &payg, ptu.port(), "", 2).await;
+        ptu.push_fault(
+            EndpointKind::DataPlane,
+            Fault::RateLimitedMs {
+                retry_after_ms: 20_000,
+            },
+            1,
+        );
+        assert_eq!(chat(&envoy).await.status(), 200);
+        assert_eq!(data_plane(&ptu).len(), 1);
+        for i in 0..16 {
+            let fresh = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let resp = fresh
+                .post(envoy.url("/v1/chat/completions"))
+                .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "request {i}");
+        }
+        assert_eq!(
+            data_plane(&ptu).len(),
+            1,
+            "no worker sent to the throttled PTU"
+        );
+        assert_eq!(data_plane(&payg).len(), 17);
+        let name = |w: u32| {
+            format!(
+                "listener.127.0.0.1_{}.worker_{w}.downstream_cx_total",
+                envoy.listener_port
+            )
+        };
+        let (w0, w1) = (envoy.stat(&name(0)).await, envoy.stat(&name(1)).await);
+        assert!(
+            w0.unwrap_or(0) > 0 && w1.unwrap_or(0) > 0,
+            "both workers served: {w0:?} {w1:?}"
+        );
     }
 }
