@@ -108,23 +108,39 @@ async fn setup_with(
     env: impl FnOnce(&StandIn) -> Vec<(String, String)>,
     credential_extra: Value,
 ) -> Setup {
-    setup_logged(
-        token_lifetime_secs,
-        token_file,
-        env,
+    let tweaks = Tweaks {
         credential_extra,
-        "info",
-    )
-    .await
+        ..Tweaks::default()
+    };
+    setup_tweaked(token_lifetime_secs, token_file, env, tweaks).await
 }
 
-async fn setup_logged(
+/// Less usual settings of a setup.
+struct Tweaks {
+    /// Fields added to the shipped credential.
+    credential_extra: Value,
+    log_level: &'static str,
+    /// More routes on the public listener (`EnvoyOptions::extra_routes_yaml`).
+    extra_routes_yaml: Option<String>,
+}
+
+impl Default for Tweaks {
+    fn default() -> Self {
+        Tweaks {
+            credential_extra: json!({}),
+            log_level: "info",
+            extra_routes_yaml: None,
+        }
+    }
+}
+
+async fn setup_tweaked(
     token_lifetime_secs: u64,
     token_file: PathBuf,
     env: impl FnOnce(&StandIn) -> Vec<(String, String)>,
-    credential_extra: Value,
-    log_level: &str,
+    tweaks: Tweaks,
 ) -> Setup {
+    let credential_extra = tweaks.credential_extra;
     let issuer = KubernetesIssuer::new().unwrap();
     let standin = StandIn::start(StandInConfig {
         clients: vec![issuer.federated_client(CLIENT_ID, NAMESPACE, SERVICE_ACCOUNT)],
@@ -162,7 +178,8 @@ async fn setup_logged(
         TOKEN_ROUTE,
     ));
     o.host_env = env(&standin);
-    o.log_level = log_level.into();
+    o.log_level = tweaks.log_level.into();
+    o.extra_routes_yaml = tweaks.extra_routes_yaml;
     let envoy = Envoy::start(o).await;
     Setup {
         standin,
@@ -253,14 +270,11 @@ async fn envoy_serves_the_token_file_and_a_rotated_file_is_used_by_the_next_exch
     // Entra tokens of 4 s: refreshed after 2 s, so the next exchange comes soon. Envoy at debug
     // level: not even its debug logs may show the assertion.
     let f = file.clone();
-    let s = setup_logged(
-        4,
-        file,
-        move |st| webhook_env(st, Some(&f)),
-        json!({}),
-        "debug",
-    )
-    .await;
+    let debug = Tweaks {
+        log_level: "debug",
+        ..Tweaks::default()
+    };
+    let s = setup_tweaked(4, file, move |st| webhook_env(st, Some(&f)), debug).await;
     let (status, body) = chat(&s.envoy).await;
     assert_eq!(status, 200, "{body} {}", s.envoy.logs());
     assert_eq!(assertions(&s.standin), vec![first.clone()]);
@@ -302,54 +316,76 @@ async fn envoy_serves_the_token_file_and_a_rotated_file_is_used_by_the_next_exch
     }
 }
 
+/// What callers try to reach the token route: (method, path, headers).
+type Attempt = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+);
+
+fn caller_attempts() -> Vec<Attempt> {
+    let mut out = Vec::new();
+    for method in ["GET", "POST"] {
+        for (path, headers) in [
+            ("/token", vec![]),
+            ("/token", vec![("host", "workload-identity.internal")]),
+            ("/token", vec![("host", TOKEN_ROUTE)]),
+            ("/token", vec![("x-azure-llm-backend", TOKEN_ROUTE)]),
+            (
+                "/token",
+                vec![
+                    ("x-azure-llm-backend", TOKEN_ROUTE),
+                    ("host", "workload-identity.internal"),
+                ],
+            ),
+            (
+                "/v1/chat/completions",
+                vec![("x-azure-llm-backend", TOKEN_ROUTE)],
+            ),
+        ] {
+            out.push((method, path, headers));
+        }
+    }
+    out
+}
+
+/// The attempts that got the token file's content (by its signature) out of Envoy.
+async fn leaks(envoy: &Envoy, token: &str) -> Vec<String> {
+    let signature = token.rsplit('.').next().unwrap().to_string();
+    let http = client();
+    let mut leaked = Vec::new();
+    for (method, path, headers) in caller_attempts() {
+        let mut req = http.request(method.parse().unwrap(), envoy.url(path));
+        for (k, v) in &headers {
+            req = req.header(*k, *v);
+        }
+        if method == "POST" {
+            req = req.json(&json!({"model": "gpt-4o", "messages": []}));
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        if body.contains(&signature) || status == 200 {
+            leaked.push(format!("{method} {path} {headers:?}: {status}"));
+        }
+    }
+    leaked
+}
+
 /// The token route is reachable from the filter's callout only: whatever a caller sends (the
 /// route's path, its authority, the listener's name, the routing header naming its cluster),
-/// it never gets the file's content.
+/// it never gets the file's content. The same probe finds the leak of an Envoy misconfigured
+/// with a route to the token cluster (so it is not blind).
 #[tokio::test]
 async fn callers_cannot_reach_the_token_route() {
     let file = token_dir().join("azure-identity-token");
     let issuer = KubernetesIssuer::new().unwrap();
     let token = issuer.service_account_token(NAMESPACE, SERVICE_ACCOUNT, 3600);
     write_token(&file, &token);
-    let s = setup(3599, file).await;
+    let s = setup(3599, file.clone()).await;
     assert_eq!(chat(&s.envoy).await.0, 200, "{}", s.envoy.logs());
-    let http = client();
-    let attempts: Vec<(&str, Vec<(&str, &str)>)> = vec![
-        ("/token", vec![]),
-        ("/token", vec![("host", "workload-identity.internal")]),
-        ("/token", vec![("host", TOKEN_ROUTE)]),
-        ("/token", vec![("x-azure-llm-backend", TOKEN_ROUTE)]),
-        (
-            "/token",
-            vec![
-                ("x-azure-llm-backend", TOKEN_ROUTE),
-                ("host", "workload-identity.internal"),
-            ],
-        ),
-        (
-            "/v1/chat/completions",
-            vec![("x-azure-llm-backend", TOKEN_ROUTE)],
-        ),
-    ];
-    let signature = token.rsplit('.').next().unwrap().to_string();
-    for (path, headers) in attempts {
-        for method in ["GET", "POST"] {
-            let mut req = http.request(method.parse().unwrap(), s.envoy.url(path));
-            for (k, v) in &headers {
-                req = req.header(*k, *v);
-            }
-            if method == "POST" {
-                req = req.json(&json!({"model": "gpt-4o", "messages": []}));
-            }
-            let resp = req.send().await.unwrap();
-            let status = resp.status().as_u16();
-            let body = resp.text().await.unwrap_or_default();
-            assert!(
-                !body.contains(&signature) && status != 200,
-                "{method} {path} {headers:?} reached the token route: {status} {body}"
-            );
-        }
-    }
+    let leaked = leaks(&s.envoy, &token).await;
+    assert!(leaked.is_empty(), "reached the token route: {leaked:?}");
     // The internal listener has no address Envoy listens on.
     let listeners: Value = client()
         .get(s.envoy.admin_url("/listeners?format=json"))
@@ -368,6 +404,28 @@ async fn callers_cannot_reach_the_token_route() {
     assert!(
         token_listener["local_address"]["socket_address"].is_null(),
         "{token_listener}"
+    );
+    drop(s);
+
+    // Control: a route to the token cluster on the public listener leaks, and the probe sees it.
+    let f = file.clone();
+    let misconfigured = Tweaks {
+        extra_routes_yaml: Some(format!(
+            "- match: {{ path: \"/token\" }}\n  route: {{ cluster: {TOKEN_ROUTE} }}\n"
+        )),
+        ..Tweaks::default()
+    };
+    let s = setup_tweaked(
+        3599,
+        file,
+        move |st| webhook_env(st, Some(&f)),
+        misconfigured,
+    )
+    .await;
+    let leaked = leaks(&s.envoy, &token).await;
+    assert!(
+        !leaked.is_empty(),
+        "the probe missed a route to the token cluster"
     );
 }
 
