@@ -27,13 +27,15 @@ pub const REASONING_TOKENS: &str = "azure_llm_reasoning_tokens";
 pub const COST_MICROS: &str = "azure_llm_cost_micros";
 pub const CURRENCY: &str = "azure_llm_currency";
 pub const RATELIMIT: &str = "azure_llm_ratelimit";
+/// How a limited request was charged (set by the charge phase: `usage`, `estimate`, `released`).
+pub const CHARGE: &str = "azure_llm_charge";
 pub const TTFT_MS: &str = "azure_llm_ttft_ms";
 /// Only with `capture.prompt` / `capture.answer` (src/capture.rs).
 pub const PROMPT: &str = "azure_llm_prompt";
 pub const ANSWER: &str = "azure_llm_answer";
 
 /// The record's attributes: (OTLP attribute key, Envoy access-log format of its value).
-pub const ATTRIBUTES: [(&str, &str); 22] = [
+pub const ATTRIBUTES: [(&str, &str); 23] = [
     (
         "gen_ai.operation.name",
         "%FILTER_STATE(wasm.azure_llm_operation:PLAIN)%",
@@ -95,6 +97,10 @@ pub const ATTRIBUTES: [(&str, &str); 22] = [
         "%FILTER_STATE(wasm.azure_llm_ratelimit:PLAIN)%",
     ),
     (
+        "azure_llm.charge",
+        "%FILTER_STATE(wasm.azure_llm_charge:PLAIN)%",
+    ),
+    (
         "azure_llm.time_to_first_token_ms",
         "%FILTER_STATE(wasm.azure_llm_ttft_ms:PLAIN)%",
     ),
@@ -142,6 +148,7 @@ mod tests {
             COST_MICROS,
             CURRENCY,
             RATELIMIT,
+            CHARGE,
             TTFT_MS,
             PROMPT,
             ANSWER,

@@ -191,6 +191,9 @@ fn filter_options_with(fx: &Fixture, auth: Option<Value>, limits: bool) -> Envoy
     }
     if limits {
         plugin["rate_limits"] = json!({"default": {"tokens_per_minute": 1_000_000_000_000u64}});
+        // The full path counts what each answer costs too.
+        plugin["pricing"] =
+            json!({"models": {"gpt-4o": {"input": 2.5, "cached_input": 1.25, "output": 10}}});
     }
     let mut o = EnvoyOptions::new(plugin);
     o.clusters = clusters(fx);
@@ -734,6 +737,19 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
     let (lat, r) = latency_and_throughput(&envoy, &token).await;
     measure(
         "azure-llm-filter, full path, access_log_properties off",
+        r,
+        Some(lat),
+        true,
+    );
+    drop(envoy);
+
+    // The same without the GenAI histograms (`gen_ai_histograms: false`): their cost.
+    let mut o = filter_options(&fx, jwt_auth(&fx));
+    o.plugin_config["gen_ai_histograms"] = json!(false);
+    let envoy = Envoy::start(o).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    measure(
+        "azure-llm-filter, full path, gen_ai_histograms off",
         r,
         Some(lat),
         true,

@@ -578,3 +578,36 @@ async fn a_collector_that_fails_never_fails_requests() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn histograms_can_be_turned_off_counters_stay() {
+    let standin = standin().await;
+    let envoy = start(&standin, json!({"gen_ai_histograms": false}), None).await;
+    let (status, body) = chat(
+        &envoy,
+        json!({"model": "gpt-4o", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let scrape = scrape_until(&envoy, |s| {
+        s.value(
+            "azure_llm_tokens",
+            &[("model", "gpt-4o"), ("kind", "completion")],
+        ) == Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        scrape.value(
+            "azure_llm_tokens",
+            &[("model", "gpt-4o"), ("kind", "completion")]
+        ),
+        Some(2.0)
+    );
+    assert!(scrape
+        .value("azure_llm_cost_micros", &[("model", "gpt-4o")])
+        .is_some());
+    assert!(
+        !scrape.0.iter().any(|s| s.name.starts_with("gen_ai_")),
+        "no GenAI histogram when turned off"
+    );
+}

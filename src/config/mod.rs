@@ -137,6 +137,16 @@ struct RawConfig {
     access_log_properties: Option<bool>,
     #[cfg_attr(
         feature = "schema",
+        schemars(
+            description = "Record the OpenTelemetry GenAI histograms (token usage, duration, \
+                           time to first token, time per output token; default true). The \
+                           counters are kept either way."
+        )
+    )]
+    #[serde(default)]
+    gen_ai_histograms: Option<bool>,
+    #[cfg_attr(
+        feature = "schema",
         schemars(description = "Per-workload and per-model token and request limits.")
     )]
     #[serde(default)]
@@ -235,6 +245,8 @@ pub struct Config {
     pub body_wait_timeout_ms: u64,
     /// Per-request data left in filter state for access logs (`wasm.azure_llm_*`).
     pub access_log_properties: bool,
+    /// The GenAI histograms are recorded (`gen_ai_histograms`, default true).
+    pub gen_ai_histograms: bool,
     pub max_body_bytes: usize,
     pub credentials: Vec<Credential>,
     pub backends: Vec<Backend>,
@@ -380,6 +392,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         token_wait_timeout_ms,
         body_wait_timeout_ms,
         access_log_properties: raw.access_log_properties.unwrap_or(true),
+        gen_ai_histograms: raw.gen_ai_histograms.unwrap_or(true),
         max_body_bytes,
         credentials,
         backends,

@@ -226,6 +226,10 @@ fn pricing_and_capture_sections() {
     // Off by default; a price for an alias or an unknown model names the field.
     let plain = parse(base()).unwrap();
     assert!(plain.pricing.is_none() && !plain.capture.prompt && !plain.capture.answer);
+    assert!(plain.gen_ai_histograms);
+    let mut off = base();
+    off["gen_ai_histograms"] = json!(false);
+    assert!(!parse(off).unwrap().gen_ai_histograms);
     v["pricing"] = json!({"models": {"gpt4": {"input": 1, "output": 1}}});
     assert_eq!(err_field(v.clone()), "pricing.models.gpt4");
     v["pricing"] = json!({"models": {"gpt-5": {"input": 1, "output": 1}}});

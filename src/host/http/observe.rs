@@ -127,7 +127,9 @@ impl HttpFilter {
             ttft_ms,
         };
         if let Ok(mut s) = self.state.try_borrow_mut() {
-            s.metrics.observe(&observation);
+            if config.gen_ai_histograms {
+                s.metrics.observe(&observation);
+            }
             if let Some((pico, currency)) = cost {
                 s.metrics.count_cost(&self.workload, &model, currency, pico);
             }
