@@ -95,43 +95,84 @@ fn token_route_is_the_one_tested_in_a_real_envoy() {
     );
 }
 
+/// The Wasm filter configs of an EnvoyFilter (`patch.value.typed_config.config` of every
+/// Wasm extension config), in order.
+fn wasm_configs(ef: &Yaml) -> Vec<&Yaml> {
+    ef["spec"]["configPatches"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| &p["patch"]["value"]["typed_config"])
+        .filter(|tc| {
+            tc["@type"].as_str()
+                == Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
+        })
+        .map(|tc| &tc["config"])
+        .collect()
+}
+
+fn json_of(wasm: &Yaml) -> Json {
+    serde_json::from_str(wasm["configuration"]["value"].as_str().unwrap()).unwrap()
+}
+
+/// ../envoyfilter.yaml with every credential a `workload_identity` one (same token cluster;
+/// tenant and client id as written or left to the webhook's variables) and the VMs' environment
+/// the webhook's variables. When envoyfilter.yaml changes, make the same change here.
 #[test]
-fn wasm_envoy_filter_differs_from_the_secret_one_only_in_credential_and_environment() {
+fn wasm_envoy_filter_is_the_secret_one_with_workload_identity_credentials() {
     let wi_docs = load(&wi_file());
     let secret_docs = load(&root().join("envoy/istio/envoyfilter.yaml"));
     let wi = named(&wi_docs, "EnvoyFilter", "azure-llm-filter");
     let secret = named(&secret_docs, "EnvoyFilter", "azure-llm-filter");
-
-    let mut wi_plugin = plugin_config(wi);
-    let mut secret_plugin = plugin_config(secret);
-    let cred = wi_plugin["credentials"]["main"].clone();
-    assert_eq!(cred["kind"], "workload_identity");
+    let (wi_wasm, secret_wasm) = (wasm_configs(wi), wasm_configs(secret));
     assert_eq!(
-        cred["token_cluster"],
-        secret_plugin["credentials"]["main"]["token_cluster"]
+        wi_wasm.len(),
+        secret_wasm.len(),
+        "one Wasm config per Wasm config"
     );
-    wi_plugin["credentials"] = Json::Null;
-    secret_plugin["credentials"] = Json::Null;
-    assert_eq!(
-        wi_plugin, secret_plugin,
-        "the rest of the plugin configuration"
+    for (w, s) in wi_wasm.iter().zip(&secret_wasm) {
+        let (mut wp, mut sp) = (json_of(w), json_of(s));
+        let (wc, sc) = (wp["credentials"].take(), sp["credentials"].take());
+        assert_eq!(wp, sp, "the plugin configuration besides credentials");
+        let (wc, sc) = (wc.as_object().unwrap(), sc.as_object().unwrap());
+        assert_eq!(
+            wc.keys().collect::<Vec<_>>(),
+            sc.keys().collect::<Vec<_>>(),
+            "the same credential names"
+        );
+        for (name, c) in wc {
+            let original = &sc[name];
+            assert_eq!(c["kind"], "workload_identity", "{name}");
+            assert_eq!(c["token_cluster"], original["token_cluster"], "{name}");
+            for id in ["tenant_id", "client_id"] {
+                assert!(c[id].is_null() || c[id] == original[id], "{name}.{id}");
+            }
+        }
+        let keys: Vec<&str> = w["vm_config"]["environment_variables"]["host_env_keys"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Yaml::as_str)
+            .collect();
+        assert_eq!(keys, WEBHOOK_VARIABLES);
+    }
+    // `main` takes everything from the webhook.
+    let main = &json_of(wi_wasm[0])["credentials"]["main"];
+    assert!(
+        main["tenant_id"].is_null() && main["client_id"].is_null(),
+        "{main}"
     );
-
-    let keys: Vec<&str> = wasm_config(wi)["vm_config"]["environment_variables"]["host_env_keys"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Yaml::as_str)
-        .collect();
-    assert_eq!(keys, WEBHOOK_VARIABLES);
 
     // Everything else is the same document.
     let strip = |ef: &Yaml| {
         let mut ef = ef.clone();
-        let config =
-            &mut ef["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"];
-        config["configuration"] = Yaml::Null;
-        config["vm_config"]["environment_variables"] = Yaml::Null;
+        for p in ef["spec"]["configPatches"].as_sequence_mut().unwrap() {
+            let config = &mut p["patch"]["value"]["typed_config"]["config"];
+            if config.get("vm_config").is_some() {
+                config["configuration"] = Yaml::Null;
+                config["vm_config"]["environment_variables"] = Yaml::Null;
+            }
+        }
         ef
     };
     assert_eq!(strip(wi), strip(secret));
@@ -188,9 +229,11 @@ fn no_route_leads_to_the_token_route() {
 #[test]
 fn the_filter_and_check_config_accept_the_plugin_configuration() {
     let docs = load(&wi_file());
-    let plugin = plugin_config(named(&docs, "EnvoyFilter", "azure-llm-filter"));
-    azure_llm_filter::config::Config::parse(plugin.to_string().as_bytes())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let wasm = wasm_configs(named(&docs, "EnvoyFilter", "azure-llm-filter"));
+    for w in &wasm {
+        azure_llm_filter::config::Config::parse(json_of(w).to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
     let run = |args: &[&str], file: &Path, env: &[(&str, &str)]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_check-config"));
         cmd.args(args).arg(file);
@@ -208,7 +251,7 @@ fn the_filter_and_check_config_accept_the_plugin_configuration() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(
         out.lines().filter(|l| l.ends_with(": OK")).count(),
-        1,
+        wasm.len(),
         "{out}"
     );
     // --check-env: the webhook's variables must be there, as the filter needs them.
