@@ -337,3 +337,48 @@ fn raw_exchange_keep_open(port: u16, head: &str, partial: &[u8]) -> ((u16, Strin
         .unwrap_or(0);
     ((status, text), started.elapsed())
 }
+
+/// Errors the root context sends (here: the Entra token does not come within
+/// `token_wait_timeout_ms`) keep the dialect of the route the request came in on.
+#[tokio::test]
+async fn root_context_errors_keep_the_callers_dialect() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let mut o = common::EnvoyOptions::new(json!({
+        "credentials": common::standin_credentials(&standin.tenant_id()),
+        "backends": {
+            "claude": {"kind": "foundry_anthropic", "host": "f.services.ai.azure.com", "credential": "main"}
+        },
+        "models": {"claude-opus-4-5": {"backend": "claude", "deployment": "claude-opus-4-5"}},
+        "token_wait_timeout_ms": 300
+    }));
+    o.clusters = vec![
+        common::Cluster::new("entra", standin.port()),
+        common::Cluster::new("claude", standin.port()),
+    ];
+    o.backend_routes = vec!["claude".into()];
+    let envoy = common::Envoy::start(o).await;
+    standin.push_fault(
+        EndpointKind::Token,
+        azure_standin::Fault::Delay(Duration::from_millis(2500)),
+        1,
+    );
+    let resp = common::client()
+        .post(envoy.url("/v1/messages"))
+        .json(&json!({"model": "claude-opus-4-5", "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "api_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("backend_token_timeout: "),
+        "{v}"
+    );
+    assert_eq!(standin.count(EndpointKind::DataPlane), 0);
+}
