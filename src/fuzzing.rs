@@ -383,6 +383,18 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             })
             .to_string(),
             json!({
+                "credentials": {"aks": {"kind": "workload_identity", "token_cluster": "entra"},
+                                "partner": {"kind": "workload_identity", "token_cluster": "entra",
+                                            "tenant_id": "p.onmicrosoft.com", "client_id": "8",
+                                            "authority_host": "login.microsoftonline.us",
+                                            "audience": "api://AzureADTokenExchangeUSGov",
+                                            "assertion_cluster": "tokens", "assertion_path": "/token"}},
+                "backends": {"a": {"kind": "azure_openai", "host": "a.openai.azure.us", "api_version": "2024-10-21", "credential": "aks"},
+                             "p": {"kind": "azure_openai_v1", "host": "p.openai.azure.us", "credential": "partner"}},
+                "models": {"m": {"backend": "a", "deployment": "d"}, "n": {"backend": "p", "deployment": "e"}}
+            })
+            .to_string(),
+            json!({
                 "credentials": {"a": {"kind": "client_secret", "tenant_id": "t", "client_id": "c", "client_secret": "s", "token_cluster": "entra"}},
                 "backends": {"ptu": {"kind": "azure_openai", "host": "p.openai.azure.com", "api_version": "2024-10-21", "credential": "a"},
                              "payg": {"kind": "azure_openai_v1", "host": "g.openai.azure.com", "credential": "a"}},
