@@ -79,7 +79,7 @@ impl UpstreamFilter {
     }
 
     /// The plan of this attempt: the hand-over's model on the target of the picked host.
-    fn plan<'c>(&self, config: &'c Config) -> Result<RoutePlan<'c>, FilterError> {
+    fn plan<'c>(&self, config: &'c Config) -> Result<(RoutePlan<'c>, bool), FilterError> {
         let misconfigured = |message: String| FilterError::internal("pool_misconfigured", message);
         let handover = self
             .get_property(vec![HANDOVER_PROPERTY])
@@ -113,7 +113,8 @@ impl UpstreamFilter {
                     handover.model
                 ))
             })?;
-        routing::plan_target(config, handover.op, &handover.model, index)
+        let plan = routing::plan_target(config, handover.op, &handover.model, index)?;
+        Ok((plan, handover.op.is_multipart()))
     }
 
     /// Sets the attempt's headers; returns what the body needs.
@@ -192,7 +193,7 @@ impl Context for UpstreamFilter {}
 impl HttpContext for UpstreamFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = self.state.borrow().config.clone();
-        let plan = match self.plan(&config) {
+        let (plan, multipart) = match self.plan(&config) {
             Ok(p) => p,
             Err(e) => return self.fail(&e),
         };
@@ -201,7 +202,8 @@ impl HttpContext for UpstreamFilter {
             backend: plan.backend.name.clone(),
             deployment: plan.deployment.to_string(),
             credential: plan.backend.credential,
-            body_model: plan.body_model.map(str::to_string),
+            // A multipart form (audio) is passed on as it is, like the listener filter does.
+            body_model: plan.body_model.filter(|_| !multipart).map(str::to_string),
         });
         if self
             .attempt

@@ -436,17 +436,14 @@ fn validate_targets(
                 ),
             ));
         }
-        let anthropic = |b: usize| {
-            backends
-                .get(b)
-                .is_some_and(|b| matches!(b.kind, BackendKind::FoundryAnthropic { .. }))
-        };
         if let Some((_, first)) = ordered.first() {
-            if anthropic(first.backend) != anthropic(backend) {
+            let family = |b: usize| backends.get(b).map(|b| api_family(&b.kind));
+            if family(first.backend) != family(backend) {
                 return Err(ConfigError::new(
                     format!("{tfield}.backend"),
-                    "the targets of a pool must all serve Anthropic Messages (foundry_anthropic) or \
-                     all OpenAI-style APIs: a caller's request must fit every target",
+                    "the targets of a pool must serve the same APIs: all Azure OpenAI \
+                     (azure_openai, azure_openai_v1), all foundry_models or all \
+                     foundry_anthropic, so that a caller's request fits every target",
                 ));
             }
         }
@@ -462,6 +459,16 @@ fn validate_targets(
     // Stable: equal priorities keep their order in the list.
     ordered.sort_by_key(|(p, _)| *p);
     Ok(ordered.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Backends serving the same operations can be targets of one pool (Azure OpenAI's dated and
+/// v1 APIs serve the same ones; Foundry model inference fewer; Claude only Messages).
+fn api_family(kind: &BackendKind) -> u8 {
+    match kind {
+        BackendKind::AzureOpenai { .. } | BackendKind::AzureOpenaiV1 => 0,
+        BackendKind::FoundryModels { .. } => 1,
+        BackendKind::FoundryAnthropic { .. } => 2,
+    }
 }
 
 fn check_api_version(field: &str, v: &str) -> Result<(), ConfigError> {
@@ -530,6 +537,8 @@ mod tests {
                                        "credential": "main"});
         v["backends"]["claude"] = json!({"kind": "foundry_anthropic",
                                          "host": "f.services.ai.azure.com", "credential": "main"});
+        v["backends"]["models"] = json!({"kind": "foundry_models",
+                                         "host": "m.services.ai.azure.com", "credential": "main"});
         v["models"]["gpt-4o"] = json!({"targets": [
             {"backend": "aoai", "deployment": "gpt-4o-ptu"},
             {"backend": "payg", "deployment": "gpt-4o-global"}
@@ -602,6 +611,11 @@ mod tests {
             (
                 json!({"targets": [{"backend": "aoai", "deployment": "a"},
                                     {"backend": "claude", "deployment": "b"}]}),
+                "models.gpt-4o.targets[1].backend",
+            ),
+            (
+                json!({"targets": [{"backend": "aoai", "deployment": "a"},
+                                    {"backend": "models", "deployment": "b"}]}),
                 "models.gpt-4o.targets[1].backend",
             ),
             (
