@@ -32,15 +32,20 @@ async fn standin() -> StandIn {
 fn plugin(standin: &StandIn, extra: Value) -> Value {
     let mut plugin = json!({
         "credentials": common::standin_credentials(&standin.tenant_id()),
-        "backends": {"aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"}},
+        "backends": {
+            "aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"},
+            "claude": {"kind": "foundry_anthropic", "host": "f.services.ai.azure.com", "credential": "main"}
+        },
         "models": {
             "gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"},
-            "o3-mini": {"backend": "aoai", "deployment": "o3-mini"}
+            "o3-mini": {"backend": "aoai", "deployment": "o3-mini"},
+            "claude-opus-4-5": {"backend": "claude", "deployment": "claude-opus-4-5"}
         },
         "rate_limits": {"default": {"tokens_per_minute": 10000000}},
         "pricing": {"currency": "USD", "models": {
             "gpt-4o": {"input": 2.5, "cached_input": 1.25, "output": 10},
-            "o3-mini": {"input": 1.1, "cached_input": 0.55, "output": 4.4}
+            "o3-mini": {"input": 1.1, "cached_input": 0.55, "output": 4.4},
+            "claude-opus-4-5": {"input": 5, "cached_input": 0.5, "output": 25}
         }}
     });
     if let (Some(p), Some(e)) = (plugin.as_object_mut(), extra.as_object()) {
@@ -54,8 +59,9 @@ async fn start(standin: &StandIn, extra: Value, otlp: Option<&OtlpReceiver>) -> 
     o.clusters = vec![
         Cluster::new("entra", standin.port()),
         Cluster::new("aoai", standin.port()),
+        Cluster::new("claude", standin.port()),
     ];
-    o.backend_routes = vec!["aoai".into()];
+    o.backend_routes = vec!["aoai".into(), "claude".into()];
     o.otlp_port = otlp.map(OtlpReceiver::port);
     Envoy::start(o).await
 }
@@ -609,5 +615,86 @@ async fn histograms_can_be_turned_off_counters_stay() {
     assert!(
         !scrape.0.iter().any(|s| s.name.starts_with("gen_ai_")),
         "no GenAI histogram when turned off"
+    );
+}
+
+/// Anthropic on Foundry, streamed: the cache reads of `message_start` are the cached input
+/// (Anthropic reports them beside `input_tokens`), priced at the cached rate.
+#[tokio::test]
+async fn anthropic_cache_reads_by_type_and_cost() {
+    let standin = standin().await;
+    let envoy = start(&standin, json!({}), None).await;
+    let system = vec!["policy"; 1100].join(" ");
+    let mut starts = Vec::new();
+    for q in ["question one", "question two"] {
+        let resp = client()
+            .post(envoy.url("/anthropic/v1/messages"))
+            .header("anthropic-version", "2023-06-01")
+            .json(
+                &json!({"model": "claude-opus-4-5", "max_tokens": 3, "stream": true,
+                          "system": system, "messages": [{"role": "user", "content": q}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        let start = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|v| v["type"] == "message_start")
+            .unwrap_or_else(|| panic!("{text}"));
+        starts.push(start["message"]["usage"].clone());
+    }
+    assert_eq!(starts[0]["cache_read_input_tokens"], 0);
+    assert_eq!(starts[1]["cache_read_input_tokens"], 1024);
+    // All input: 3 + 1100 system, 3 + 2 user.
+    let input = 1103 + 5;
+    assert_eq!(starts[1]["input_tokens"], input - 1024);
+
+    let claude = [
+        ("workload", "anonymous"),
+        ("model", "claude-opus-4-5"),
+        ("backend", "claude"),
+    ];
+    let scrape = scrape_until(&envoy, |s| {
+        s.value(
+            "gen_ai_client_token_usage_count",
+            &[
+                ("gen_ai_provider_name", "anthropic"),
+                ("gen_ai_token_type", "cached_input"),
+            ],
+        ) == Some(2.0)
+    })
+    .await;
+    for (kind, want) in [
+        ("prompt", 2 * input),
+        ("cached_prompt", 1024),
+        ("completion", 6),
+    ] {
+        assert_eq!(
+            scrape.value("azure_llm_tokens", &with(&claude, &[("kind", kind)])),
+            Some(want as f64),
+            "claude {kind}"
+        );
+    }
+    let hist = [
+        ("gen_ai_provider_name", "anthropic"),
+        ("gen_ai_request_model", "claude-opus-4-5"),
+        ("gen_ai_token_type", "cached_input"),
+    ];
+    assert_eq!(
+        scrape.buckets("gen_ai_client_token_usage", &hist, &["1", "256", "4096"]),
+        vec![1, 1, 2]
+    );
+    let pico: u64 =
+        input * 5_000_000 + (input - 1024) * 5_000_000 + 1024 * 500_000 + 6 * 25_000_000;
+    assert_eq!(
+        scrape.value(
+            "azure_llm_cost_micros",
+            &[("model", "claude-opus-4-5"), ("currency", "USD")]
+        ),
+        Some((pico / 1_000_000) as f64)
     );
 }
