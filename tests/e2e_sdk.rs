@@ -323,6 +323,8 @@ const OPENAI_CASES: &[&str] = &[
     "oai_jwt_chat",
     "oai_bad_key",
     "oai_stored_response",
+    "oai_stored_chat",
+    "oai_files",
     "conn_deployment_in_path",
     "conn_model_in_body",
     "conn_deployments",
@@ -502,6 +504,14 @@ async fn openai_sdk_every_api() {
         (class, status, &body["code"]),
         ("AuthenticationError", 401, &json!("invalid_api_key"))
     );
+    for case in ["oai_stored_chat", "oai_files"] {
+        let (class, status, body) = raised(&r, case);
+        assert_eq!(
+            (class, status, &body["code"]),
+            ("BadRequestError", 400, &json!("model_required")),
+            "{case}"
+        );
+    }
     let (class, status, body) = raised(&r, "oai_stored_response");
     assert_eq!(
         (class, status, &body["code"]),

@@ -178,8 +178,8 @@ fn model_retrieve_id(path: &str) -> Option<&str> {
 }
 
 /// APIs whose requests name no model: stored responses (`/responses/{id}`, its
-/// `input_items`, `cancel`), files, batches, uploads, vector stores, fine-tuning, assistants
-/// and threads, under `/v1/`, `/openai/v1/` and the dated `/openai/`. The family's name, for
+/// `input_items`, `cancel`), stored chat completions (`/chat/completions/{id}`),
+/// conversations, files, batches, uploads, vector stores, fine-tuning, assistants and threads, under `/v1/`, `/openai/v1/` and the dated `/openai/`. The family's name, for
 /// the error message.
 ///
 /// They are refused rather than sent to a default backend: the gateway picks the Azure
@@ -196,6 +196,9 @@ fn model_less_api(path: &str) -> Option<&'static str> {
     Some(match first {
         // `/v1/responses` itself is the create call, routed by the body's model.
         "responses" if !tail.is_empty() => "stored responses",
+        // `/v1/chat/completions` creates; `/v1/chat/completions/{id}[/messages]` are stored ones.
+        "chat" if tail.starts_with("completions/") => "stored chat completions",
+        "conversations" => "conversations",
         "files" => "files",
         "batches" => "batches",
         "uploads" => "uploads",
@@ -561,7 +564,11 @@ mod tests {
         );
         assert_eq!(c("GET", "/v1/chat/completions"), None);
         assert_eq!(c("DELETE", "/v1/models"), None);
-        assert_eq!(c("POST", "/v1/chat/completions/../x"), None);
+        // Never routed (refused as a stored-completion path).
+        assert!(!matches!(
+            classify("POST", "/v1/chat/completions/../x"),
+            Ok(Some(_))
+        ));
         assert_eq!(c("POST", "/other"), None);
         assert_eq!(c("POST", "/messages"), None);
         // AzureOpenAI(...).responses.create(): dated, model in the body.
@@ -596,6 +603,17 @@ mod tests {
             ("POST", "/openai/batches", "batches"),
             ("POST", "/v1/fine_tuning/jobs", "fine-tuning"),
             ("POST", "/v1/vector_stores", "vector stores"),
+            (
+                "GET",
+                "/v1/chat/completions/chatcmpl-1",
+                "stored chat completions",
+            ),
+            (
+                "DELETE",
+                "/openai/v1/chat/completions/chatcmpl-1",
+                "stored chat completions",
+            ),
+            ("POST", "/v1/conversations", "conversations"),
         ] {
             let e = classify(m, p).unwrap_err();
             assert_eq!((e.status, e.code), (400, "model_required"), "{m} {p}");

@@ -272,6 +272,16 @@ def oai_stored_response():
     return {"id": openai_client().responses.retrieve("resp_0123456789").id}
 
 
+@case
+def oai_stored_chat():
+    return {"id": openai_client().chat.completions.retrieve("chatcmpl-0123456789").id}
+
+
+@case
+def oai_files():
+    return {"count": len(openai_client().files.list().data)}
+
+
 # Foundry Agent Service gateway connections, as an OpenAI client configured with the
 # connection's target: deployment in the path, or model in the body.
 
