@@ -9,6 +9,7 @@
 //! | 2xx answer complete, no readable usage                  | the estimate                     |
 //! | 2xx answer cut short (caller gone, reset, timeout)      | the larger of usage seen and the estimate |
 //! | sent to Azure, no answer seen (caller gone before it)   | the estimate                     |
+//! | sent to Azure, Envoy's 504 (upstream timeout)           | the estimate (as no answer seen) |
 //! | error status (Azure's 4xx / 5xx / 429, Envoy's 503 ...) | nothing: the reservation is released |
 //!
 //! A stream cut short may have reported part of its usage (Anthropic's `message_start` has the

@@ -12,6 +12,14 @@ use crate::settlement::{Ending, Settlement};
 use crate::usage::Usage;
 use proxy_wasm::traits::Context;
 
+/// `response.code_details` of Envoy's 504 when the upstream did not answer in time (the
+/// route's timeout, Envoy 1.40's name first; a try's timeout).
+const UPSTREAM_TIMEOUT_DETAILS: [&[u8]; 3] = [
+    b"response_timeout",
+    b"upstream_response_timeout",
+    b"upstream_per_try_timeout",
+];
+
 impl HttpFilter {
     /// Charges the request. Once per request.
     pub(super) fn charge(&mut self) {
@@ -66,11 +74,27 @@ impl HttpFilter {
         {
             return Settlement::Release;
         }
+        // Envoy gave up waiting for Azure's answer (the route's or a try's timeout): its 504
+        // is not Azure's error, and Azure may bill the request it received, so it is charged
+        // like a caller gone after sending (the estimate), not released.
+        let status = if self.answered_by_upstream_timeout() {
+            None
+        } else {
+            self.response_status
+        };
         Settlement::of(&Ending {
-            status: self.response_status,
+            status,
             complete: self.answer_complete,
             usage,
         })
+    }
+
+    /// The answer is Envoy's own 504 for an upstream that did not answer in time.
+    fn answered_by_upstream_timeout(&self) -> bool {
+        self.response_status == Some(504)
+            && self
+                .get_property(vec!["response", "code_details"])
+                .is_some_and(|d| UPSTREAM_TIMEOUT_DETAILS.contains(&d.as_slice()))
     }
 
     /// The answer's own usage in access-log properties and token metrics.
