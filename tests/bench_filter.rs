@@ -756,6 +756,20 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
     );
     drop(envoy);
 
+    // The same with the old "charge after" budgets (`rate_limits.reserve: false`): what
+    // reserving the estimate at admission costs.
+    let mut o = filter_options(&fx, jwt_auth(&fx));
+    o.plugin_config["rate_limits"]["reserve"] = json!(false);
+    let envoy = Envoy::start(o).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    measure(
+        "azure-llm-filter, full path, rate_limits.reserve false",
+        r,
+        Some(lat),
+        true,
+    );
+    drop(envoy);
+
     // The full path through a failover pool, nothing failing over.
     let envoy = Envoy::start(pool_options(&fx)).await;
     let (lat, r) = latency_and_throughput(&envoy, &token).await;
