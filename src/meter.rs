@@ -54,6 +54,17 @@ impl Meter {
         }
     }
 
+    /// The answer's end was seen in its bytes (the terminal event of a stream, the last byte
+    /// of a JSON document): it is complete whatever the connection does next, and is settled
+    /// at once. An answer that is not read ends only with its body.
+    pub fn ended(&self) -> bool {
+        match self {
+            Meter::None => false,
+            Meter::Json(scanner) => scanner.closed(),
+            Meter::Sse(scanner) => scanner.ended(),
+        }
+    }
+
     /// The usage the answer reported, if any was seen.
     pub fn usage(&self) -> Option<Usage> {
         match self {
@@ -97,6 +108,23 @@ mod tests {
         m.feed(b"\"completion_tokens\":6}}\n\ndata: [DONE]\n\n");
         let u = m.usage().expect("usage");
         assert_eq!(u.total(), 11);
+    }
+
+    #[test]
+    fn the_end_is_seen_in_the_bytes_of_read_answers_only() {
+        let mut m = Meter::for_content_type("text/event-stream");
+        m.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n");
+        assert!(!m.ended());
+        m.feed(b"data: [DONE]\n\n");
+        assert!(m.ended());
+        let mut m = Meter::for_content_type("application/json");
+        m.feed(br#"{"usage":{"prompt_tokens":3}"#);
+        assert!(!m.ended());
+        m.feed(b"}");
+        assert!(m.ended());
+        let mut m = Meter::for_content_type("audio/mpeg");
+        m.feed(b"}");
+        assert!(!m.ended(), "an answer that is not read ends with its body");
     }
 
     #[test]

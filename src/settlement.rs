@@ -3,11 +3,17 @@
 //! resetting the stream, asking for an encoding the filter cannot read, or an answer without a
 //! usage object), and must not pay for what Azure does not bill (its 4xx / 5xx / 429).
 //!
+//! An answer is complete when its end was seen: its terminal event (a stream's `[DONE]`,
+//! usage-only chunk, `message_stop`, `response.completed` ...) or the last byte of its JSON
+//! document (src/meter.rs), or the end of its body. What the connection does after that (the
+//! OpenAI SDKs close it as soon as they have read `[DONE]`) does not matter: the request is
+//! settled at that moment.
+//!
 //! | how the request ended                                   | charged                          |
 //! |---------------------------------------------------------|----------------------------------|
 //! | 2xx answer complete, usage read                         | the usage, exactly               |
 //! | 2xx answer complete, no readable usage                  | the estimate                     |
-//! | 2xx answer cut short (caller gone, reset, timeout)      | the larger of usage seen and the estimate |
+//! | 2xx answer cut short before its end (caller gone, reset, timeout) | the larger of usage seen and the estimate |
 //! | sent to Azure, no answer seen (caller gone before it)   | the estimate                     |
 //! | sent to Azure, Envoy's 504 (upstream timeout)           | the estimate (as no answer seen) |
 //! | error status (Azure's 4xx / 5xx / 429, Envoy's 503 ...) | nothing: the reservation is released |

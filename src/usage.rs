@@ -121,6 +121,29 @@ struct WithUsage {
     response: Option<Box<WithUsage>>,
     #[serde(default)]
     message: Option<Box<WithUsage>>,
+    /// Chat chunks: an empty array with a `usage` object is the usage-only last chunk.
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// Stream events after which nothing the bill depends on follows.
+const TERMINAL_EVENTS: [&str; 6] = [
+    "message_stop",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+    "transcript.text.done",
+    "speech.audio.done",
+];
+
+impl WithUsage {
+    /// The event ends its stream (see [`SseUsageScanner::ended`]).
+    fn is_terminal(&self) -> bool {
+        match self.kind.as_deref() {
+            Some(kind) => TERMINAL_EVENTS.contains(&kind),
+            None => self.choices.as_ref().is_some_and(Vec::is_empty) && self.usage.is_some(),
+        }
+    }
 }
 
 /// Reads one `usage` value (an object, or `null`) of any API: the single place where usage
@@ -154,6 +177,8 @@ pub struct SseUsageScanner {
     anthropic_output: Option<u64>,
     /// Anthropic's cache reads, reported with the input.
     anthropic_cached: Option<u64>,
+    /// The stream's terminal event was seen (see [`SseUsageScanner::ended`]).
+    ended: bool,
 }
 
 impl SseUsageScanner {
@@ -162,6 +187,9 @@ impl SseUsageScanner {
     }
 
     pub fn feed(&mut self, mut chunk: &[u8]) {
+        if self.ended {
+            return;
+        }
         while let Some(pos) = chunk.iter().position(|&b| b == b'\n') {
             let (line, rest) = chunk.split_at(pos);
             chunk = rest.get(1..).unwrap_or_default();
@@ -189,6 +217,19 @@ impl SseUsageScanner {
         }
     }
 
+    /// The stream's terminal event was seen, so the answer is complete whatever the connection
+    /// does next (a client may close as soon as it has read it, before the end of the body
+    /// reaches Envoy): `data: [DONE]` (Chat Completions, Completions, Foundry models), a
+    /// usage-only chunk (`choices: []` and a `usage` object: the last chunk an
+    /// `include_usage` stream sends before `[DONE]`), Anthropic's `message_stop`, the
+    /// Responses API's `response.completed` / `response.incomplete` / `response.failed`, and
+    /// the audio APIs' `transcript.text.done` / `speech.audio.done`. Only a whole `data:`
+    /// line counts, parsed as the event's own JSON: text inside an event is JSON-escaped, so
+    /// no content can look like a terminal event. Lines after it are not read.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
     /// The usage seen so far (the final figures once the stream ended).
     pub fn usage(&self) -> Option<Usage> {
         if self.anthropic_input.is_some() || self.anthropic_output.is_some() {
@@ -204,17 +245,25 @@ impl SseUsageScanner {
     }
 
     fn line(&mut self, line: &[u8]) {
+        if self.ended {
+            return;
+        }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
-        // Cheap filter: most chunks carry content, not usage.
-        if !contains(data, b"\"usage\"") {
+        if data.trim_ascii() == b"[DONE]" {
+            self.ended = true;
+            return;
+        }
+        // Cheap filter: most chunks carry content, neither usage nor the end.
+        if !contains(data, b"\"usage\"") && !contains(data, b"message_stop") {
             return;
         }
         let Ok(event) = serde_json::from_slice::<WithUsage>(data) else {
             return;
         };
+        self.ended = event.is_terminal();
         match event.kind.as_deref() {
             Some("message_start") => {
                 if let Some(u) = event.message.and_then(|m| m.usage) {
@@ -394,6 +443,108 @@ mod tests {
         // A stream cut after message_start still charges what was reported.
         let cut = b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n";
         assert_eq!(scan(&[cut]), Some(Usage::tokens(25, 1)));
+    }
+
+    fn ended_after(chunks: &[&[u8]]) -> (bool, Option<Usage>) {
+        let mut s = SseUsageScanner::new();
+        for c in chunks {
+            s.feed(c);
+        }
+        (s.ended(), s.usage())
+    }
+
+    #[test]
+    fn the_terminal_event_of_every_stream_shape_ends_it() {
+        let chat = b"data: {\"choices\":[],\"prompt_filter_results\":[{}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":12}}\n\ndata: [DONE]\n\n";
+        let foundry = b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":12}}\n\ndata:[DONE]\r\n\r\n";
+        let responses = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":8,\"output_tokens\":5}}}\n\n";
+        let anthropic = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\nevent: message_stop\ndata: {\"type\": \"message_stop\"}\n\n";
+        let transcript = b"data: {\"type\":\"transcript.text.delta\",\"delta\":\"hi\"}\n\ndata: {\"type\":\"transcript.text.done\",\"text\":\"hi\",\"usage\":{\"input_tokens\":7,\"output_tokens\":2}}\n\n";
+        // Each stream, its usage, and the start of its terminal line.
+        let cases: [(&[u8], Usage, &str); 5] = [
+            (
+                chat,
+                Usage::tokens(21, 12),
+                "data: {\"choices\":[],\"usage\":{",
+            ),
+            (foundry, Usage::tokens(5, 12), "data:[DONE]"),
+            (
+                responses,
+                Usage::tokens(8, 5),
+                "data: {\"type\":\"response.completed\"",
+            ),
+            (
+                anthropic,
+                Usage::tokens(25, 15),
+                "data: {\"type\": \"message_stop\"}",
+            ),
+            (
+                transcript,
+                Usage::tokens(7, 2),
+                "data: {\"type\":\"transcript.text.done\"",
+            ),
+        ];
+        for (stream, want, terminal) in cases {
+            let text = String::from_utf8_lossy(stream);
+            let at = text.find(terminal).unwrap();
+            let end = at + text[at..].find('\n').unwrap() + 1;
+            for split in 0..=stream.len() {
+                let (a, b) = stream.split_at(split);
+                let mut s = SseUsageScanner::new();
+                s.feed(a);
+                // Not before its terminal line has ended, wherever the chunks split.
+                assert_eq!(s.ended(), split >= end, "{text} cut at {split}");
+                s.feed(b);
+                assert_eq!(
+                    (s.ended(), s.usage()),
+                    (true, Some(want)),
+                    "{text} split at {split}"
+                );
+            }
+        }
+        // Anthropic's stream is not over at message_delta: its end is message_stop.
+        let at_delta = &anthropic[..anthropic.len()
+            - "event: message_stop\ndata: {\"type\": \"message_stop\"}\n\n".len()];
+        assert_eq!(
+            ended_after(&[at_delta]),
+            (false, Some(Usage::tokens(25, 15)))
+        );
+        // `[DONE]` not yet followed by its newline is not seen yet.
+        assert!(!ended_after(&[b"data: [DONE]"]).0);
+    }
+
+    #[test]
+    fn no_content_looks_like_a_terminal_event() {
+        // Text that spells every terminal event, as Azure sends text: JSON-escaped inside an
+        // event's own JSON.
+        let fake = [
+            &b"data: {\"choices\":[{\"delta\":{\"content\":\"\\ndata: [DONE]\\n\\n\"}}]}\n\n"[..],
+            b"data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"{\\\"type\\\":\\\"message_stop\\\"}\"}}\n\n",
+            b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"{\\\"type\\\":\\\"response.completed\\\",\\\"usage\\\":{}}\"}\n\n",
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"{\\\"choices\\\":[],\\\"usage\\\":{\\\"prompt_tokens\\\":1}}\"}}],\"usage\":null}\n\n",
+            // Not a data line, and an event of another stream's shape.
+            b"event: message_stop\n\n",
+            b": data: [DONE]\n\n",
+            b"data: [DONE] and more\n\n",
+            b"data: {\"type\":\"message_start\",\"message\":{\"type\":\"message_stop\",\"usage\":{\"input_tokens\":3}}}\n\n",
+            // A JSON event nested in an event.
+            b"data: {\"type\":\"content_block_start\",\"content_block\":{\"type\":\"message_stop\"}}\n\n",
+        ];
+        for f in fake {
+            assert!(!ended_after(&[f]).0, "{}", String::from_utf8_lossy(f));
+        }
+        // A stream that ends with [DONE] but no usage is complete without usage (charged its
+        // estimate, src/settlement.rs); nothing after the end is read.
+        assert_eq!(
+            ended_after(&[b"data: {\"choices\":[{}]}\n\ndata: [DONE]\n\n"]),
+            (true, None)
+        );
+        assert_eq!(
+            ended_after(&[
+                b"data: [DONE]\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n"
+            ]),
+            (true, None)
+        );
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct JsonUsageScanner {
     capture: Option<Vec<u8>>,
     value: Vec<u8>,
     found: Found,
+    /// The top-level value's closing bracket was read: the answer is complete.
+    closed: bool,
 }
 
 impl JsonUsageScanner {
@@ -49,6 +51,10 @@ impl JsonUsageScanner {
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut i = 0;
         while let Some(&b) = chunk.get(i) {
+            if self.closed {
+                // Nothing after the document's end is part of it.
+                return;
+            }
             if self.in_string && !self.reading_key && self.capture.is_none() && !self.escaped {
                 // Fast path: skip string content up to the next quote or backslash.
                 match chunk
@@ -120,6 +126,7 @@ impl JsonUsageScanner {
             b'}' | b']' => {
                 if self.depth == 1 {
                     self.end_value();
+                    self.closed = self.top_is_object.is_some();
                 }
                 self.depth = self.depth.saturating_sub(1);
             }
@@ -153,6 +160,13 @@ impl JsonUsageScanner {
             return None;
         }
         usage::usage_object(&self.value)
+    }
+
+    /// The last byte of the document (its top-level object's or array's closing bracket) was
+    /// read: the answer is complete whatever the connection does next. Brackets inside
+    /// strings do not count.
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 
     /// The answer had a `usage` member that could not be read (repeated or oversized).
@@ -215,6 +229,35 @@ mod tests {
         s.feed(br#"{}],"model":"e","usage":{"prompt_tokens":123456,"total_tokens":123456}}"#);
         assert_eq!(s.usage().map(|u| u.total()), Some(123_456));
         assert!(s.value.len() < 100);
+    }
+
+    #[test]
+    fn the_last_byte_of_the_document_ends_it_and_no_bracket_in_a_string_does() {
+        let body = br#"{"choices":[{"message":{"content":"} ] }\" {\"usage\":{}} }"}}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#;
+        for split in 0..=body.len() {
+            let (a, b) = body.split_at(split);
+            let mut s = JsonUsageScanner::new();
+            s.feed(a);
+            assert_eq!(s.closed(), split == body.len(), "cut at {split}");
+            s.feed(b);
+            assert!(s.closed());
+            assert_eq!(s.usage(), Some(Usage::tokens(4, 2)), "split at {split}");
+        }
+        // Nothing after the end is read: a second document cannot change the usage.
+        let mut s = JsonUsageScanner::new();
+        s.feed(br#"{"usage":{"prompt_tokens":4}} {"usage":{"prompt_tokens":1}}"#);
+        assert_eq!((s.closed(), s.usage()), (true, Some(Usage::tokens(4, 0))));
+        // An array closes too; whitespace or nothing never does.
+        for (body, closed) in [
+            (&b"[1, {\"a\": []}]"[..], true),
+            (b"  ", false),
+            (b"", false),
+            (b"{\"a\":{}", false),
+        ] {
+            let mut s = JsonUsageScanner::new();
+            s.feed(body);
+            assert_eq!(s.closed(), closed, "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

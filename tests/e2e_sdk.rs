@@ -21,6 +21,8 @@ const AUDIENCE: &str = "api://llm-gateway";
 const GATEWAY_KEY: &str = "sdk-gateway-key-0123456789";
 const KEY_WORKLOAD: &str = "sdk-key-workload";
 const JWT_WORKLOAD: &str = "sdk-jwt-app";
+/// Every workload's daily token budget in these tests.
+const DAY_BUDGET: u64 = 100_000_000;
 /// The stand-in's answer; C = 12 words unless `max_tokens` is smaller.
 const ANSWER: &str = "This is a deterministic answer from the Azure stand-in for your tests.";
 
@@ -52,7 +54,13 @@ fn now_s() -> u64 {
 }
 
 fn standin_config() -> StandInConfig {
-    let mut cfg = StandInConfig::default();
+    let mut cfg = StandInConfig {
+        // Azure's front door may hold a stream's end a moment after its last event; the
+        // OpenAI SDK stops reading at `data: [DONE]` and closes before it arrives (the race
+        // that had its streams charged their estimate, issue 23).
+        end_of_body_delay_ms: 150,
+        ..StandInConfig::default()
+    };
     for (name, model, format) in [
         ("gpt-35-turbo-instruct", "gpt-35-turbo-instruct", "OpenAI"),
         ("dall-e-3", "dall-e-3", "OpenAI"),
@@ -94,7 +102,10 @@ fn plugin_config(standin: &StandIn) -> Value {
                 "jwks": {"inline": standin.jwks_json()}
             }},
             "api_keys": [{"sha256": common::hex(&Sha256::digest(GATEWAY_KEY.as_bytes())), "workload": KEY_WORKLOAD}]
-        }
+        },
+        // A budget far from its edge: every routed request is reserved and settled, so the
+        // tests can see how each was charged (access log `charge=`) and the counter after it.
+        "rate_limits": {"default": {"tokens_per_day": DAY_BUDGET}}
     })
 }
 
@@ -128,12 +139,26 @@ async fn gateway() -> Gateway {
     }
 }
 
+/// How the SDK cases run: over HTTP/2 (openai, anthropic), with the counters probed after
+/// each case (`assert_charges`).
+#[derive(Clone, Copy, Default)]
+struct Run {
+    http2: bool,
+    counters: bool,
+}
+
 /// Runs SDK cases in one Python process; their JSON lines by case name.
 async fn run_cases(gw: &Gateway, cases: &[&str]) -> HashMap<String, Value> {
+    run_cases_as(gw, cases, Run::default()).await
+}
+
+async fn run_cases_as(gw: &Gateway, cases: &[&str], run: Run) -> HashMap<String, Value> {
     let script = common::workspace_root().join("tests/sdk/cases.py");
     let mut cmd = tokio::process::Command::new(python());
     cmd.arg(&script)
         .args(cases)
+        .env("SDK_HTTP2", if run.http2 { "1" } else { "0" })
+        .env("SDK_COUNTERS", if run.counters { "1" } else { "0" })
         .env("GATEWAY", gw.envoy.url("").trim_end_matches('/'))
         .env("GATEWAY_API_KEY", GATEWAY_KEY)
         .env("GATEWAY_JWT", &gw.jwt)
@@ -301,6 +326,98 @@ async fn charged_completion_tokens(gw: &Gateway, workload: &str) -> u64 {
         .sum()
 }
 
+/// The workload a case calls as (the cases that send an Entra token name it).
+fn workload_of(case: &str) -> &'static str {
+    if case.contains("jwt") {
+        "jwt"
+    } else {
+        "key"
+    }
+}
+
+/// What the workload's counter held before the probe that followed a case (probes are
+/// charged their own usage: `probe_total`).
+fn used_before_probe(line: &Value, workload: &str) -> (u64, u64) {
+    let c = &line["counters"][workload];
+    assert_eq!(c["status"], 200, "probe: {line}");
+    let remaining = c["remaining"].as_u64().unwrap();
+    let probe_estimate = c["probe_bytes"].as_u64().unwrap().div_ceil(4) + 1;
+    (
+        DAY_BUDGET - remaining - probe_estimate,
+        c["probe_total"].as_u64().unwrap(),
+    )
+}
+
+/// The access-log fields of the request Envoy sent upstream with this `x-request-id`.
+fn access_log_of(logs: &str, request_id: &str) -> HashMap<String, String> {
+    let needle = format!("request_id={request_id}");
+    let line = logs
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == needle))
+        .unwrap_or_else(|| panic!("no access log line with {needle}"));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// For every case run with `Run { counters: true }`: how its request was charged (the access
+/// log's `charge`) and what its workload's counter holds afterwards. An answer with usage is
+/// charged exactly its usage, however the SDK closed the connection after its end (the
+/// OpenAI SDK closes at `data: [DONE]`, before the end of the body reaches Envoy); an answer
+/// without usage (audio, images) its estimate; a request the gateway refused or answered
+/// itself nothing.
+fn assert_charges(gw: &Gateway, results: &HashMap<String, Value>, cases: &[&str]) {
+    let logs = gw.envoy.logs();
+    let mut before = &results["_before"];
+    let mut charged_usage = 0;
+    for case in cases {
+        let line = &results[*case];
+        let mut charged = HashMap::new();
+        for w in ["key", "jwt"] {
+            let (prev, probe) = used_before_probe(before, w);
+            let (now, _) = used_before_probe(line, w);
+            charged.insert(w, now - prev - probe);
+        }
+        let upstream = upstream_all(gw, case);
+        let other = if workload_of(case) == "key" {
+            "jwt"
+        } else {
+            "key"
+        };
+        assert_eq!(charged[other], 0, "{case}: charged to the other workload");
+        let mine = charged[workload_of(case)];
+        match upstream.as_slice() {
+            [] => assert_eq!(mine, 0, "{case}: nothing sent, nothing charged"),
+            [u] => {
+                let id = u.header("x-request-id").expect("x-request-id");
+                let log = access_log_of(&logs, id);
+                let tokens = |k: &str| log.get(k).and_then(|v| v.parse::<u64>().ok());
+                match (tokens("prompt_tokens"), tokens("completion_tokens")) {
+                    (Some(p), Some(c)) => {
+                        assert_eq!(
+                            (log["charge"].as_str(), mine),
+                            ("usage", p + c),
+                            "{case}: charged its usage ({p} + {c}), the counter holds it; access log {log:?}"
+                        );
+                        charged_usage += 1;
+                    }
+                    _ => {
+                        assert_eq!(log["charge"], "estimate", "{case}: {log:?}");
+                        assert!(
+                            mine > 0,
+                            "{case}: an answer without usage is charged its estimate"
+                        );
+                    }
+                }
+            }
+            more => panic!("{case}: {} upstream requests", more.len()),
+        }
+        before = line;
+    }
+    assert!(charged_usage > 0, "no case was charged its usage");
+}
+
 const OPENAI_CASES: &[&str] = &[
     "oai_chat",
     "oai_chat_v1",
@@ -343,8 +460,29 @@ const OPENAI_CASES: &[&str] = &[
 /// the Foundry gateway-connection forms; refusals as the SDK's own exceptions.
 #[tokio::test]
 async fn openai_sdk_every_api() {
+    openai_every_api(false).await;
+}
+
+/// The same over HTTP/2 (`DefaultHttpxClient(http2=True)`): the SDK then resets the stream
+/// at `data: [DONE]` instead of closing the connection.
+#[tokio::test]
+async fn openai_sdk_every_api_http2() {
+    openai_every_api(true).await;
+}
+
+/// The probes' own completion tokens (1 each, one per workload before and after each case).
+fn probe_completions(cases: &[&str]) -> u64 {
+    cases.len() as u64 + 1
+}
+
+async fn openai_every_api(http2: bool) {
     let gw = gateway().await;
-    let r = run_cases(&gw, OPENAI_CASES).await;
+    let run = Run {
+        http2,
+        counters: true,
+    };
+    let r = run_cases_as(&gw, OPENAI_CASES, run).await;
+    assert_charges(&gw, &r, OPENAI_CASES);
     let dated = |case: &str, deployment: &str, op: &str| {
         let u = upstream(&gw, case);
         assert_eq!(
@@ -553,8 +691,9 @@ async fn openai_sdk_every_api() {
     upstream(&gw, "az_responses_stream");
 
     // The streams' hidden usage was still charged: every routed answer's completion tokens.
-    let key_tokens = charged_completion_tokens(&gw, KEY_WORKLOAD).await;
-    let jwt_tokens = charged_completion_tokens(&gw, JWT_WORKLOAD).await;
+    let probes = probe_completions(OPENAI_CASES);
+    let key_tokens = charged_completion_tokens(&gw, KEY_WORKLOAD).await - probes;
+    let jwt_tokens = charged_completion_tokens(&gw, JWT_WORKLOAD).await - probes;
     assert_eq!(jwt_tokens, 24, "two JWT chats of 12");
     // 12 per full chat / responses answer (JSON and streamed), 3 per legacy completion.
     let full = [
@@ -585,6 +724,16 @@ async fn openai_sdk_every_api() {
 /// token provider), JSON and streamed; errors in Anthropic's shape.
 #[tokio::test]
 async fn anthropic_sdks_messages() {
+    anthropic_messages(false).await;
+}
+
+/// The same over HTTP/2.
+#[tokio::test]
+async fn anthropic_sdks_messages_http2() {
+    anthropic_messages(true).await;
+}
+
+async fn anthropic_messages(http2: bool) {
     let gw = gateway().await;
     let cases = [
         "an_messages",
@@ -596,7 +745,12 @@ async fn anthropic_sdks_messages() {
         "af_messages_stream",
         "af_jwt_messages",
     ];
-    let r = run_cases(&gw, &cases).await;
+    let run = Run {
+        http2,
+        counters: true,
+    };
+    let r = run_cases_as(&gw, &cases, run).await;
+    assert_charges(&gw, &r, &cases);
     for case in [
         "an_messages",
         "an_messages_stream",
@@ -649,8 +803,15 @@ async fn anthropic_sdks_messages() {
     for case in ["an_unknown_model", "an_bad_key"] {
         assert!(upstream_all(&gw, case).is_empty(), "{case} reached Azure");
     }
-    assert_eq!(charged_completion_tokens(&gw, KEY_WORKLOAD).await, 4 * 4);
-    assert_eq!(charged_completion_tokens(&gw, JWT_WORKLOAD).await, 2 * 4);
+    let probes = probe_completions(&cases);
+    assert_eq!(
+        charged_completion_tokens(&gw, KEY_WORKLOAD).await - probes,
+        4 * 4
+    );
+    assert_eq!(
+        charged_completion_tokens(&gw, JWT_WORKLOAD).await - probes,
+        2 * 4
+    );
 }
 
 /// `azure-ai-inference`: `ChatCompletionsClient` / `EmbeddingsClient` on Foundry model
@@ -660,11 +821,14 @@ async fn anthropic_sdks_messages() {
 #[tokio::test]
 async fn azure_ai_inference_sdk() {
     let gw = gateway().await;
-    let r = run_cases(
-        &gw,
-        &["ai_chat", "ai_chat_stream", "ai_embeddings", "ai_jwt_chat"],
-    )
-    .await;
+    // HTTP/1.1 only: azure-core's transports (requests, aiohttp) speak no HTTP/2.
+    let cases = ["ai_chat", "ai_chat_stream", "ai_embeddings", "ai_jwt_chat"];
+    let run = Run {
+        counters: true,
+        ..Run::default()
+    };
+    let r = run_cases_as(&gw, &cases, run).await;
+    assert_charges(&gw, &r, &cases);
     for case in ["ai_chat", "ai_jwt_chat"] {
         let v = ok(&r, case);
         assert_full_chat(case, v);
@@ -693,8 +857,15 @@ async fn azure_ai_inference_sdk() {
         upstream(&gw, "ai_embeddings").path,
         "/openai/deployments/text-embedding-3-small/embeddings"
     );
-    assert_eq!(charged_completion_tokens(&gw, KEY_WORKLOAD).await, 24);
-    assert_eq!(charged_completion_tokens(&gw, JWT_WORKLOAD).await, 12);
+    let probes = probe_completions(&cases);
+    assert_eq!(
+        charged_completion_tokens(&gw, KEY_WORKLOAD).await - probes,
+        24
+    );
+    assert_eq!(
+        charged_completion_tokens(&gw, JWT_WORKLOAD).await - probes,
+        12
+    );
 }
 
 /// Each SDK's own retry: the stand-in Azure answers 429 with `retry-after` once, the SDK waits

@@ -9,7 +9,13 @@ case on stdout: {"case": name, "result": {...}} with what the SDK returned, or
 raised. The Rust test checks these and what reached the stand-in Azure; every prompt names its
 case (first word), so the test finds the case's upstream request by its body.
 
-Environment: GATEWAY (http://127.0.0.1:<port>), GATEWAY_API_KEY, GATEWAY_JWT.
+With SDK_COUNTERS=1, after each case (and once before the first) a probe reads both workloads' token counters (the
+`x-ratelimit-remaining-tokens` of a small chat made with each credential), so the test can
+tell what every case was charged: {"case": name, ..., "counters": {...}}.
+
+Environment: GATEWAY (http://127.0.0.1:<port>), GATEWAY_API_KEY, GATEWAY_JWT; SDK_HTTP2=1 gives
+the openai and anthropic clients an HTTP/2 connection (`DefaultHttpxClient(http2=True)`, with
+prior knowledge: the test gateway listens on cleartext), as a workload that turns it on does.
 """
 
 import json
@@ -23,6 +29,9 @@ JWT = os.environ["GATEWAY_JWT"]
 # The dated Azure OpenAI version the AzureOpenAI callers use (the gateway replaces it with the
 # backend's own).
 AZURE_API_VERSION = "2025-04-01-preview"
+
+HTTP2 = os.environ.get("SDK_HTTP2") == "1"
+COUNTERS = os.environ.get("SDK_COUNTERS") == "1"
 
 CASES = {}
 
@@ -51,6 +60,10 @@ def openai_client(api_key=KEY, base="/v1", **kw):
     from openai import OpenAI
 
     kw.setdefault("max_retries", 0)
+    if HTTP2:
+        from openai import DefaultHttpxClient
+
+        kw.setdefault("http_client", DefaultHttpxClient(http1=False, http2=True))
     return OpenAI(base_url=GATEWAY + base, api_key=api_key, **kw)
 
 
@@ -322,6 +335,10 @@ def azure_client(**kw):
     kw.setdefault("max_retries", 0)
     if "azure_ad_token" not in kw:
         kw.setdefault("api_key", KEY)
+    if HTTP2:
+        from openai import DefaultHttpxClient
+
+        kw.setdefault("http_client", DefaultHttpxClient(http1=False, http2=True))
     return AzureOpenAI(azure_endpoint=GATEWAY, api_version=AZURE_API_VERSION, **kw)
 
 
@@ -389,6 +406,10 @@ def anthropic_client(**kw):
     kw.setdefault("max_retries", 0)
     if "auth_token" not in kw:
         kw.setdefault("api_key", KEY)
+    if HTTP2:
+        from anthropic import DefaultHttpxClient
+
+        kw.setdefault("http_client", DefaultHttpxClient(http1=False, http2=True))
     return Anthropic(base_url=GATEWAY, **kw)
 
 
@@ -398,6 +419,10 @@ def foundry_client(**kw):
     kw.setdefault("max_retries", 0)
     if "azure_ad_token_provider" not in kw:
         kw.setdefault("api_key", KEY)
+    if HTTP2:
+        from anthropic import DefaultHttpxClient
+
+        kw.setdefault("http_client", DefaultHttpxClient(http1=False, http2=True))
     return AnthropicFoundry(base_url=GATEWAY + "/anthropic/", **kw)
 
 
@@ -587,7 +612,35 @@ def error_of(e):
     return {"exception": type(e).__name__, "status": status, "body": body}
 
 
+# The probe: a small chat with fixed bytes (its reservation is ceil(bytes / 4) + max_tokens).
+PROBE_BODY = b'{"model":"gpt-4o","max_tokens":1,"messages":[{"role":"user","content":"probe hello"}]}'
+
+
+def counters():
+    """Each workload's token counter as a plain HTTP/1.1 request sees it: remaining tokens
+    (the probe's own reservation taken) and the probe's real usage."""
+    import httpx2
+
+    out = {}
+    with httpx2.Client(timeout=30) as http:
+        for workload, credential in (("key", KEY), ("jwt", JWT)):
+            r = http.post(
+                GATEWAY + "/v1/chat/completions",
+                content=PROBE_BODY,
+                headers={"authorization": f"Bearer {credential}", "content-type": "application/json"},
+            )
+            out[workload] = {
+                "status": r.status_code,
+                "remaining": int(r.headers.get("x-ratelimit-remaining-tokens", "-1")),
+                "probe_bytes": len(PROBE_BODY),
+                "probe_total": r.json().get("usage", {}).get("total_tokens") if r.status_code == 200 else None,
+            }
+    return out
+
+
 def main(names):
+    if COUNTERS:
+        print(json.dumps({"case": "_before", "counters": counters()}), flush=True)
     for name in names:
         fn = CASES.get(name)
         if fn is None:
@@ -599,6 +652,8 @@ def main(names):
             line = {"case": name, **error_of(e)}
             if line["status"] is None:
                 line["traceback"] = traceback.format_exc()
+        if COUNTERS:
+            line["counters"] = counters()
         print(json.dumps(line, default=str), flush=True)
 
 

@@ -258,7 +258,11 @@ impl HttpContext for HttpFilter {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.meter_response_body(body_size);
         self.strip_response_body(body_size, end_of_stream);
-        if end_of_stream {
+        // The answer's end, seen in its bytes or as the end of its body, settles it at once:
+        // a client may close as soon as it has read the terminal event, before the end of
+        // the body reaches Envoy (the OpenAI SDKs stop at `data: [DONE]`), and that is no
+        // cut stream.
+        if end_of_stream || self.meter.ended() {
             self.answer_complete = true;
             self.charge();
         }
@@ -266,8 +270,8 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_log(&mut self) {
-        // A request that ends otherwise (the caller hung up, the stream was reset) is charged
-        // here, the fail-safe way (src/settlement.rs).
+        // A request that ends otherwise (the caller hung up before the answer's end, the
+        // stream was reset) is charged here, the fail-safe way (src/settlement.rs).
         self.charge();
     }
 }

@@ -108,6 +108,11 @@ pub struct StandInConfig {
     /// Delay between a stream's headers and its first event (the model's time to first
     /// token). Default 0.
     pub first_chunk_delay_ms: u64,
+    /// Delay between a stream's last event and the end of its body (the terminating chunk of
+    /// HTTP/1.1 chunked encoding, or HTTP/2's end of stream), as when Azure's front door
+    /// holds it: a client that stops at the terminal event (`data: [DONE]`) has closed by
+    /// then. Default 0.
+    pub end_of_body_delay_ms: u64,
     /// The key the Entra part signs with. Default [`EntraKey::Primary`]. Ignored by
     /// [`StandIn::start_sharing_keys`].
     pub signing_key: EntraKey,
@@ -136,6 +141,7 @@ impl Default for StandInConfig {
             managed_identity: Some(ManagedIdentityRegistration::default()),
             chunk_delay_ms: 0,
             first_chunk_delay_ms: 0,
+            end_of_body_delay_ms: 0,
             signing_key: EntraKey::Primary,
             log_requests: false,
             external_issuers: Vec::new(),
@@ -708,8 +714,11 @@ async fn handle(
     Ok(into_response(
         reply,
         reset_after,
-        Duration::from_millis(shared.cfg.first_chunk_delay_ms),
-        Duration::from_millis(shared.cfg.chunk_delay_ms),
+        Delays {
+            first: Duration::from_millis(shared.cfg.first_chunk_delay_ms),
+            between: Duration::from_millis(shared.cfg.chunk_delay_ms),
+            end: Duration::from_millis(shared.cfg.end_of_body_delay_ms),
+        },
     ))
 }
 
@@ -738,12 +747,19 @@ fn gzip_if_asked(mut reply: Reply, ctx: &Ctx, kind: EndpointKind) -> Reply {
     reply.with_header("content-encoding", "gzip")
 }
 
-fn into_response(
-    reply: Reply,
-    reset_after: Option<usize>,
-    first_delay: Duration,
-    delay: Duration,
-) -> Response<OutBody> {
+/// The pauses of a streamed answer.
+struct Delays {
+    first: Duration,
+    between: Duration,
+    end: Duration,
+}
+
+fn into_response(reply: Reply, reset_after: Option<usize>, delays: Delays) -> Response<OutBody> {
+    let Delays {
+        first: first_delay,
+        between: delay,
+        end: end_delay,
+    } = delays;
     let mut builder = Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
         builder = builder.header(k.as_str(), v.as_str());
@@ -751,6 +767,7 @@ fn into_response(
     let body = match (reply.body, reset_after) {
         (ReplyBody::Full(b), None) => OutBody::Full(Some(Bytes::from(b))),
         (body, _) => {
+            let streamed = matches!(body, ReplyBody::Events(_));
             let chunks: Vec<Bytes> = match body {
                 ReplyBody::Full(b) => {
                     let mid = b.len() / 2;
@@ -776,6 +793,9 @@ fn into_response(
                     if tx.send(Ok(chunk)).await.is_err() {
                         return;
                     }
+                }
+                if streamed && reset_after.is_none() && !end_delay.is_zero() {
+                    tokio::time::sleep(end_delay).await;
                 }
                 if reset_after.is_some() {
                     // Let hyper flush what was sent, then make it abort the connection.
