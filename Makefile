@@ -54,7 +54,7 @@ ENVOY_BIN = $(ENVOY)
 ENVOY_DEPS :=
 endif
 
-.PHONY: sdk soak fuzz-check help tools redis openssl wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
+.PHONY: sdk soak fuzz-check help tools redis openssl ca-certificates wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
@@ -62,7 +62,7 @@ help:
 # ---------------------------------------------------------------------------------------------
 # tools
 
-tools: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP) $(ENVOY_DEPS) redis openssl
+tools: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP) $(ENVOY_DEPS) redis openssl ca-certificates
 	@if [ -z "$(strip $(ENVOY))" ]; then \
 	  echo "tools: Envoy $(ENVOY_VERSION) at $$(cat $(ENVOY_PATH_FILE))"; \
 	else \
@@ -95,6 +95,20 @@ wrk:
 # openssl for tests/e2e_mtls.rs, which makes a test CA and client certificates.
 openssl:
 	$(call apt_tool,openssl,openssl,install openssl)
+
+# The system CA bundle the shipped Envoy files verify Entra and Azure with (`envoy --mode
+# validate` and Envoy's start read it; README "TLS to Azure and Entra").
+CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
+ca-certificates:
+	@if [ -f $(CA_BUNDLE) ]; then \
+	  echo "tools: $(CA_BUNDLE) present"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "tools: apt-get install ca-certificates"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates >/dev/null; } \
+	    || { echo "tools: 'apt-get install ca-certificates' failed (it needs root)" >&2; exit 1; }; \
+	else \
+	  echo "tools: $(CA_BUNDLE) is missing and apt-get is not available: install the system CA bundle" >&2; exit 1; \
+	fi
 
 $(WASM_TARGET_STAMP):
 	@mkdir -p $(TOOLS_DIR)

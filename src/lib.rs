@@ -22,6 +22,10 @@ pub mod failover;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+/// Production hazards in Envoy bootstraps and Istio manifests (native only: check-config and
+/// the shipped-files test).
+#[cfg(not(target_arch = "wasm32"))]
+pub mod lint;
 pub mod meter;
 pub mod metrics;
 pub mod multipart;

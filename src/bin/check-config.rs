@@ -15,8 +15,11 @@
 //! One line per plugin configuration: `<where>: OK` or `<where>: invalid plugin configuration:
 //! <field>: <reason>`; then, for failover pools, `<where>: invalid failover pool: ...` when a
 //! pool's upstream filter has other credentials, backends or models than the listener filter
-//! of the same file (and a `note:` line when it is not in the file). Exit status 0 when every configuration is valid, 1 otherwise, 2 for a bad
-//! command line.
+//! of the same file (and a `note:` line when it is not in the file). Then the production lints
+//! of every Envoy bootstrap and Istio object in the file (`azure_llm_filter::lint`): one
+//! `<file>: hazard: <resource>: <problem>; fix: <fix>` line per finding. Exit status 0 when
+//! every configuration is valid and nothing is hazardous (`--warn-only`: hazards are printed
+//! but do not fail), 1 otherwise, 2 for a bad command line.
 //!
 //! Native only: this binary needs the `schema` feature (`required-features`), so the wasm build
 //! of the package builds the filter alone.
@@ -49,18 +52,26 @@ pluginConfig, as istiod serialises it). `-` reads standard input.
                   defines it (vm_config.environment_variables key_values, and host_env_keys /
                   WasmPlugin `valueFrom: HOST` read from this process's environment), or from
                   this process's environment for a bare plugin configuration
+  --warn-only     print production hazards of Envoy bootstraps and Istio manifests (upstream
+                  TLS that does not verify, ...) without failing on them
   --print-schema  print the JSON Schema of the plugin configuration
                   (schema/plugin-config.schema.json)
 
-Exit status: 0 all valid, 1 something invalid or nothing to check, 2 bad usage.";
+Envoy bootstraps and Istio manifests are also linted for production hazards: one line
+`<file>: hazard: <resource>: <problem>; fix: <fix>` each.
+
+Exit status: 0 all valid and no hazard, 1 something invalid or hazardous (hazards do not count
+with --warn-only) or nothing to check, 2 bad usage.";
 
 fn main() -> ExitCode {
     let mut check_env = false;
+    let mut warn_only = false;
     let mut print_schema = false;
     let mut files = Vec::new();
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--check-env" => check_env = true,
+            "--warn-only" => warn_only = true,
             "--print-schema" => print_schema = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -74,7 +85,7 @@ fn main() -> ExitCode {
         }
     }
     if print_schema {
-        if !files.is_empty() || check_env {
+        if !files.is_empty() || check_env || warn_only {
             eprintln!("check-config: --print-schema takes no other argument");
             return ExitCode::from(2);
         }
@@ -114,8 +125,21 @@ fn main() -> ExitCode {
                 continue;
             }
         };
+        let hazards = lint_file(&bytes);
+        if let Some(findings) = &hazards {
+            checked += 1;
+            for f in findings {
+                println!("{file}: hazard: {f}");
+            }
+            if findings.is_empty() {
+                println!("{file}: no production hazard");
+            }
+            failed |= !warn_only && !findings.is_empty();
+        }
         if found.is_empty() {
-            println!("{file}: no azure-llm-filter plugin configuration in this file (skipped)");
+            if hazards.is_none() {
+                println!("{file}: no azure-llm-filter plugin configuration in this file (skipped)");
+            }
             continue;
         }
         let mut valid = Vec::new();
@@ -151,6 +175,20 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The production lints of every Envoy bootstrap and Istio object in a YAML (or JSON) file;
+/// None when it holds neither (a bare plugin configuration, text that is not YAML).
+fn lint_file(bytes: &[u8]) -> Option<Vec<azure_llm_filter::lint::Finding>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut linted = None;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let doc = Json::deserialize(doc).ok()?;
+        if let Some(found) = azure_llm_filter::lint::document(&doc) {
+            linted.get_or_insert_with(Vec::new).extend(found);
+        }
+    }
+    linted
 }
 
 fn read_input(file: &str) -> std::io::Result<Vec<u8>> {
