@@ -8,6 +8,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod allowance;
 pub mod auth;
 pub mod body_watch;
 pub mod capture;

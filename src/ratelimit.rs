@@ -136,6 +136,11 @@ pub struct RawPolicy {
     /// `rate_limits.completion_reserve_tokens`.
     #[serde(default)]
     pub completion_reserve_tokens: Option<u64>,
+    /// Learn the allowance of requests without a completion limit from this workload's real
+    /// completions with the model (src/allowance.rs), `completion_reserve_tokens` being the
+    /// cold start and the ceiling; false pins it. Default `rate_limits.learn_completion_reserve`.
+    #[serde(default)]
+    pub learn_completion_reserve: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -163,6 +168,10 @@ pub struct RawRateLimits {
     /// 1024); policies can set their own.
     #[serde(default)]
     pub completion_reserve_tokens: Option<u64>,
+    /// Learn the completion allowance from real completions (default true); policies can set
+    /// their own.
+    #[serde(default)]
+    pub learn_completion_reserve: Option<bool>,
     /// Budgets shared by a fleet of Envoys, kept by a rate limit service (src/rls/). Local
     /// limits above, if any, apply as well.
     #[serde(default)]
@@ -176,6 +185,7 @@ pub const DEFAULT_COMPLETION_RESERVE: u64 = 1024;
 pub struct Policy {
     pub limits: Vec<Limit>,
     pub completion_reserve_tokens: Option<u64>,
+    pub learn_completion_reserve: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +196,7 @@ pub struct RateLimits {
     pub estimate_prompt_tokens: bool,
     pub reserve: bool,
     pub completion_reserve_tokens: u64,
+    pub learn_completion_reserve: bool,
     pub global: Option<crate::rls::Global>,
 }
 
@@ -198,6 +209,7 @@ impl Default for RateLimits {
             estimate_prompt_tokens: false,
             reserve: true,
             completion_reserve_tokens: DEFAULT_COMPLETION_RESERVE,
+            learn_completion_reserve: true,
             global: None,
         }
     }
@@ -251,6 +263,7 @@ fn policy(field: &str, raw: &RawPolicy) -> Result<Policy, ConfigError> {
     Ok(Policy {
         limits,
         completion_reserve_tokens: raw.completion_reserve_tokens,
+        learn_completion_reserve: raw.learn_completion_reserve,
     })
 }
 
@@ -296,6 +309,7 @@ impl RateLimits {
             completion_reserve_tokens: raw
                 .completion_reserve_tokens
                 .unwrap_or(DEFAULT_COMPLETION_RESERVE),
+            learn_completion_reserve: raw.learn_completion_reserve.unwrap_or(true),
             global,
         })
     }
@@ -307,12 +321,17 @@ impl RateLimits {
             p.completion_reserve_tokens
                 .unwrap_or(self.completion_reserve_tokens)
         };
+        let learn = |p: &Policy| {
+            p.learn_completion_reserve
+                .unwrap_or(self.learn_completion_reserve)
+        };
         if let Some(p) = self.workloads.get(workload).or(self.default.as_ref()) {
             out.extend(p.limits.iter().map(|l| Counter {
                 workload: workload.to_string(),
                 model: None,
                 limit: *l,
                 completion_reserve: reserve(p),
+                learn: learn(p),
             }));
         }
         if let Some(p) = self.models.get(model) {
@@ -321,6 +340,7 @@ impl RateLimits {
                 model: Some(model.to_string()),
                 limit: *l,
                 completion_reserve: reserve(p),
+                learn: learn(p),
             }));
         }
         out
@@ -340,6 +360,19 @@ pub struct Counter {
     pub limit: Limit,
     /// Completion allowance of its policy for requests that set no completion limit.
     pub completion_reserve: u64,
+    /// The allowance is learned (`completion_reserve` is then its cold start and ceiling).
+    pub learn: bool,
+}
+
+impl Counter {
+    /// The completion allowance of a request without a completion limit in this counter,
+    /// given the workload's learned completions with the model (src/allowance.rs).
+    pub fn allowance(&self, learned: Option<&crate::allowance::Completions>) -> u64 {
+        match learned {
+            Some(c) if self.learn => c.allowance(self.completion_reserve),
+            _ => self.completion_reserve,
+        }
+    }
 }
 
 impl Counter {

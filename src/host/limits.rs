@@ -3,6 +3,7 @@
 //! ends. CAS retry loops keep counts exact across workers; the arithmetic is in
 //! crate::ratelimit.
 
+use crate::allowance::{self, Completions};
 use crate::ratelimit::{self, Counter, Held, Need, Refusal, Slot, Standing, Unit};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
@@ -151,4 +152,21 @@ fn replace(taken: &[Taken], now_s: u64, cost: impl Fn(&Taken) -> u64) {
             Some(slot.settle(t.counter.limit.window, now_s, t.held, actual))
         });
     }
+}
+
+/// The learned completions of `workload` with `model` (src/allowance.rs), if any.
+pub fn learned(workload: &str, model: &str) -> Option<Completions> {
+    match super::shared::read(&allowance::key(workload, model)) {
+        (Some(bytes), _) => Some(Completions::decode(&bytes)).filter(|c| !c.is_empty()),
+        _ => None,
+    }
+}
+
+/// Adds an answer's completion tokens to what `workload` with `model` has taught.
+pub fn learn(workload: &str, model: &str, completion_tokens: u64) {
+    super::shared::update(&allowance::key(workload, model), b"", |bytes| {
+        let mut c = Completions::decode(bytes);
+        c.record(completion_tokens);
+        Some(c.encode())
+    });
 }

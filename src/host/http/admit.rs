@@ -4,6 +4,7 @@
 //! `Retry-After`. The reservation is settled in phase charge.
 
 use super::HttpFilter;
+use crate::allowance::Completions;
 use crate::config::Config;
 use crate::errors::FilterError;
 use crate::estimate::Estimate;
@@ -29,9 +30,11 @@ impl HttpFilter {
         let prompt_estimate = limits_config
             .estimate_prompt_tokens
             .then_some(estimate.prompt_tokens);
+        let learned =
+            self.learned_completions(estimate, plan.model, counters.iter().any(|c| c.learn));
         let estimates: Vec<u64> = counters
             .iter()
-            .map(|c| estimate.tokens_for_limit(c.completion_reserve, c.limit.max))
+            .map(|c| estimate.tokens_for_limit(c.allowance(learned.as_ref()), c.limit.max))
             .collect();
         let needs: Vec<Need> = counters
             .iter()
@@ -52,6 +55,25 @@ impl HttpFilter {
                 Err(e)
             }
         }
+    }
+
+    /// What the workload's answers with `model` taught (src/allowance.rs), when this
+    /// request's reservation depends on it (it sets no completion limit, a counter learns),
+    /// and which of its answers teach: one shared-data read per such request.
+    pub(super) fn learned_completions(
+        &mut self,
+        estimate: &Estimate,
+        model: &str,
+        learning: bool,
+    ) -> Option<Completions> {
+        if !estimate.completes || !learning {
+            return None;
+        }
+        self.teaches = Some(estimate.requested_completion);
+        if estimate.requested_completion.is_some() {
+            return None;
+        }
+        limits::learned(&self.workload, model)
     }
 
     fn refusal_error(&self, refusal: &Refusal) -> FilterError {

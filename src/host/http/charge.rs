@@ -6,6 +6,7 @@
 //! (`observe_end`: the request's histograms, cost and usage record).
 
 use super::HttpFilter;
+use crate::allowance;
 use crate::host::metrics::Family;
 use crate::host::{limits, now_ms};
 use crate::settlement::{Ending, Settlement};
@@ -57,6 +58,18 @@ impl HttpFilter {
         }
         if let Some(u) = usage {
             self.record_usage(&u);
+            self.teach(&settlement, &u);
+        }
+    }
+
+    /// An answer whose usage was read teaches the workload's learned allowance with its model
+    /// (src/allowance.rs), if it tells how long answers run.
+    fn teach(&self, settlement: &Settlement, u: &Usage) {
+        let (Some(requested), Some((model, _))) = (self.teaches, &self.routed) else {
+            return;
+        };
+        if settlement.is_exact() && allowance::teaches(requested, u.completion_tokens) {
+            limits::learn(&self.workload, model, u.completion_tokens);
         }
     }
 

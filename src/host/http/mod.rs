@@ -80,6 +80,9 @@ pub struct HttpFilter {
     /// global: the estimate the rate limit service was asked about (what the fail-safe charge
     /// reports there).
     global_estimate: u64,
+    /// admit: the completion limit the request set, when its answer teaches the workload's
+    /// learned allowance (src/allowance.rs); learned from at the charge.
+    teaches: Option<Option<u64>>,
     /// meter: how the answer's usage is read; its status; whether its body reached its end.
     meter: Meter,
     response_status: Option<u32>,
@@ -119,6 +122,7 @@ impl HttpFilter {
             taken: Vec::new(),
             standings: Vec::new(),
             global_estimate: 0,
+            teaches: None,
             meter: Meter::None,
             response_status: None,
             answer_complete: false,
@@ -177,7 +181,15 @@ impl HttpFilter {
         self.forward(config, plan);
         let credential = plan.backend.credential;
         if let Some(global) = &config.rate_limits.global {
-            self.global_estimate = estimate.tokens(config.rate_limits.completion_reserve_tokens);
+            let limits = &config.rate_limits;
+            let learned =
+                self.learned_completions(estimate, plan.model, limits.learn_completion_reserve);
+            let configured = limits.completion_reserve_tokens;
+            let allowance = match &learned {
+                Some(c) if limits.learn_completion_reserve => c.allowance(configured),
+                _ => configured,
+            };
+            self.global_estimate = estimate.tokens(allowance);
             return self.check_global(global, plan.model, credential);
         }
         self.attach_credential(config, credential)
