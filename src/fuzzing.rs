@@ -12,7 +12,9 @@ use crate::auth::jwks::KeySet;
 use crate::auth::{AuthConfig, Authenticator, RawAuthConfig};
 use crate::config::Config;
 use crate::entra::credential::{AssertionResponse, ManagedIdentityEndpoint};
-use crate::{capture, entra, multipart, rls, routing, usage, usage_chunk, usage_json};
+use crate::{
+    capture, entra, first_output, multipart, rls, routing, usage, usage_chunk, usage_json,
+};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rsa::traits::PublicKeyParts;
@@ -228,7 +230,8 @@ fn data_cut(data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// An SSE stream's usage does not depend on how the stream is cut into chunks.
+/// An SSE stream's usage, first output and answering model do not depend on how the stream
+/// is cut into chunks.
 pub fn sse_usage(data: &[u8]) {
     let whole = {
         let mut s = usage::SseUsageScanner::new();
@@ -247,6 +250,13 @@ pub fn sse_usage(data: &[u8]) {
         i += 1;
     }
     assert_eq!(whole, split.usage(), "usage depends on chunk boundaries");
+    // The first output (time to first token) and the model that answered neither.
+    let mut whole = first_output::FirstOutput::new();
+    let seen = whole.feed(data);
+    let mut split = first_output::FirstOutput::new();
+    let seen_split = data_cut(data).into_iter().any(|c| split.feed(c));
+    assert_eq!(seen, seen_split, "first output depends on chunk boundaries");
+    assert_eq!(whole.model(), split.model());
 }
 
 /// The usage-chunk stripper: its output does not depend on how the stream is cut into chunks,

@@ -18,6 +18,7 @@ pub mod entra;
 pub mod errors;
 pub mod estimate;
 pub mod failover;
+pub mod first_output;
 /// Fuzz targets (native only; used by fuzz/ and tests/fuzz_smoke.rs).
 #[cfg(not(target_arch = "wasm32"))]
 #[doc(hidden)]

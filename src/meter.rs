@@ -65,6 +65,14 @@ impl Meter {
         }
     }
 
+    /// The model that answered, as a JSON answer names it (streams: `crate::first_output`).
+    pub fn response_model(&self) -> Option<String> {
+        match self {
+            Meter::Json(scanner) => scanner.model(),
+            _ => None,
+        }
+    }
+
     /// The usage the answer reported, if any was seen.
     pub fn usage(&self) -> Option<Usage> {
         match self {

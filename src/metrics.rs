@@ -115,7 +115,7 @@ pub enum Histogram {
     /// `gen_ai.server.request.duration`: from the request's headers to the answer's end.
     RequestDuration,
     /// `gen_ai.server.time_to_first_token`: from the request's headers to the first chunk of a
-    /// streamed answer.
+    /// streamed answer that carries output (`crate::first_output`).
     TimeToFirstToken,
     /// `gen_ai.server.time_per_output_token`: the rest of a stream's duration per output token
     /// after the first.

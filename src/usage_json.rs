@@ -2,12 +2,16 @@
 //! scanner tracks nesting and strings and keeps only the value of the top-level `usage` key
 //! (bounded). An embeddings answer of hundreds of megabytes costs one pass over its bytes and
 //! a few hundred bytes of memory; the object it keeps is parsed by [`crate::usage`]'s one
-//! usage-object reader, like the usage events of streams.
+//! usage-object reader, like the usage events of streams. The top-level `model` (the model
+//! that answered, `gen_ai.response.model`) is kept the same way.
 
 use crate::usage::{self, Usage};
 
 /// Largest `usage` value kept (usage objects are a few hundred bytes, with token details).
 const MAX_USAGE_VALUE: usize = 16 * 1024;
+
+/// Largest `model` value kept.
+const MAX_MODEL_VALUE: usize = 258;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Found {
@@ -41,6 +45,10 @@ pub struct JsonUsageScanner {
     found: Found,
     /// The top-level value's closing bracket was read: the answer is complete.
     closed: bool,
+    /// The same for the first top-level `model` (a JSON string).
+    model_key: bool,
+    model_capture: Option<Vec<u8>>,
+    model: Option<Vec<u8>>,
 }
 
 impl JsonUsageScanner {
@@ -55,7 +63,12 @@ impl JsonUsageScanner {
                 // Nothing after the document's end is part of it.
                 return;
             }
-            if self.in_string && !self.reading_key && self.capture.is_none() && !self.escaped {
+            if self.in_string
+                && !self.reading_key
+                && self.capture.is_none()
+                && self.model_capture.is_none()
+                && !self.escaped
+            {
                 // Fast path: skip string content up to the next quote or backslash.
                 match chunk
                     .get(i..)
@@ -75,6 +88,12 @@ impl JsonUsageScanner {
     }
 
     fn byte(&mut self, b: u8) {
+        if let Some(m) = self.model_capture.as_mut() {
+            m.push(b);
+            if m.len() > MAX_MODEL_VALUE {
+                self.model_capture = None;
+            }
+        }
         if let Some(c) = self.capture.as_mut() {
             c.push(b);
             if c.len() > MAX_USAGE_VALUE {
@@ -91,7 +110,9 @@ impl JsonUsageScanner {
                 self.in_string = false;
                 if self.reading_key {
                     self.reading_key = false;
-                    self.usage_key = self.key.take().as_deref() == Some(b"usage");
+                    let key = self.key.take();
+                    self.usage_key = key.as_deref() == Some(b"usage");
+                    self.model_key = key.as_deref() == Some(b"model");
                 }
                 return;
             }
@@ -130,6 +151,10 @@ impl JsonUsageScanner {
                 }
                 self.depth = self.depth.saturating_sub(1);
             }
+            b':' if self.depth == 1 && std::mem::take(&mut self.model_key) => {
+                // Only the first `model` counts.
+                self.model_capture = self.model.is_none().then(Vec::new);
+            }
             b':' if self.depth == 1 && std::mem::take(&mut self.usage_key) => {
                 if self.found == Found::Nothing {
                     self.capture = Some(Vec::new());
@@ -147,6 +172,10 @@ impl JsonUsageScanner {
 
     /// The member value at depth 1 ended (at `,` or the closing `}`, which the capture holds).
     fn end_value(&mut self) {
+        if let Some(mut m) = self.model_capture.take() {
+            m.pop();
+            self.model = Some(m);
+        }
         if let Some(mut c) = self.capture.take() {
             c.pop();
             self.value = c;
@@ -167,6 +196,14 @@ impl JsonUsageScanner {
     /// strings do not count.
     pub fn closed(&self) -> bool {
         self.closed
+    }
+
+    /// The answer's top-level `model`, if it is a non-empty string.
+    pub fn model(&self) -> Option<String> {
+        let raw = self.model.as_deref()?;
+        serde_json::from_slice::<String>(raw)
+            .ok()
+            .filter(|m| !m.is_empty())
     }
 
     /// The answer had a `usage` member that could not be read (repeated or oversized).
@@ -215,6 +252,40 @@ mod tests {
             }
         }
         assert_eq!(scan(bodies[1]).map(|u| u.total()), Some(5));
+    }
+
+    #[test]
+    fn the_top_level_model_is_kept() {
+        let body = br#"{"choices":[{"message":{"model":"inner"}}],"model" : "gpt-4o-2024-11-20","usage":{"prompt_tokens":1}}"#;
+        for n in [1, 2, 5, body.len()] {
+            let mut s = JsonUsageScanner::new();
+            for c in body.chunks(n) {
+                s.feed(c);
+            }
+            assert_eq!(
+                s.model().as_deref(),
+                Some("gpt-4o-2024-11-20"),
+                "chunks of {n}"
+            );
+            assert_eq!(s.usage().map(|u| u.total()), Some(1));
+        }
+        for body in [
+            &br#"{"model":"","usage":null}"#[..],
+            br#"{"model":7}"#,
+            br#"{"data":{"model":"x"}}"#,
+        ] {
+            let mut s = JsonUsageScanner::new();
+            s.feed(body);
+            assert_eq!(s.model(), None, "{}", String::from_utf8_lossy(body));
+        }
+        let long = format!(
+            r#"{{"model":"{}","usage":{{"prompt_tokens":2}}}}"#,
+            "m".repeat(300)
+        );
+        let mut s = JsonUsageScanner::new();
+        s.feed(long.as_bytes());
+        assert_eq!(s.model(), None, "too long to keep");
+        assert_eq!(s.usage().map(|u| u.total()), Some(2));
     }
 
     #[test]

@@ -30,12 +30,15 @@ pub const RATELIMIT: &str = "azure_llm_ratelimit";
 /// How a limited request was charged (set by the charge phase: `usage`, `estimate`, `released`).
 pub const CHARGE: &str = "azure_llm_charge";
 pub const TTFT_MS: &str = "azure_llm_ttft_ms";
+/// The model that answered, as the answer names it (Azure's model version, e.g.
+/// `gpt-4o-2024-11-20`): `gen_ai.response.model`.
+pub const RESPONSE_MODEL: &str = "azure_llm_response_model";
 /// Only with `capture.prompt` / `capture.answer` (src/capture.rs).
 pub const PROMPT: &str = "azure_llm_prompt";
 pub const ANSWER: &str = "azure_llm_answer";
 
 /// The record's attributes: (OTLP attribute key, Envoy access-log format of its value).
-pub const ATTRIBUTES: [(&str, &str); 23] = [
+pub const ATTRIBUTES: [(&str, &str); 24] = [
     (
         "gen_ai.operation.name",
         "%FILTER_STATE(wasm.azure_llm_operation:PLAIN)%",
@@ -47,6 +50,10 @@ pub const ATTRIBUTES: [(&str, &str); 23] = [
     (
         "gen_ai.request.model",
         "%FILTER_STATE(wasm.azure_llm_model:PLAIN)%",
+    ),
+    (
+        "gen_ai.response.model",
+        "%FILTER_STATE(wasm.azure_llm_response_model:PLAIN)%",
     ),
     (
         "gen_ai.usage.input_tokens",
@@ -150,6 +157,7 @@ mod tests {
             RATELIMIT,
             CHARGE,
             TTFT_MS,
+            RESPONSE_MODEL,
             PROMPT,
             ANSWER,
         ];

@@ -13,13 +13,16 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The stand-in's first-event delay and inter-event delay for streams.
-const FIRST_CHUNK_DELAY_MS: u64 = 300;
-const CHUNK_DELAY_MS: u64 = 40;
+/// The stand-in's time to first token and inter-event delay for streams. Like Azure, it sends
+/// the token-less events at once (Azure OpenAI's `prompt_filter_results` and role chunks,
+/// Anthropic's `message_start`, `content_block_start` and `ping`, the Responses API's
+/// `response.created` ...) and holds back the first event that carries output.
+const FIRST_TOKEN_DELAY_MS: u64 = 300;
+const CHUNK_DELAY_MS: u64 = 45;
 
 async fn standin() -> StandIn {
     let mut cfg = StandInConfig {
-        first_chunk_delay_ms: FIRST_CHUNK_DELAY_MS,
+        first_token_delay_ms: FIRST_TOKEN_DELAY_MS,
         chunk_delay_ms: CHUNK_DELAY_MS,
         ..StandInConfig::default()
     };
@@ -34,11 +37,13 @@ fn plugin(standin: &StandIn, extra: Value) -> Value {
         "credentials": common::standin_credentials(&standin.tenant_id()),
         "backends": {
             "aoai": {"kind": "azure_openai", "host": "r.openai.azure.com", "api_version": "2024-10-21", "credential": "main"},
+            "aoai-v1": {"kind": "azure_openai_v1", "host": "r.openai.azure.com", "credential": "main"},
             "claude": {"kind": "foundry_anthropic", "host": "f.services.ai.azure.com", "credential": "main"}
         },
         "models": {
             "gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"},
             "o3-mini": {"backend": "aoai", "deployment": "o3-mini"},
+            "gpt-4o-v1": {"backend": "aoai-v1", "deployment": "gpt-4o-prod"},
             "claude-opus-4-5": {"backend": "claude", "deployment": "claude-opus-4-5"}
         },
         "rate_limits": {"default": {"tokens_per_minute": 10000000}},
@@ -59,9 +64,10 @@ async fn start(standin: &StandIn, extra: Value, otlp: Option<&OtlpReceiver>) -> 
     o.clusters = vec![
         Cluster::new("entra", standin.port()),
         Cluster::new("aoai", standin.port()),
+        Cluster::new("aoai-v1", standin.port()),
         Cluster::new("claude", standin.port()),
     ];
-    o.backend_routes = vec!["aoai".into(), "claude".into()];
+    o.backend_routes = vec!["aoai".into(), "aoai-v1".into(), "claude".into()];
     o.otlp_port = otlp.map(OtlpReceiver::port);
     Envoy::start(o).await
 }
@@ -206,9 +212,11 @@ async fn histograms_of_json_and_streamed_answers() {
     assert_eq!(usage_of(&body)["prompt_tokens"], 7);
     assert_eq!(usage_of(&body)["completion_tokens"], 5);
 
-    // Stream: 3 + 20 prompt tokens, 3 completion tokens; the first event comes after 300 ms,
-    // the six others 40 ms apart: TTFT ~300 ms, duration ~540 ms, (540 - 300) / (3 - 1) =
-    // ~120 ms per output token after the first.
+    // Stream: 3 + 20 prompt tokens, 3 completion tokens. Azure's order: the prompt-filter
+    // chunk at once, the role chunk 45 ms later, the first token 300 ms after it, then the
+    // five other events 45 ms apart: TTFT ~345 ms (to the first token, not to the first
+    // chunk), duration ~570 ms, (570 - 345) / (3 - 1) = ~112 ms per output token after the
+    // first.
     let words = vec!["w"; 20].join(" ");
     let started = Instant::now();
     let (status, body) = chat(
@@ -220,7 +228,7 @@ async fn histograms_of_json_and_streamed_answers() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(usage_of(&body)["prompt_tokens"], 23, "{body}");
     assert_eq!(usage_of(&body)["completion_tokens"], 3, "{body}");
-    assert!(client_duration >= Duration::from_millis(FIRST_CHUNK_DELAY_MS + 6 * CHUNK_DELAY_MS));
+    assert!(client_duration >= Duration::from_millis(FIRST_TOKEN_DELAY_MS + 6 * CHUNK_DELAY_MS));
 
     let scrape = scrape_until(&envoy, |s| {
         s.value(
@@ -256,7 +264,8 @@ async fn histograms_of_json_and_streamed_answers() {
         scrape.buckets("gen_ai_client_token_usage", &cached, &["1", "+Inf"]),
         vec![2, 2]
     );
-    // Only the stream has a time to first token, ~300 ms: in (250, 500].
+    // Only the stream has a time to first token, ~345 ms: in (250, 500] (the first chunk
+    // came at ~0 ms, which the histogram must not show).
     assert_eq!(
         scrape.buckets(
             "gen_ai_server_time_to_first_token_milliseconds",
@@ -265,8 +274,8 @@ async fn histograms_of_json_and_streamed_answers() {
         ),
         vec![0, 1, 1]
     );
-    // ~120 ms per token after the first: in (100, 150]. (The stand-in's timers only ever
-    // wait longer, so the lower bound is safe; the upper one allows 60 ms of delay.)
+    // ~112 ms per token after the first: in (100, 150]. (The stand-in's timers only ever
+    // wait longer, so the lower bound is safe; the upper one allows 75 ms of delay.)
     assert_eq!(
         scrape.buckets(
             "gen_ai_server_time_per_output_token_milliseconds",
@@ -275,7 +284,7 @@ async fn histograms_of_json_and_streamed_answers() {
         ),
         vec![0, 1, 1]
     );
-    // Durations: the JSON answer well under 320 ms, the stream ~540 ms in (320, 640].
+    // Durations: the JSON answer well under 320 ms, the stream ~570 ms in (320, 640].
     assert_eq!(
         scrape.buckets(
             "gen_ai_server_request_duration_milliseconds",
@@ -509,7 +518,7 @@ async fn usage_record_one_per_request_over_otlp() {
         .attr("azure_llm.time_to_first_token_ms")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{stream_record:?}"));
-    assert!(ttft >= FIRST_CHUNK_DELAY_MS, "{ttft}");
+    assert!(ttft >= FIRST_TOKEN_DELAY_MS, "{ttft}");
     let refused = &logs[2];
     assert_eq!(refused.attr("http.response.status_code"), Some("404"));
     assert_eq!(refused.attr("azure_llm.workload"), Some("anonymous"));
@@ -697,4 +706,107 @@ async fn anthropic_cache_reads_by_type_and_cost() {
         ),
         Some((pico / 1_000_000) as f64)
     );
+}
+
+/// Issue 25: time to first token is to the first event that carries output, on each streamed
+/// API, with the token-less events Azure sends first (at once) and the first token 300 ms
+/// later; the record names the model that answered (`gen_ai.response.model`), JSON answers
+/// included. Against the first-chunk timing of before, every TTFT here read ~0-45 ms.
+#[tokio::test]
+async fn time_to_first_token_is_to_the_first_output_of_each_api() {
+    let standin = standin().await;
+    let otlp = OtlpReceiver::start().unwrap();
+    let envoy = start(&standin, json!({}), Some(&otlp)).await;
+    let post = |path: &'static str, body: Value| {
+        let envoy = &envoy;
+        async move {
+            let resp = client()
+                .post(envoy.url(path))
+                .header("anthropic-version", "2023-06-01")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            resp.text().await.unwrap()
+        }
+    };
+    let chat_stream = post(
+        "/v1/chat/completions",
+        json!({"model": "gpt-4o", "max_tokens": 2, "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    // Azure's order reached the caller: the prompt-filter chunk, then the token-less role chunk.
+    let data: Vec<Value> = chat_stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    assert!(data[0]["prompt_filter_results"].is_array(), "{chat_stream}");
+    assert_eq!(
+        data[1]["choices"][0]["delta"]["content"], "",
+        "{chat_stream}"
+    );
+    post(
+        "/anthropic/v1/messages",
+        json!({"model": "claude-opus-4-5", "max_tokens": 2, "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    post(
+        "/v1/responses",
+        json!({"model": "gpt-4o-v1", "max_output_tokens": 2, "stream": true, "input": "x"}),
+    )
+    .await;
+    post(
+        "/v1/chat/completions",
+        json!({"model": "gpt-4o", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+
+    let logs = otlp.wait_for(4, Duration::from_secs(10)).await;
+    assert_eq!(logs.len(), 4, "{logs:#?}");
+    for (record, model) in logs[..3].iter().zip([
+        "gpt-4o-2024-11-20",
+        "claude-opus-4-5-20251101",
+        "gpt-4o-2024-11-20",
+    ]) {
+        let ttft: u64 = record
+            .attr("azure_llm.time_to_first_token_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{record:?}"));
+        assert!(ttft >= FIRST_TOKEN_DELAY_MS, "{ttft} ms in {record:?}");
+        assert_eq!(
+            record.attr("gen_ai.response.model"),
+            Some(model),
+            "{record:?}"
+        );
+    }
+    let json_record = &logs[3];
+    assert_eq!(
+        json_record.attr("gen_ai.response.model"),
+        Some("gpt-4o-2024-11-20")
+    );
+    assert!(json_record
+        .attr("azure_llm.time_to_first_token_ms")
+        .is_none_or(|v| v == "-"));
+
+    // The histogram agrees: three streams, none under 250 ms.
+    let scrape = scrape_until(&envoy, |s| {
+        s.0.iter()
+            .filter(|x| x.name == "gen_ai_server_time_to_first_token_milliseconds_count")
+            .map(|x| x.value)
+            .sum::<f64>()
+            == 3.0
+    })
+    .await;
+    let under_250: f64 = scrape
+        .0
+        .iter()
+        .filter(|x| {
+            x.name == "gen_ai_server_time_to_first_token_milliseconds_bucket"
+                && x.labels.get("le").map(String::as_str) == Some("250")
+        })
+        .map(|x| x.value)
+        .sum();
+    assert_eq!(under_250, 0.0);
 }

@@ -1,4 +1,5 @@
-//! Observing a request (issue 18): when it started, when its answer's first chunk came, and at
+//! Observing a request (issue 18): when it started, when its answer's first output came
+//! (`crate::first_output`, issue 25), and at
 //! charge time one record of what it measured: the OpenTelemetry GenAI histograms (tokens by
 //! type, duration, time to first token, time per output token), the cost of the price table,
 //! and the usage-record properties (`crate::usage_record`) for the access loggers, with the
@@ -7,6 +8,7 @@
 use super::HttpFilter;
 use crate::capture::AnswerCapture;
 use crate::config::Config;
+use crate::first_output::FirstOutput;
 use crate::host::metrics::Observation;
 use crate::host::now_ms;
 use crate::metrics::{self, GenAiLabels};
@@ -19,12 +21,15 @@ use crate::usage_record as record;
 #[derive(Default)]
 pub(super) struct Observed {
     started_ms: u64,
-    first_chunk_ms: Option<u64>,
+    /// Streams: when the first chunk carrying output passed.
+    first_output_ms: Option<u64>,
+    /// Streams: follows the answer until its first output.
+    first_output: Option<FirstOutput>,
+    /// The model that answered, as the answer names it.
+    response_model: Option<String>,
     operation: Option<Operation>,
     /// `gen_ai.operation.name` and `gen_ai.provider.name`, once routed.
     gen_ai: Option<(&'static str, &'static str)>,
-    /// The answer is a server-sent event stream.
-    streamed: bool,
     answer: Option<AnswerCapture>,
 }
 
@@ -77,14 +82,19 @@ impl HttpFilter {
             .trim_start()
             .to_ascii_lowercase()
             .starts_with("text/event-stream");
-        self.observed.streamed = streamed;
+        // An encoded stream's bytes are not events: it has no time to first token.
+        self.observed.first_output = (streamed && !encoded).then(FirstOutput::new);
         self.observed.answer = config.capture.answer_reader(streamed).filter(|_| !encoded);
     }
 
     /// One chunk of the answer (read for the meter already, if it was read).
     pub(super) fn observe_chunk(&mut self, chunk: Option<&[u8]>) {
-        if self.observed.first_chunk_ms.is_none() {
-            self.observed.first_chunk_ms = Some(now_ms());
+        if let (Some(first), Some(chunk)) = (self.observed.first_output.as_mut(), chunk) {
+            if first.feed(chunk) {
+                self.observed.first_output_ms = Some(now_ms());
+                self.observed.response_model = first.model().map(str::to_string);
+                self.observed.first_output = None;
+            }
         }
         if let (Some(answer), Some(chunk)) = (self.observed.answer.as_mut(), chunk) {
             answer.feed(chunk);
@@ -93,7 +103,7 @@ impl HttpFilter {
 
     /// Whether `observe_chunk` needs the chunk's bytes.
     pub(super) fn observes_answer_text(&self) -> bool {
-        self.observed.answer.is_some()
+        self.observed.answer.is_some() || self.observed.first_output.is_some()
     }
 
     /// Charge time, once: histograms, cost, and the record's properties.
@@ -103,11 +113,11 @@ impl HttpFilter {
         };
         let (operation, provider) = self.observed.gen_ai.unwrap_or(("other", ""));
         let started = self.observed.started_ms;
-        // Time to first token is a streaming measure: a JSON answer's first chunk is its end.
+        // Time to first token is a streaming measure (a JSON answer's first byte is its end),
+        // to the first chunk that carried output: a stream that never did has none.
         let ttft_ms = self
             .observed
-            .first_chunk_ms
-            .filter(|_| self.observed.streamed)
+            .first_output_ms
             .map(|t| t.saturating_sub(started));
         let config = self.state.borrow().config.clone();
         let cost = usage.zip(config.pricing.as_ref()).and_then(|(u, p)| {
@@ -152,6 +162,18 @@ impl HttpFilter {
         }
         if let Some(t) = ttft_ms {
             self.property(record::TTFT_MS, t.to_string().as_bytes());
+        }
+        let response_model = self
+            .observed
+            .response_model
+            .take()
+            .or_else(|| {
+                let pending = self.observed.first_output.as_ref()?;
+                pending.model().map(str::to_string)
+            })
+            .or_else(|| self.meter.response_model());
+        if let Some(m) = response_model {
+            self.property(record::RESPONSE_MODEL, m.as_bytes());
         }
         if let Some(answer) = self.observed.answer.take() {
             self.property(record::ANSWER, answer.finish().as_bytes());

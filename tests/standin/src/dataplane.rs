@@ -792,6 +792,16 @@ impl Gen<'_> {
         &self.deployment.model
     }
 
+    /// The model as answers name it: Azure OpenAI its version (`gpt-4o-2024-11-20`, the
+    /// version discovery reports), Anthropic its dated id (`gen_ai.response.model`).
+    fn answer_model(&self) -> String {
+        match self.deployment.format.as_str() {
+            "OpenAI" => format!("{}-2024-11-20", self.deployment.model),
+            "Anthropic" => format!("{}-20251101", self.deployment.model),
+            _ => self.deployment.model.clone(),
+        }
+    }
+
     /// `c` includes the `reasoning` tokens, `p` the `cached` ones (details.rs).
     fn chat_usage(p: u64, c: u64, cached: u64, reasoning: u64) -> Value {
         json!({
@@ -826,7 +836,7 @@ impl Gen<'_> {
                 "id": id,
                 "object": "chat.completion",
                 "created": created,
-                "model": self.model(),
+                "model": self.answer_model(),
                 "system_fingerprint": "fp_standin",
                 "choices": [{
                     "index": 0,
@@ -849,7 +859,7 @@ impl Gen<'_> {
                 "id": id,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": self.model(),
+                "model": self.answer_model(),
                 "system_fingerprint": "fp_standin",
                 "choices": choices,
             });
@@ -871,14 +881,16 @@ impl Gen<'_> {
             })));
         }
         let parts = pieces(c);
-        if parts.is_empty() {
+        if parts.is_empty() || self.azure_filters {
+            // Azure OpenAI's second chunk: the role, empty content, no token yet.
             events.push(chunk(
-                json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null, "logprobs": null}]),
+                json!([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": null}, "finish_reason": null, "logprobs": null}]),
                 None,
             ));
         }
+        let first_output = events.len();
         for (i, piece) in parts.iter().enumerate() {
-            let delta = if i == 0 {
+            let delta = if i == 0 && !self.azure_filters {
                 json!({"role": "assistant", "content": piece})
             } else {
                 json!({"content": piece})
@@ -904,7 +916,10 @@ impl Gen<'_> {
             events.push(chunk(json!([]), Some(&usage)));
         }
         events.push("data: [DONE]\n\n".to_string());
-        Ok((Reply::events(events), billed))
+        Ok((
+            Reply::events(events).with_first_output(first_output),
+            billed,
+        ))
     }
 
     fn completions(&self, body: &Map<String, Value>) -> GenResult {
@@ -925,7 +940,7 @@ impl Gen<'_> {
                 "id": id,
                 "object": "text_completion",
                 "created": created,
-                "model": self.model(),
+                "model": self.answer_model(),
                 "choices": [{"text": ANSWER[..c].join(" "), "index": 0, "finish_reason": finish, "logprobs": null}],
                 "usage": usage,
             });
@@ -934,7 +949,7 @@ impl Gen<'_> {
         let with_usage = include_usage(body);
         let chunk = |choices: Value, usage: Option<&Value>| {
             let mut v = json!({
-                "id": id, "object": "text_completion", "created": created, "model": self.model(),
+                "id": id, "object": "text_completion", "created": created, "model": self.answer_model(),
                 "choices": choices,
             });
             if with_usage {
@@ -959,7 +974,7 @@ impl Gen<'_> {
             events.push(chunk(json!([]), Some(&usage)));
         }
         events.push("data: [DONE]\n\n".to_string());
-        Ok((Reply::events(events), p + c as u64))
+        Ok((Reply::events(events).with_first_output(0), p + c as u64))
     }
 
     fn embeddings(&self, body: &Map<String, Value>) -> GenResult {
@@ -1023,7 +1038,7 @@ impl Gen<'_> {
         let v = json!({
             "object": "list",
             "data": data,
-            "model": self.model(),
+            "model": self.answer_model(),
             "usage": {"prompt_tokens": p, "total_tokens": p},
         });
         Ok((Reply::json(200, &v), p))
@@ -1053,7 +1068,7 @@ impl Gen<'_> {
             "object": "response",
             "created_at": created,
             "status": status,
-            "model": self.model(),
+            "model": self.answer_model(),
             "output": output,
             "usage": usage.cloned().unwrap_or(Value::Null),
         })
@@ -1125,6 +1140,7 @@ impl Gen<'_> {
             "response.content_part.added",
             json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
         );
+        let first_output = events.len();
         for piece in pieces(c) {
             push(
                 &mut events,
@@ -1156,7 +1172,10 @@ impl Gen<'_> {
             &msg_id,
         );
         push(&mut events, "response.completed", json!({"response": done}));
-        Ok((Reply::events(events), p + c as u64))
+        Ok((
+            Reply::events(events).with_first_output(first_output),
+            p + c as u64,
+        ))
     }
 
     fn messages(&self, body: &Map<String, Value>) -> GenResult {
@@ -1213,7 +1232,7 @@ impl Gen<'_> {
                 "id": id,
                 "type": "message",
                 "role": "assistant",
-                "model": self.model(),
+                "model": self.answer_model(),
                 "content": [{"type": "text", "text": text}],
                 "stop_reason": stop,
                 "stop_sequence": null,
@@ -1232,7 +1251,7 @@ impl Gen<'_> {
         let mut events = vec![named_event(
             "message_start",
             &json!({"type": "message_start", "message": {
-                "id": id, "type": "message", "role": "assistant", "model": self.model(),
+                "id": id, "type": "message", "role": "assistant", "model": self.answer_model(),
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 // Like Anthropic: a provisional output count in message_start.
                 "usage": {"input_tokens": uncached, "output_tokens": c.min(1), "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached},
@@ -1243,6 +1262,7 @@ impl Gen<'_> {
             &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
         ));
         events.push(named_event("ping", &json!({"type": "ping"})));
+        let first_output = events.len();
         for piece in pieces(c) {
             events.push(named_event(
                 "content_block_delta",
@@ -1262,7 +1282,9 @@ impl Gen<'_> {
             &json!({"type": "message_stop"}),
         ));
         Ok((
-            Reply::events(events).with_header("request-id", format!("req_{}", random_alnum(24))),
+            Reply::events(events)
+                .with_first_output(first_output)
+                .with_header("request-id", format!("req_{}", random_alnum(24))),
             p + c as u64,
         ))
     }

@@ -105,9 +105,13 @@ pub struct StandInConfig {
     pub managed_identity: Option<ManagedIdentityRegistration>,
     /// Delay between streamed (SSE) chunks. Default 0.
     pub chunk_delay_ms: u64,
-    /// Delay between a stream's headers and its first event (the model's time to first
-    /// token). Default 0.
+    /// Delay between a stream's headers and its first event. Default 0.
     pub first_chunk_delay_ms: u64,
+    /// Delay before the first event of a stream that carries output (the model's time to
+    /// first token), the token-less events before it (Azure OpenAI's `prompt_filter_results`
+    /// and role chunks, Anthropic's `message_start`, the Responses API's `response.created`
+    /// ...) being sent at once, as Azure does. Default 0.
+    pub first_token_delay_ms: u64,
     /// Delay between a stream's last event and the end of its body (the terminating chunk of
     /// HTTP/1.1 chunked encoding, or HTTP/2's end of stream), as when Azure's front door
     /// holds it: a client that stops at the terminal event (`data: [DONE]`) has closed by
@@ -141,6 +145,7 @@ impl Default for StandInConfig {
             managed_identity: Some(ManagedIdentityRegistration::default()),
             chunk_delay_ms: 0,
             first_chunk_delay_ms: 0,
+            first_token_delay_ms: 0,
             end_of_body_delay_ms: 0,
             signing_key: EntraKey::Primary,
             log_requests: false,
@@ -476,6 +481,8 @@ pub(crate) struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: ReplyBody,
+    /// Streams: the index of the first event that carries output.
+    pub first_output_event: Option<usize>,
 }
 
 impl Reply {
@@ -488,6 +495,7 @@ impl Reply {
             status,
             headers: vec![("content-type".into(), content_type.into())],
             body: ReplyBody::Full(body),
+            first_output_event: None,
         }
     }
 
@@ -502,7 +510,15 @@ impl Reply {
                 ("cache-control".into(), "no-cache".into()),
             ],
             body: ReplyBody::Events(events),
+            first_output_event: None,
         }
+    }
+
+    /// Marks the stream's first event that carries output (delayed by
+    /// `StandInConfig::first_token_delay_ms`).
+    pub fn with_first_output(mut self, index: usize) -> Reply {
+        self.first_output_event = Some(index);
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Reply {
@@ -716,6 +732,7 @@ async fn handle(
         reset_after,
         Delays {
             first: Duration::from_millis(shared.cfg.first_chunk_delay_ms),
+            first_token: Duration::from_millis(shared.cfg.first_token_delay_ms),
             between: Duration::from_millis(shared.cfg.chunk_delay_ms),
             end: Duration::from_millis(shared.cfg.end_of_body_delay_ms),
         },
@@ -750,6 +767,8 @@ fn gzip_if_asked(mut reply: Reply, ctx: &Ctx, kind: EndpointKind) -> Reply {
 /// The pauses of a streamed answer.
 struct Delays {
     first: Duration,
+    /// Before the event `Reply::first_output_event`, instead of `between`.
+    first_token: Duration,
     between: Duration,
     end: Duration,
 }
@@ -757,9 +776,11 @@ struct Delays {
 fn into_response(reply: Reply, reset_after: Option<usize>, delays: Delays) -> Response<OutBody> {
     let Delays {
         first: first_delay,
+        first_token,
         between: delay,
         end: end_delay,
     } = delays;
+    let first_output = reply.first_output_event;
     let mut builder = Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
         builder = builder.header(k.as_str(), v.as_str());
@@ -787,7 +808,9 @@ fn into_response(reply: Reply, reset_after: Option<usize>, delays: Delays) -> Re
                     if i == 0 && !first_delay.is_zero() {
                         tokio::time::sleep(first_delay).await;
                     }
-                    if i > 0 && !delay.is_zero() {
+                    if first_output == Some(i) && !first_token.is_zero() {
+                        tokio::time::sleep(first_token).await;
+                    } else if i > 0 && !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
                     if tx.send(Ok(chunk)).await.is_err() {

@@ -1063,7 +1063,10 @@ fn data_plane_rejects_bad_credentials_and_accepts_a_valid_token() {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
-    assert_eq!(v["model"], "gpt-4o");
+    assert_eq!(
+        v["model"], "gpt-4o-2024-11-20",
+        "Azure names the model version"
+    );
     // P = (3 + 3 words) + (3 + 5 words) = 14; C = 12.
     assert_eq!(v["usage"]["prompt_tokens"], 14);
     assert_eq!(v["usage"]["completion_tokens"], 12);
@@ -1295,9 +1298,9 @@ fn streamed_chat_ends_with_usage_then_done() {
     assert_eq!(usage_chunk["usage"]["prompt_tokens"], 14);
     assert_eq!(usage_chunk["usage"]["completion_tokens"], 12);
     assert_eq!(usage_chunk["usage"]["total_tokens"], 26);
-    // Azure's prompt-filter chunk, 12 word chunks, the finish chunk.
-    assert_eq!(n, 1 + 12 + 1 + 1 + 1);
-    let text: String = events[1..13]
+    // Azure's prompt-filter chunk, its role chunk (no token), 12 word chunks, the finish chunk.
+    assert_eq!(n, 1 + 1 + 12 + 1 + 1 + 1);
+    let text: String = events[1..14]
         .iter()
         .map(|(_, d)| {
             serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"]
@@ -1307,9 +1310,10 @@ fn streamed_chat_ends_with_usage_then_done() {
         })
         .collect();
     assert_eq!(text, dataplane::ANSWER.join(" "));
-    let first: Value = serde_json::from_str(&events[1].1).unwrap();
-    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-    assert!(first["usage"].is_null());
+    let role: Value = serde_json::from_str(&events[1].1).unwrap();
+    assert_eq!(role["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(role["choices"][0]["delta"]["content"], "");
+    assert!(role["usage"].is_null());
     // Without include_usage: no usage anywhere.
     let r = chat_with(&standin, &auth, &chat_body(true, false));
     let events = sse(&r.text());
