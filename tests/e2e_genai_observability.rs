@@ -214,9 +214,9 @@ async fn histograms_of_json_and_streamed_answers() {
 
     // Stream: 3 + 20 prompt tokens, 3 completion tokens. Azure's order: the prompt-filter
     // chunk at once, the role chunk 45 ms later, the first token 300 ms after it, then the
-    // five other events 45 ms apart: TTFT ~345 ms (to the first token, not to the first
-    // chunk), duration ~570 ms, (570 - 345) / (3 - 1) = ~112 ms per output token after the
-    // first.
+    // other events 45 ms apart: TTFT ~345 ms (to the first token, not to the first chunk),
+    // duration ~525 ms to the usage chunk, (525 - 345) / (3 - 1) = ~90 ms per output token
+    // after the first.
     let words = vec!["w"; 20].join(" ");
     let started = Instant::now();
     let (status, body) = chat(
@@ -274,17 +274,19 @@ async fn histograms_of_json_and_streamed_answers() {
         ),
         vec![0, 1, 1]
     );
-    // ~112 ms per token after the first: in (100, 150]. (The stand-in's timers only ever
-    // wait longer, so the lower bound is safe; the upper one allows 75 ms of delay.)
+    // ~90 ms per token after the first (the answer ends at its usage chunk: 4 x 45 ms over 2
+    // tokens; ~112 ms if it ended at `[DONE]`): in (75, 150]. (The stand-in's timers only ever
+    // wait longer, so the lower bound is safe; the upper one allows 120 ms of delay. Timed from
+    // the first chunk, it read ~260 ms.)
     assert_eq!(
         scrape.buckets(
             "gen_ai_server_time_per_output_token_milliseconds",
             &CHAT,
-            &["100", "150", "+Inf"]
+            &["75", "150", "+Inf"]
         ),
         vec![0, 1, 1]
     );
-    // Durations: the JSON answer well under 320 ms, the stream ~570 ms in (320, 640].
+    // Durations: the JSON answer well under 320 ms, the stream ~525 ms in (320, 640].
     assert_eq!(
         scrape.buckets(
             "gen_ai_server_request_duration_milliseconds",
