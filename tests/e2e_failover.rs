@@ -408,20 +408,33 @@ mod pools {
         assert_eq!(data_plane(&payg).len(), 4);
     }
 
+    /// A PTU that refuses connections: each request fails over, and after 3 failures Envoy's
+    /// outlier detection ejects the PTU's only host (the shipped `max_ejection_percent: 100`;
+    /// with Envoy's default 10% it never did), so later requests are not even tried there.
     #[tokio::test]
-    async fn a_refused_connection_fails_over() {
+    async fn a_refused_connection_fails_over_and_ejects_the_target() {
         let (ptu, payg) = resources().await;
         let closed = common::free_port();
         let envoy = envoy(&ptu, &payg, closed).await;
-        for _ in 0..2 {
+        for _ in 0..5 {
             let resp = chat(&envoy).await;
             let status = resp.status();
             let body: Value = resp.json().await.unwrap_or(Value::Null);
             assert_eq!(status, 200, "{body} {}", envoy.logs());
             assert!(body["usage"]["total_tokens"].as_u64().is_some());
         }
-        assert_eq!(data_plane(&payg).len(), 2);
+        assert_eq!(data_plane(&payg).len(), 5);
         assert_eq!(data_plane(&ptu).len(), 0);
+        let stat = |name: &'static str| envoy.stat(name);
+        assert_eq!(
+            stat("cluster.ptu.outlier_detection.ejections_enforced_total").await,
+            Some(1)
+        );
+        assert_eq!(
+            stat("cluster.ptu.upstream_cx_connect_fail").await,
+            Some(3),
+            "no connection tried once the PTU was ejected"
+        );
     }
 
     #[tokio::test]
@@ -545,6 +558,83 @@ mod pools {
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["code"], "pool_misconfigured");
         assert_eq!(data_plane(&ptu).len() + data_plane(&payg).len(), 0);
+    }
+
+    /// Spillover happens when traffic peaks: 60 requests in flight at once on two workers,
+    /// each answered 429 by the PTU only once all are there, are each served by PAYG, exactly
+    /// once per target. Envoy's default retry circuit breaker (3 retries in flight) served 3
+    /// to 7 and gave the rest the PTU's 429; the shipped pool sizes it (README "What a pool
+    /// needs from Envoy").
+    #[tokio::test]
+    async fn sixty_concurrent_spills_on_two_workers_are_all_served_by_the_next_target() {
+        const N: usize = 60;
+        let (ptu, payg) = resources().await;
+        let envoy = envoy_with_routes(&ptu, &payg, ptu.port(), "", 2).await;
+        // A 429 that comes late: every request is in flight before the first is throttled.
+        ptu.push_fault(
+            EndpointKind::DataPlane,
+            Fault::Delayed(
+                Duration::from_millis(600),
+                Box::new(Fault::RateLimitedMs { retry_after_ms: 1 }),
+            ),
+            N,
+        );
+        let calls = (0..N).map(|i| {
+            let envoy = &envoy;
+            async move {
+                let fresh = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
+                let resp = fresh
+                    .post(envoy.url("/v1/chat/completions"))
+                    .json(&json!({"model": "gpt-4o",
+                                  "messages": [{"role": "user", "content": format!("spill {i}")}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    resp.status().as_u16(),
+                    resp.text().await.unwrap_or_default(),
+                )
+            }
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let served = answers.iter().filter(|(s, _)| *s == 200).count();
+        assert_eq!(
+            served,
+            N,
+            "every spill served: {:?}",
+            answers.iter().find(|(s, _)| *s != 200)
+        );
+        let (p, g) = (data_plane(&ptu), data_plane(&payg));
+        assert_eq!(p.len(), N, "each request tried the PTU once");
+        assert!(p.iter().all(|r| r.outcome_status == 429));
+        assert_eq!(g.len(), N, "and PAYG once");
+        let mut contents: Vec<String> = g
+            .iter()
+            .map(|r| body_json(r)["messages"][0]["content"].to_string())
+            .collect();
+        contents.sort();
+        contents.dedup();
+        assert_eq!(contents.len(), N, "no request served twice");
+        assert_eq!(
+            envoy
+                .stat("cluster.ptu+payg.upstream_rq_retry_overflow")
+                .await,
+            Some(0)
+        );
+        let name = |w: u32| {
+            format!(
+                "listener.127.0.0.1_{}.worker_{w}.downstream_cx_total",
+                envoy.listener_port
+            )
+        };
+        let (w0, w1) = (envoy.stat(&name(0)).await, envoy.stat(&name(1)).await);
+        assert!(
+            w0.unwrap_or(0) > 0 && w1.unwrap_or(0) > 0,
+            "both workers served: {w0:?} {w1:?}"
+        );
     }
 
     /// The throttle is in shared data: with two workers, requests on new connections (the

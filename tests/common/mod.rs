@@ -16,6 +16,10 @@
 
 #![allow(dead_code)]
 
+pub mod pool;
+#[allow(unused_imports)]
+pub use pool::{failover_pool_yaml, failover_pool_yaml_with, PoolYaml};
+
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read, Write as _};
@@ -1093,96 +1097,4 @@ pub async fn early_in_a_minute() {
     if secs % 60 > 40 {
         tokio::time::sleep(Duration::from_secs(61 - secs % 60)).await;
     }
-}
-
-/// A failover pool on the Envoy side (README "Failover between Azure resources"): per target
-/// `(backend name, port)` a cluster whose endpoint names its backend in metadata, the
-/// aggregate cluster `<b1>+<b2>+...` with the filter as its upstream filter (`plugin` with
-/// `"role": "upstream"`), and the route of the whole pool (retrying 429 / 5xx / connect
-/// failures on the next target) plus one per suffix of two or more targets; the last target's
-/// own route is an ordinary backend route (`EnvoyOptions::backend_routes`). Returns (clusters
-/// YAML, routes YAML) for `extra_clusters_yaml` / `extra_routes_yaml`.
-pub fn failover_pool_yaml(
-    plugin: &serde_json::Value,
-    routing_header: &str,
-    targets: &[(&str, u16)],
-) -> (String, String) {
-    let mut clusters = String::new();
-    for (name, port) in targets {
-        let _ = write!(
-            clusters,
-            "- name: {name}\n  type: STATIC\n  connect_timeout: 0.5s\n  load_assignment:\n    cluster_name: {name}\n    endpoints:\n      - lb_endpoints:\n          - endpoint:\n              address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}\n            metadata: {{ filter_metadata: {{ azure_llm: {{ backend: {name} }} }} }}\n"
-        );
-    }
-    let mut upstream = plugin.clone();
-    upstream["role"] = serde_json::json!("upstream");
-    let config = q(&serde_json::to_string(&upstream).expect("plugin config serialises"));
-    let wasm = q(&wasm_path().to_string_lossy());
-    let mut routes = String::new();
-    for from in 0..targets.len().saturating_sub(1) {
-        let members: Vec<&str> = targets[from..].iter().map(|(n, _)| *n).collect();
-        let key = members.join("+");
-        let _ = write!(
-            clusters,
-            r#"- name: {key}
-  connect_timeout: 0.5s
-  lb_policy: CLUSTER_PROVIDED
-  cluster_type:
-    name: envoy.clusters.aggregate
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig
-      clusters: [{members}]
-  typed_extension_protocol_options:
-    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-      explicit_http_config: {{ http_protocol_options: {{}} }}
-      http_filters:
-        - name: envoy.filters.http.wasm
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-            config:
-              name: azure_llm_filter_upstream
-              root_id: azure_llm_filter
-              failure_policy: FAIL_CLOSED
-              allow_on_headers_stop_iteration: true
-              vm_config:
-                vm_id: azure_llm_filter
-                runtime: envoy.wasm.runtime.v8
-                code: {{ local: {{ filename: {wasm} }} }}
-              configuration:
-                "@type": type.googleapis.com/google.protobuf.StringValue
-                value: {config}
-        - name: envoy.filters.http.upstream_codec
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
-"#,
-            key = q(&key),
-            members = members.join(", ")
-        );
-        let _ = write!(
-            routes,
-            r#"- match:
-    prefix: "/"
-    headers: [{{ name: {header}, string_match: {{ exact: {key} }} }}]
-  request_headers_to_remove: [{header}]
-  route:
-    cluster: {key}
-    timeout: 20s
-    retry_policy:
-      retry_on: "5xx,reset,connect-failure,retriable-status-codes"
-      retriable_status_codes: [429]
-      num_retries: {retries}
-      retry_back_off: {{ base_interval: 0.01s, max_interval: 0.05s }}
-      retry_priority:
-        name: envoy.retry_priorities.previous_priorities
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig
-          update_frequency: 1
-"#,
-            header = q(routing_header),
-            key = q(&key),
-            retries = members.len() - 1
-        );
-    }
-    (clusters, routes)
 }

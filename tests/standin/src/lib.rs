@@ -302,6 +302,9 @@ pub enum Fault {
     ResetMidStream { after_chunks: usize },
     /// Answer normally, with these headers added (or replacing the normal ones of that name).
     ExtraHeaders(Vec<(String, String)>),
+    /// Wait, then apply the other fault (e.g. a 429 that comes late, so that many requests
+    /// are in flight before the first one is answered).
+    Delayed(Duration, Box<Fault>),
 }
 
 /// A request the stand-in received.
@@ -659,7 +662,12 @@ async fn handle(
         body,
     };
     let mut reset_after = None;
-    let reply = match shared.take_fault(kind) {
+    let mut fault = shared.take_fault(kind);
+    while let Some(Fault::Delayed(d, then)) = fault {
+        tokio::time::sleep(d).await;
+        fault = Some(*then);
+    }
+    let reply = match fault {
         None => Some(route(&shared, kind, &ctx)),
         Some(Fault::Delay(d)) => {
             tokio::time::sleep(d).await;
@@ -699,6 +707,7 @@ async fn handle(
             }
             Some(r)
         }
+        Some(Fault::Delayed(..)) => Some(route(&shared, kind, &ctx)),
     };
     let log = |status: u16, note: &str| {
         if shared.cfg.log_requests {
