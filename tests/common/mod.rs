@@ -207,7 +207,16 @@ pub struct EnvoyOptions {
     /// `bootstrap_extensions` entries (YAML list entries `- name: ...` at indentation 0), e.g.
     /// `envoy.bootstrap.internal_listener` for internal listeners.
     pub bootstrap_extensions_yaml: Option<String>,
+    /// A whole bootstrap instead of the rendered one (e.g. a shipped file retargeted at the
+    /// stand-ins): [`LISTENER_PORT`] and [`ADMIN_PORT`] in it are replaced by the ports chosen;
+    /// the other options except `concurrency`, `log_level` and `host_env` are ignored.
+    pub raw_bootstrap: Option<String>,
 }
+
+/// In [`EnvoyOptions::raw_bootstrap`]: the port of the listener the harness sends requests to.
+pub const LISTENER_PORT: &str = "__LISTENER_PORT__";
+/// In [`EnvoyOptions::raw_bootstrap`]: the admin port.
+pub const ADMIN_PORT: &str = "__ADMIN_PORT__";
 
 impl EnvoyOptions {
     pub fn new(plugin_config: serde_json::Value) -> Self {
@@ -233,6 +242,7 @@ impl EnvoyOptions {
             otlp_port: None,
             dynamic_listener: false,
             bootstrap_extensions_yaml: None,
+            raw_bootstrap: None,
         }
     }
 
@@ -318,7 +328,12 @@ impl Envoy {
     fn spawn(opts: &EnvoyOptions) -> Envoy {
         let envoy_bin = envoy_binary();
         let (listener_port, admin_port) = two_free_ports();
-        let mut config = render_config(opts, listener_port, admin_port);
+        let mut config = match &opts.raw_bootstrap {
+            Some(raw) => raw
+                .replace(LISTENER_PORT, &listener_port.to_string())
+                .replace(ADMIN_PORT, &admin_port.to_string()),
+            None => render_config(opts, listener_port, admin_port),
+        };
         let dir = new_run_dir();
         let config_path = dir.join("envoy.yaml");
         if opts.dynamic_listener {
