@@ -1,29 +1,61 @@
-//! Metric names. Each metric is an Envoy stat under `wasmcustom.azure_llm.` whose name carries
-//! its labels as `.<label>.<value>` pairs (values sanitised to `[A-Za-z0-9_-]`); the Envoy
-//! configs declare `stats_tags` that turn those pairs into Prometheus labels
-//! (`envoy_wasmcustom_azure_llm_tokens_total{workload="app-a",model="gpt-4o",...}`).
+//! Metric names. Each metric is an Envoy stat under `wasmcustom.` whose name carries its
+//! labels as `.<label>.<value> ` pairs, each value ended by a space; the Envoy configs
+//! declare `stats_tags` that turn those pairs into Prometheus labels
+//! (`azure_llm_tokens{workload="app.a",model="gpt-4.1",...}`).
 //!
-//! Cardinality stays bounded: models, backends, credentials, outcomes and reasons come from the
-//! config or fixed sets; workloads are capped per worker (`MAX_WORKLOAD_SERIES`), the rest are
-//! counted as `other`.
+//! **Label values are the names as configured or given**, dots and all: model, backend and
+//! credential names (`[A-Za-z0-9._-]`), workloads (1-256 printable ASCII characters without
+//! spaces, `auth::config::is_valid_workload`), fixed sets (outcomes, reasons, providers such
+//! as `azure.ai.openai`). None of them can hold a space, so the space that ends each value
+//! makes the name unambiguous: no two label sets make the same stat name, and a value that
+//! looks like a label name (`.model.` in a workload) is never taken for one. Nothing else
+//! can reach a name ([`value`] replaces a space or a control character, should one ever
+//! come, with `_`).
+//!
+//! Cardinality stays bounded: models, backends, credentials, outcomes and reasons come from
+//! the config or fixed sets; at most `max_workload_series` workloads (default
+//! [`DEFAULT_WORKLOAD_SERIES`]) get their own series, decided once for the whole Envoy
+//! ([`admit_workload`], in shared data); the others are counted together in series whose
+//! workload label is empty (Prometheus: no `workload` label), a name no workload can have.
 //!
 //! The latency and token histograms are named after the OpenTelemetry GenAI semantic
 //! conventions (`gen_ai.client.token.usage`, `gen_ai.server.*`): their stat names are the
 //! Prometheus names of those metrics (`wasmcustom.gen_ai_client_token_usage.<label pairs>`,
 //! which Envoy serves as `gen_ai_client_token_usage_bucket{...}`), their labels the
 //! convention's attributes with dots as underscores (`gen_ai_token_type`, ...) plus the
-//! filter's `backend` and `workload`. Envoy histograms hold integers, so durations are in
-//! milliseconds (`_milliseconds` names, the convention's bucket boundaries times 1000).
-//! [`stats_tags`] and [`histogram_buckets`] are the `stats_config` every Envoy running the
-//! filter needs; tests check that the shipped configs carry exactly these.
+//! filter's `backend` (and `workload` with `gen_ai_histograms_per_workload`). Envoy
+//! histograms hold integers, so durations are in milliseconds (`_milliseconds` names, the
+//! convention's bucket boundaries times 1000); [`recording_rules`] are the Prometheus rules
+//! that serve them under the convention's `_seconds` names. [`stats_tags`] and
+//! [`histogram_buckets`] are the `stats_config` every Envoy running the filter needs; tests
+//! check that the shipped configs carry exactly these.
 
 use crate::routing::Operation;
-use std::collections::HashSet;
+use std::borrow::Cow;
 
-pub const MAX_WORKLOAD_SERIES: usize = 200;
-pub const OTHER: &str = "other";
+/// Workloads with their own series by default.
+pub const DEFAULT_WORKLOAD_SERIES: usize = 200;
+/// The workload label of the workloads past the cap: empty, which no workload name can be.
+pub const OTHER: &str = "";
 
-/// Keeps a value usable inside a dotted stat name.
+/// Ends every label value in a stat name.
+const END: char = ' ';
+
+/// A label value as it goes into a stat name: itself, unless it holds what cannot be in one
+/// (a space or a control character, which no configured or validated name has).
+pub fn value(v: &str) -> Cow<'_, str> {
+    if v.chars().all(|c| c != END && !c.is_control()) {
+        return Cow::Borrowed(v);
+    }
+    Cow::Owned(
+        v.chars()
+            .map(|c| if c == END || c.is_control() { '_' } else { c })
+            .collect(),
+    )
+}
+
+/// Keeps a value printable in a message: `[A-Za-z0-9_-]`, 64 characters (not for stat names,
+/// whose values are kept as they are: [`value`]).
 pub fn sanitize(value: &str) -> String {
     let s: String = value
         .chars()
@@ -43,67 +75,87 @@ pub fn sanitize(value: &str) -> String {
     }
 }
 
+/// `base` followed by its label pairs.
+fn name(base: &str, pairs: &[(&str, &str)]) -> String {
+    let mut n = String::with_capacity(base.len() + pairs.len() * 24);
+    n.push_str(base);
+    for (label, v) in pairs {
+        push_pair(&mut n, label, v);
+    }
+    n
+}
+
+fn push_pair(n: &mut String, label: &str, v: &str) {
+    n.push('.');
+    n.push_str(label);
+    n.push('.');
+    n.push_str(&value(v));
+    n.push(END);
+}
+
 /// Requests by outcome (`routed`, `discovery`, or the error code the filter answered with).
 pub fn requests(outcome: &str) -> String {
-    format!("azure_llm.requests.outcome.{}", sanitize(outcome))
+    name("azure_llm.requests", &[("outcome", outcome)])
 }
 
 /// LLM tokens by workload / model / backend / kind (`prompt`, `completion`).
 pub fn tokens(workload: &str, model: &str, backend: &str, kind: &str) -> String {
-    format!(
-        "azure_llm.tokens.workload.{}.model.{}.backend.{}.kind.{}",
-        sanitize(workload),
-        sanitize(model),
-        sanitize(backend),
-        sanitize(kind)
+    name(
+        "azure_llm.tokens",
+        &[
+            ("workload", workload),
+            ("model", model),
+            ("backend", backend),
+            ("kind", kind),
+        ],
     )
 }
 
 /// Entra token fetches by credential and result (`ok` or the failure code class).
 pub fn token_fetches(credential: &str, result: &str) -> String {
-    format!(
-        "azure_llm.token_fetches.credential.{}.result.{}",
-        sanitize(credential),
-        sanitize(result)
+    name(
+        "azure_llm.token_fetches",
+        &[("credential", credential), ("result", result)],
     )
 }
 
 /// Gauge: seconds the credential's current token has left.
 pub fn token_expires_in(credential: &str) -> String {
-    format!(
-        "azure_llm.token_expires_in_seconds.credential.{}",
-        sanitize(credential)
+    name(
+        "azure_llm.token_expires_in_seconds",
+        &[("credential", credential)],
     )
 }
 
 /// Caller authentication refusals by reason.
 pub fn jwt_rejections(reason: &str) -> String {
-    format!("azure_llm.auth_rejections.reason.{}", sanitize(reason))
+    name("azure_llm.auth_rejections", &[("reason", reason)])
 }
 
 /// Rate-limit decisions (`allowed`, `rate_limited`, `quota_exceeded`).
 pub fn ratelimit(decision: &str) -> String {
-    format!("azure_llm.ratelimit.decision.{}", sanitize(decision))
+    name("azure_llm.ratelimit", &[("decision", decision)])
 }
 
 /// Attempts of failover pools by target backend and outcome (`answered`, `throttled`,
 /// `failed`), counted by the upstream filter once per attempt.
 pub fn target_attempts(backend: &str, outcome: &str) -> String {
-    format!(
-        "azure_llm.target_attempts.backend.{}.outcome.{}",
-        sanitize(backend),
-        sanitize(outcome)
+    name(
+        "azure_llm.target_attempts",
+        &[("backend", backend), ("outcome", outcome)],
     )
 }
 
 /// Cost of the answers in micro-units of the price table's currency (1e-6), by workload and
 /// model.
 pub fn cost(workload: &str, model: &str, currency: &str) -> String {
-    format!(
-        "azure_llm.cost_micros.workload.{}.model.{}.currency.{}",
-        sanitize(workload),
-        sanitize(model),
-        sanitize(currency)
+    name(
+        "azure_llm.cost_micros",
+        &[
+            ("workload", workload),
+            ("model", model),
+            ("currency", currency),
+        ],
     )
 }
 
@@ -137,6 +189,17 @@ impl Histogram {
             Histogram::RequestDuration => "gen_ai_server_request_duration_milliseconds",
             Histogram::TimeToFirstToken => "gen_ai_server_time_to_first_token_milliseconds",
             Histogram::TimePerOutputToken => "gen_ai_server_time_per_output_token_milliseconds",
+        }
+    }
+
+    /// The convention's Prometheus name (`_seconds` for the durations, which
+    /// [`recording_rules`] serve).
+    pub fn seconds_metric(self) -> &'static str {
+        match self {
+            Histogram::TokenUsage => "gen_ai_client_token_usage",
+            Histogram::RequestDuration => "gen_ai_server_request_duration_seconds",
+            Histogram::TimeToFirstToken => "gen_ai_server_time_to_first_token_seconds",
+            Histogram::TimePerOutputToken => "gen_ai_server_time_per_output_token_seconds",
         }
     }
 
@@ -212,8 +275,8 @@ pub fn gen_ai_operation(op: Operation) -> &'static str {
     }
 }
 
-/// `gen_ai.provider.name` values of the backend kinds (sanitised in stat names:
-/// `azure_ai_openai`).
+/// `gen_ai.provider.name` values of the backend kinds, as the convention spells them (dots
+/// included, in stat names too).
 pub const PROVIDER_AZURE_OPENAI: &str = "azure.ai.openai";
 pub const PROVIDER_AZURE_AI_INFERENCE: &str = "azure.ai.inference";
 pub const PROVIDER_ANTHROPIC: &str = "anthropic";
@@ -225,26 +288,28 @@ pub struct GenAiLabels<'a> {
     pub provider: &'static str,
     pub model: &'a str,
     pub backend: &'a str,
-    /// Already capped ([`WorkloadCap`]).
-    pub workload: &'a str,
+    /// Already capped; `None` without `gen_ai_histograms_per_workload`.
+    pub workload: Option<&'a str>,
 }
 
 /// The stat name of histogram `h` for `labels` (`token_type` for [`Histogram::TokenUsage`]).
 pub fn histogram(h: Histogram, labels: &GenAiLabels<'_>, token_type: Option<TokenType>) -> String {
-    let mut name = format!(
-        "{}.gen_ai_operation_name.{}.gen_ai_provider_name.{}.gen_ai_request_model.{}.backend.{}.workload.{}",
+    let mut n = name(
         h.metric(),
-        sanitize(labels.operation),
-        sanitize(labels.provider),
-        sanitize(labels.model),
-        sanitize(labels.backend),
-        sanitize(labels.workload),
+        &[
+            ("gen_ai_operation_name", labels.operation),
+            ("gen_ai_provider_name", labels.provider),
+            ("gen_ai_request_model", labels.model),
+            ("backend", labels.backend),
+        ],
     );
-    if let Some(t) = token_type {
-        name.push_str(".gen_ai_token_type.");
-        name.push_str(t.name());
+    if let Some(w) = labels.workload {
+        push_pair(&mut n, "workload", w);
     }
-    name
+    if let Some(t) = token_type {
+        push_pair(&mut n, "gen_ai_token_type", t.name());
+    }
+    n
 }
 
 /// Which stat names a tag is read from.
@@ -275,8 +340,8 @@ const TAGS: [(&str, TagScope); 14] = [
 ];
 
 /// Envoy `stats_config.stats_tags` turning the label pairs into Prometheus labels:
-/// `(tag_name, regex)`. The pairs are matched two segments at a time from the metric name on,
-/// so a label value that equals a label name is never taken for one.
+/// `(tag_name, regex)`. The pairs are matched whole (`.label.value `) from the metric name
+/// on, so a value holding dots or a label's name is never taken for a label.
 pub fn stats_tags() -> Vec<(&'static str, String)> {
     TAGS.iter()
         .map(|&(tag, scope)| {
@@ -287,7 +352,7 @@ pub fn stats_tags() -> Vec<(&'static str, String)> {
             };
             (
                 tag,
-                format!(r"^wasmcustom\.{prefix}(?:\.[\w-]+\.[\w-]+)*?(\.{tag}\.([\w-]+))"),
+                format!(r"^wasmcustom\.{prefix}(?:\.\w+\.[^ ]* )*?(\.{tag}\.([^ ]*) )"),
             )
         })
         .collect()
@@ -308,24 +373,89 @@ pub fn time_per_output_token_ms(duration_ms: u64, ttft_ms: u64, output_tokens: u
     Some(duration_ms.saturating_sub(ttft_ms) / after_first)
 }
 
-/// Caps the distinct workloads that get their own series on a worker.
-#[derive(Debug, Default)]
-pub struct WorkloadCap {
-    seen: HashSet<String>,
+/// The shared-data key of the workload-series registry: the workloads that have their own
+/// series, one per line, in the order they were named. One for the whole Envoy, so a
+/// workload is named on every worker or on none.
+pub const WORKLOAD_SERIES_KEY: &str = "azure_llm.workload_series";
+
+/// What the registry says of a workload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Named already (by this worker or another).
+    Named,
+    /// The registry is full: the workload is counted without its name, on every worker.
+    Full,
+    /// Room left: the registry with the workload added, to be written (compare-and-swap).
+    Add(Vec<u8>),
 }
 
-impl WorkloadCap {
-    /// The workload's series name: itself while under the cap (or already seen), else `other`.
-    pub fn label<'a>(&mut self, workload: &'a str) -> &'a str {
-        if self.seen.contains(workload) {
-            return workload;
+/// The names in a registry value.
+pub fn registered(list: &[u8]) -> impl Iterator<Item = &str> {
+    list.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| std::str::from_utf8(l).ok())
+}
+
+/// Whether `workload` has its own series given the registry `list` and the cap.
+pub fn admit_workload(list: &[u8], workload: &str, cap: usize) -> Admission {
+    let mut n = 0;
+    for name in registered(list) {
+        if name == workload {
+            return Admission::Named;
         }
-        if self.seen.len() < MAX_WORKLOAD_SERIES {
-            self.seen.insert(workload.to_string());
-            return workload;
-        }
-        OTHER
+        n += 1;
     }
+    if n >= cap || workload.is_empty() || workload.contains('\n') {
+        return Admission::Full;
+    }
+    let mut next = list.to_vec();
+    next.extend_from_slice(workload.as_bytes());
+    next.push(b'\n');
+    Admission::Add(next)
+}
+
+/// Prometheus recording rules that serve the duration histograms under the convention's names
+/// and unit (`gen_ai_server_request_duration_seconds`, ...): each bucket's `le` divided by
+/// 1000 (one rule per boundary, as PromQL cannot compute a label), `_sum` divided by 1000,
+/// `_count` as it is. The token histogram needs none. Shipped as
+/// `envoy/prometheus/gen-ai-seconds.rules.yaml`.
+pub fn recording_rules() -> String {
+    let mut out = String::from(
+        "# Generated from src/metrics.rs (recording_rules); tests/observability_configs.rs checks it.\n\
+         # The filter's GenAI duration histograms in milliseconds (Envoy histograms hold integers),\n\
+         # served under the OpenTelemetry GenAI conventions' Prometheus names, in seconds.\n\
+         groups:\n  - name: azure-llm-filter-gen-ai-seconds\n    rules:\n",
+    );
+    for h in Histogram::ALL {
+        if h == Histogram::TokenUsage {
+            continue;
+        }
+        let ms = h.metric();
+        let s = h.seconds_metric();
+        for b in h.buckets() {
+            out.push_str(&format!(
+                "      - record: {s}_bucket\n        expr: label_replace({ms}_bucket{{le=\"{b}\"}}, \"le\", \"{}\", \"\", \"\")\n",
+                seconds(*b)
+            ));
+        }
+        out.push_str(&format!(
+            "      - record: {s}_bucket\n        expr: {ms}_bucket{{le=\"+Inf\"}}\n\
+             \x20     - record: {s}_sum\n        expr: {ms}_sum / 1000\n\
+             \x20     - record: {s}_count\n        expr: {ms}_count\n"
+        ));
+    }
+    out
+}
+
+/// Milliseconds as seconds, in the shortest decimal form (`10` -> `0.01`, `2500` -> `2.5`).
+fn seconds(ms: u64) -> String {
+    let whole = ms / 1000;
+    let frac = ms % 1000;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let digits = format!("{frac:03}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
 #[cfg(test)]
@@ -333,17 +463,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_carry_sanitised_labels() {
+    fn names_carry_the_values_as_they_are() {
         assert_eq!(
-            tokens("app.a/1", "gpt-4o", "aoai", "prompt"),
-            "azure_llm.tokens.workload.app_a_1.model.gpt-4o.backend.aoai.kind.prompt"
+            tokens("app.a/1", "gpt-4.1", "aoai", "prompt"),
+            "azure_llm.tokens.workload.app.a/1 .model.gpt-4.1 .backend.aoai .kind.prompt "
         );
-        assert_eq!(sanitize(""), "none");
-        assert_eq!(sanitize(&"x".repeat(100)).len(), 64);
         assert_eq!(
             requests("rate_limit_exceeded"),
-            "azure_llm.requests.outcome.rate_limit_exceeded"
+            "azure_llm.requests.outcome.rate_limit_exceeded "
         );
+        assert_eq!(value("a b\nc"), "a_b_c", "nothing can end a value early");
+        assert_eq!(sanitize(""), "none");
+        assert_eq!(sanitize(&"x".repeat(100)).len(), 64);
     }
 
     #[test]
@@ -353,15 +484,19 @@ mod tests {
             provider: PROVIDER_AZURE_OPENAI,
             model: "gpt-4.1",
             backend: "aoai",
-            workload: "team-a",
+            workload: Some("team-a"),
         };
         assert_eq!(
             histogram(Histogram::TokenUsage, &labels, Some(TokenType::CachedInput)),
-            "gen_ai_client_token_usage.gen_ai_operation_name.chat.gen_ai_provider_name.azure_ai_openai.gen_ai_request_model.gpt-4_1.backend.aoai.workload.team-a.gen_ai_token_type.cached_input"
+            "gen_ai_client_token_usage.gen_ai_operation_name.chat .gen_ai_provider_name.azure.ai.openai .gen_ai_request_model.gpt-4.1 .backend.aoai .workload.team-a .gen_ai_token_type.cached_input "
         );
+        let no_workload = GenAiLabels {
+            workload: None,
+            ..labels
+        };
         assert_eq!(
-            histogram(Histogram::TimeToFirstToken, &labels, None),
-            "gen_ai_server_time_to_first_token_milliseconds.gen_ai_operation_name.chat.gen_ai_provider_name.azure_ai_openai.gen_ai_request_model.gpt-4_1.backend.aoai.workload.team-a"
+            histogram(Histogram::TimeToFirstToken, &no_workload, None),
+            "gen_ai_server_time_to_first_token_milliseconds.gen_ai_operation_name.chat .gen_ai_provider_name.azure.ai.openai .gen_ai_request_model.gpt-4.1 .backend.aoai "
         );
         for h in Histogram::ALL {
             assert!(h.buckets().windows(2).all(|w| w[0] < w[1]), "{h:?}");
@@ -374,59 +509,101 @@ mod tests {
                 }
                 c
             });
+            assert_eq!(
+                h.seconds_metric(),
+                h.metric().replace("_milliseconds", "_seconds")
+            );
         }
     }
 
-    /// The tag regexes, run the way Envoy runs them (a tag's value is the regex's second
-    /// group), on every kind of name the filter makes.
+    /// The tag values of `name` (as `wasmcustom.<name>`), run the way Envoy runs the tag
+    /// regexes (a tag's value is the regex's second group, its first is taken out of the
+    /// name), and what is left of the name.
+    fn tags_of(name: &str) -> (Vec<(&'static str, String)>, String) {
+        let full = format!("wasmcustom.{name}");
+        let mut rest = full.clone();
+        let tags = stats_tags()
+            .into_iter()
+            .filter_map(|(tag, re)| {
+                let caps = regex::Regex::new(&re).unwrap().captures(&full)?;
+                rest = rest.replacen(caps.get(1)?.as_str(), "", 1);
+                Some((tag, caps.get(2)?.as_str().to_string()))
+            })
+            .collect();
+        (tags, rest)
+    }
+
     #[test]
     fn stats_tags_extract_every_label() {
-        fn tags_of(name: &str) -> Vec<(&'static str, String)> {
-            let full = format!("wasmcustom.{name}");
-            stats_tags()
-                .into_iter()
-                .filter_map(|(tag, re)| {
-                    let caps = regex::Regex::new(&re).unwrap().captures(&full)?;
-                    Some((tag, caps.get(2)?.as_str().to_string()))
-                })
-                .collect()
-        }
         let labels = GenAiLabels {
             operation: "chat",
-            provider: PROVIDER_ANTHROPIC,
+            provider: PROVIDER_AZURE_OPENAI,
             model: "model",
             backend: "workload",
-            workload: "backend",
+            workload: Some("backend"),
         };
-        let got = tags_of(&histogram(
+        let (got, rest) = tags_of(&histogram(
             Histogram::TokenUsage,
             &labels,
             Some(TokenType::Input),
         ));
+        assert_eq!(rest, "wasmcustom.gen_ai_client_token_usage");
         assert_eq!(
             got,
             vec![
                 ("workload", "backend".to_string()),
                 ("backend", "workload".to_string()),
                 ("gen_ai_operation_name", "chat".to_string()),
-                ("gen_ai_provider_name", "anthropic".to_string()),
+                ("gen_ai_provider_name", "azure.ai.openai".to_string()),
                 ("gen_ai_request_model", "model".to_string()),
                 ("gen_ai_token_type", "input".to_string()),
             ]
         );
         assert_eq!(
-            tags_of(&cost("w", "gpt-4o", "EUR")),
+            tags_of(&cost("w", "gpt-4o", "EUR")).0,
             vec![
                 ("workload", "w".to_string()),
                 ("model", "gpt-4o".to_string()),
                 ("currency", "EUR".to_string()),
             ]
         );
-        assert_eq!(
-            tags_of(&tokens("w", "m", "b", "prompt")).len(),
-            4,
-            "the existing token counters keep their labels"
-        );
+        assert_eq!(tags_of(&tokens("w", "m", "b", "prompt")).0.len(), 4);
+    }
+
+    /// Issue 25: `a.b` and `a_b` were both `a_b`; values that hold dots, label names or look
+    /// like pairs are kept whole and never collide.
+    #[test]
+    fn label_values_are_kept_and_never_collide() {
+        let workloads = [
+            "a.b",
+            "a_b",
+            "a.model.b",
+            "x.model.y.backend.z",
+            "spiffe://cluster.local/ns/a/sa/b",
+            "=;%\"\\",
+        ];
+        let mut names = std::collections::HashSet::new();
+        for w in workloads {
+            for m in ["gpt-4.1", "gpt-4_1"] {
+                let n = tokens(w, m, "aoai", "prompt");
+                assert!(names.insert(n.clone()), "{n} twice");
+                let (tags, rest) = tags_of(&n);
+                assert_eq!(rest, "wasmcustom.azure_llm.tokens", "{n}");
+                assert_eq!(
+                    tags,
+                    vec![
+                        ("workload", w.to_string()),
+                        ("model", m.to_string()),
+                        ("backend", "aoai".to_string()),
+                        ("kind", "prompt".to_string()),
+                    ],
+                    "{n}"
+                );
+            }
+        }
+        // The workloads past the cap: an empty value, which no workload can be.
+        let (tags, _) = tags_of(&cost(OTHER, "m", "USD"));
+        assert_eq!(tags[0], ("workload", String::new()));
     }
 
     #[test]
@@ -438,18 +615,49 @@ mod tests {
     }
 
     #[test]
-    fn workload_series_are_capped() {
-        let mut cap = WorkloadCap::default();
-        let names: Vec<String> = (0..MAX_WORKLOAD_SERIES + 5)
-            .map(|i| format!("w{i}"))
-            .collect();
-        let labels: Vec<&str> = names.iter().map(|n| cap.label(n)).collect();
-        assert_eq!(labels[0], "w0");
+    fn the_registry_names_workloads_up_to_the_cap() {
+        let mut list = Vec::new();
+        for w in ["w0", "w1", "w2"] {
+            match admit_workload(&list, w, 3) {
+                Admission::Add(next) => list = next,
+                other => panic!("{w}: {other:?}"),
+            }
+        }
+        assert_eq!(list, b"w0\nw1\nw2\n");
+        assert_eq!(admit_workload(&list, "w1", 3), Admission::Named);
+        assert_eq!(admit_workload(&list, "w3", 3), Admission::Full);
         assert_eq!(
-            labels[MAX_WORKLOAD_SERIES - 1],
-            format!("w{}", MAX_WORKLOAD_SERIES - 1)
+            admit_workload(&list, "w3", 4),
+            Admission::Add(b"w0\nw1\nw2\nw3\n".to_vec()),
+            "a larger cap after a reload"
         );
-        assert_eq!(labels[MAX_WORKLOAD_SERIES], OTHER);
-        assert_eq!(cap.label("w0"), "w0", "seen workloads keep their series");
+        assert_eq!(
+            admit_workload(&list, "w0", 1),
+            Admission::Named,
+            "a smaller one keeps the named"
+        );
+        assert_eq!(admit_workload(b"", "", 3), Admission::Full);
+        assert_eq!(registered(b"a\n\nb\n").collect::<Vec<_>>(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn recording_rules_serve_seconds() {
+        let rules = recording_rules();
+        assert!(rules.contains(
+            "      - record: gen_ai_server_request_duration_seconds_bucket\n        expr: label_replace(gen_ai_server_request_duration_milliseconds_bucket{le=\"10\"}, \"le\", \"0.01\", \"\", \"\")\n"
+        ), "{rules}");
+        assert!(rules.contains("expr: gen_ai_server_time_to_first_token_milliseconds_sum / 1000\n"));
+        assert!(!rules.contains("token_usage"));
+        assert_eq!(seconds(2500), "2.5");
+        assert_eq!(seconds(81920), "81.92");
+        assert_eq!(seconds(1), "0.001");
+        assert_eq!(seconds(5000), "5");
+        // One bucket rule per boundary, plus +Inf, _sum and _count, per duration histogram.
+        let n: usize = Histogram::ALL
+            .iter()
+            .filter(|h| **h != Histogram::TokenUsage)
+            .map(|h| h.buckets().len() + 3)
+            .sum();
+        assert_eq!(rules.matches("- record:").count(), n);
     }
 }

@@ -134,7 +134,10 @@ async fn a_cancelled_or_reset_stream_is_charged_its_reservation() {
     assert_eq!(served, cancelled, "the refused one never reached Azure");
     assert_eq!(
         envoy
-            .stat("wasmcustom.azure_llm.ratelimit.decision.charged_estimate")
+            .stat(&format!(
+                "wasmcustom.{}",
+                azure_llm_filter::metrics::ratelimit("charged_estimate")
+            ))
             .await,
         Some(cancelled),
         "the fail-safe charges are counted"

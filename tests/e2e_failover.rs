@@ -259,7 +259,8 @@ mod pools {
         for kind in ["prompt", "completion"] {
             total += envoy
                 .stat(&format!(
-                    "wasmcustom.azure_llm.tokens.workload.anonymous.model.gpt-4o.backend.{backend}.kind.{kind}"
+                    "wasmcustom.{}",
+                    azure_llm_filter::metrics::tokens("anonymous", "gpt-4o", backend, kind)
                 ))
                 .await
                 .unwrap_or(0);
@@ -325,13 +326,19 @@ mod pools {
         assert_eq!(tokens_stat(&envoy, "ptu").await, 0);
         assert_eq!(
             envoy
-                .stat("wasmcustom.azure_llm.target_attempts.backend.ptu.outcome.throttled")
+                .stat(&format!(
+                    "wasmcustom.{}",
+                    azure_llm_filter::metrics::target_attempts("ptu", "throttled")
+                ))
                 .await,
             Some(1)
         );
         assert_eq!(
             envoy
-                .stat("wasmcustom.azure_llm.target_attempts.backend.payg.outcome.answered")
+                .stat(&format!(
+                    "wasmcustom.{}",
+                    azure_llm_filter::metrics::target_attempts("payg", "answered")
+                ))
                 .await,
             Some(1)
         );

@@ -185,11 +185,12 @@ async fn scrape_until(envoy: &Envoy, ready: impl Fn(&Scrape) -> bool) -> Scrape 
     }
 }
 
-const CHAT: [(&str, &str); 5] = [
-    ("workload", "anonymous"),
+/// The GenAI labels of gpt-4o chat requests (no workload: histograms are per workload only
+/// with `gen_ai_histograms_per_workload`), the provider as the convention spells it.
+const CHAT: [(&str, &str); 4] = [
     ("backend", "aoai"),
     ("gen_ai_operation_name", "chat"),
-    ("gen_ai_provider_name", "azure_ai_openai"),
+    ("gen_ai_provider_name", "azure.ai.openai"),
     ("gen_ai_request_model", "gpt-4o"),
 ];
 

@@ -335,3 +335,50 @@ fn dashboard_is_valid_and_queries_only_what_the_filter_emits() {
     }
     assert!(used.contains("azure_llm_cost_micros"));
 }
+
+/// Issue 25: the recording rules that serve the duration histograms under the convention's
+/// `_seconds` names are shipped as src/metrics.rs makes them, and every recorded bucket is
+/// the millisecond bucket's boundary in seconds (so a dashboard written for the convention
+/// reads the same quantiles).
+#[test]
+fn recording_rules_are_shipped_and_convert_every_bucket() {
+    let rel = "envoy/prometheus/gen-ai-seconds.rules.yaml";
+    let shipped = std::fs::read_to_string(repo_file(rel)).unwrap_or_default();
+    let generated = metrics::recording_rules();
+    if shipped != generated {
+        let out = repo_file("target/gen-ai-seconds.rules.yaml");
+        std::fs::write(&out, &generated).unwrap();
+        panic!("{rel} differs from metrics::recording_rules() (the current one: {out:?})");
+    }
+    let doc = to_json(&yaml_docs(rel)[0]);
+    let rules = doc["groups"][0]["rules"].as_array().unwrap();
+    for h in Histogram::ALL
+        .into_iter()
+        .filter(|h| *h != Histogram::TokenUsage)
+    {
+        let bucket = format!("{}_bucket", h.seconds_metric());
+        let mut les: Vec<f64> = rules
+            .iter()
+            .filter(|r| r["record"] == bucket.as_str())
+            .filter_map(|r| {
+                let e = r["expr"].as_str()?;
+                let target = e.rsplit("\"le\", \"").next()?.split('"').next()?;
+                target.parse().ok()
+            })
+            .collect();
+        les.sort_by(f64::total_cmp);
+        let want: Vec<f64> = h.buckets().iter().map(|b| *b as f64 / 1000.0).collect();
+        assert_eq!(les, want, "{bucket}");
+        for suffix in ["_sum", "_count"] {
+            let name = format!("{}{suffix}", h.seconds_metric());
+            assert_eq!(
+                rules
+                    .iter()
+                    .filter(|r| r["record"] == name.as_str())
+                    .count(),
+                1,
+                "{name}"
+            );
+        }
+    }
+}

@@ -147,6 +147,28 @@ struct RawConfig {
     gen_ai_histograms: Option<bool>,
     #[cfg_attr(
         feature = "schema",
+        schemars(
+            description = "Give the GenAI histograms a workload label (default false: by \
+                           operation, provider, model and backend; the per-workload token and \
+                           cost counters are kept either way). Each workload then has ~110 \
+                           more series per model."
+        )
+    )]
+    #[serde(default)]
+    gen_ai_histograms_per_workload: Option<bool>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "How many workloads get their own metric series, decided once for \
+                           the whole Envoy in shared data (default 200, 1-10000); the rest \
+                           are counted together in series without a workload label.",
+            range(min = 1, max = 10000)
+        )
+    )]
+    #[serde(default)]
+    max_workload_series: Option<u64>,
+    #[cfg_attr(
+        feature = "schema",
         schemars(description = "Per-workload and per-model token and request limits.")
     )]
     #[serde(default)]
@@ -247,6 +269,11 @@ pub struct Config {
     pub access_log_properties: bool,
     /// The GenAI histograms are recorded (`gen_ai_histograms`, default true).
     pub gen_ai_histograms: bool,
+    /// The GenAI histograms carry the workload (`gen_ai_histograms_per_workload`, default
+    /// false).
+    pub gen_ai_histograms_per_workload: bool,
+    /// Workloads with their own series across the Envoy (`max_workload_series`).
+    pub max_workload_series: usize,
     pub max_body_bytes: usize,
     pub credentials: Vec<Credential>,
     pub backends: Vec<Backend>,
@@ -321,6 +348,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         1,
         MAX_TIMEOUT_MS,
     )?;
+    let max_workload_series = raw
+        .max_workload_series
+        .unwrap_or(crate::metrics::DEFAULT_WORKLOAD_SERIES as u64);
+    check_range("max_workload_series", max_workload_series, 1, 10_000)?;
+    let max_workload_series = usize::try_from(max_workload_series).unwrap_or(usize::MAX);
     let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes == 0 || max_body_bytes > MAX_BODY_LIMIT {
         return Err(ConfigError::new(
@@ -393,6 +425,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         body_wait_timeout_ms,
         access_log_properties: raw.access_log_properties.unwrap_or(true),
         gen_ai_histograms: raw.gen_ai_histograms.unwrap_or(true),
+        gen_ai_histograms_per_workload: raw.gen_ai_histograms_per_workload.unwrap_or(false),
+        max_workload_series,
         max_body_bytes,
         credentials,
         backends,

@@ -230,6 +230,17 @@ fn pricing_and_capture_sections() {
     let mut off = base();
     off["gen_ai_histograms"] = json!(false);
     assert!(!parse(off).unwrap().gen_ai_histograms);
+    assert!(!plain.gen_ai_histograms_per_workload);
+    assert_eq!(plain.max_workload_series, 200);
+    let mut series = base();
+    series["gen_ai_histograms_per_workload"] = json!(true);
+    series["max_workload_series"] = json!(5000);
+    let c = parse(series.clone()).unwrap();
+    assert!(c.gen_ai_histograms_per_workload && c.max_workload_series == 5000);
+    for bad in [0, 10_001] {
+        series["max_workload_series"] = json!(bad);
+        assert_eq!(err_field(series.clone()), "max_workload_series");
+    }
     v["pricing"] = json!({"models": {"gpt4": {"input": 1, "output": 1}}});
     assert_eq!(err_field(v.clone()), "pricing.models.gpt4");
     v["pricing"] = json!({"models": {"gpt-5": {"input": 1, "output": 1}}});

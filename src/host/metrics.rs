@@ -1,14 +1,18 @@
-//! Envoy stats defined on first use (ids cached per worker VM).
+//! Envoy stats defined on first use (ids cached per worker VM), and the workload-series
+//! registry in shared data (which workloads have their own series, decided once for the
+//! whole Envoy).
 //!
 //! The per-request counters (request outcome, rate-limit decision, tokens by workload, model
 //! and backend) and histograms are looked up without building their names: a name is
 //! formatted only the first time a worker defines the stat.
 
-use crate::metrics::{self as names, GenAiLabels, Histogram, TokenType, WorkloadCap};
+use super::shared;
+use crate::metrics::{self as names, Admission, GenAiLabels, Histogram, TokenType};
 use crate::usage::Usage;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
-use std::collections::HashMap;
+use proxy_wasm::types::Status;
+use std::collections::{HashMap, HashSet};
 
 /// A counter family whose label is one of a fixed set of `'static` strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,7 +46,75 @@ pub struct Metrics {
     costs: HashMap<String, (u32, u64)>,
     /// Reused to build `tokens` keys without allocating.
     scratch: String,
-    pub workloads: WorkloadCap,
+    pub workloads: WorkloadSeries,
+}
+
+/// This worker's copy of the shared workload-series registry
+/// ([`names::WORKLOAD_SERIES_KEY`]): the workloads it knows are named, and whether the
+/// registry was full when it last read it (then nothing is read again: a full registry
+/// never changes).
+#[derive(Default)]
+pub struct WorkloadSeries {
+    named: HashSet<String>,
+    full: bool,
+    /// `max_workload_series` of the configuration.
+    pub cap: usize,
+}
+
+impl WorkloadSeries {
+    /// The workload's label: itself if the registry names it (adding it while there is room),
+    /// else [`names::OTHER`]. Host calls only for a workload this worker has not met while
+    /// the registry has room.
+    pub fn label<'a>(&mut self, workload: &'a str) -> &'a str {
+        if self.named.contains(workload) {
+            return workload;
+        }
+        if self.full {
+            return names::OTHER;
+        }
+        for _ in 0..32 {
+            let (bytes, cas) = shared::read(names::WORKLOAD_SERIES_KEY);
+            let list = bytes.unwrap_or_default();
+            match names::admit_workload(&list, workload, self.cap) {
+                Admission::Named => {
+                    self.learn(&list);
+                    return workload;
+                }
+                Admission::Full => {
+                    self.learn(&list);
+                    self.full = true;
+                    return names::OTHER;
+                }
+                Admission::Add(next) => {
+                    let cas = cas.unwrap_or(shared::CREATE_ONLY_CAS);
+                    match hostcalls::set_shared_data(
+                        names::WORKLOAD_SERIES_KEY,
+                        Some(&next),
+                        Some(cas),
+                    ) {
+                        Ok(()) => {
+                            self.learn(&next);
+                            return workload;
+                        }
+                        Err(Status::CasMismatch) => continue,
+                        Err(e) => {
+                            log::error!("azure-llm-filter: workload series registry: {e:?}");
+                            return names::OTHER;
+                        }
+                    }
+                }
+            }
+        }
+        names::OTHER
+    }
+
+    fn learn(&mut self, list: &[u8]) {
+        for name in names::registered(list) {
+            if !self.named.contains(name) {
+                self.named.insert(name.to_string());
+            }
+        }
+    }
 }
 
 /// The `kind` labels of the token counters, in `Usage` order.
@@ -60,7 +132,7 @@ struct HistogramIds {
 /// What one routed request measured, recorded once when it is charged.
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
-    /// The workload is capped here; pass the request's own.
+    /// The workload (if the histograms carry it) is capped here; pass the request's own.
     pub labels: GenAiLabels<'a>,
     pub usage: Option<Usage>,
     pub duration_ms: u64,
@@ -181,7 +253,7 @@ impl Metrics {
     }
 
     fn histogram_ids(&mut self, labels: &GenAiLabels<'_>) -> Option<HistogramIds> {
-        let workload = self.workloads.label(labels.workload);
+        let workload = labels.workload.map(|w| self.workloads.label(w));
         self.scratch.clear();
         for part in [
             labels.operation,
@@ -192,7 +264,7 @@ impl Metrics {
             "\0",
             labels.backend,
             "\0",
-            workload,
+            workload.unwrap_or("\0"),
         ] {
             self.scratch.push_str(part);
         }

@@ -93,6 +93,8 @@ impl WorkerState {
     pub fn new(config: Config, secrets: Vec<ResolvedSecret>) -> WorkerState {
         let n = config.credentials.len();
         let auth = config.auth.clone().map(Authenticator::new);
+        let mut metrics = Metrics::default();
+        metrics.workloads.cap = config.max_workload_series;
         let providers = config.auth.as_ref().map_or(0, |a| a.providers.len());
         let slot_keys = config
             .credentials
@@ -112,7 +114,7 @@ impl WorkerState {
             jwks_unknown_kid: vec![false; providers],
             auth,
             jwks_in_flight: HashMap::new(),
-            metrics: Metrics::default(),
+            metrics,
             rls_charges: Vec::new(),
             rls_charges_in_flight: std::collections::HashSet::new(),
         }

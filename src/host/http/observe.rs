@@ -130,7 +130,9 @@ impl HttpFilter {
                 provider,
                 model: &model,
                 backend: &backend,
-                workload: &self.workload,
+                workload: config
+                    .gen_ai_histograms_per_workload
+                    .then_some(self.workload.as_str()),
             },
             usage,
             duration_ms: now_ms().saturating_sub(started),
