@@ -15,6 +15,7 @@
 //!   `max_output_tokens`; Anthropic's required `max_tokens`; the largest when several are
 //!   set), else the policy's `completion_reserve_tokens`. Embeddings produce none.
 
+use crate::pricing::Price;
 use crate::routing::Operation;
 
 /// Bytes per token of the prompt estimate.
@@ -71,6 +72,32 @@ impl Estimate {
     }
 }
 
+impl Estimate {
+    /// [`Estimate::tokens_for_limit`] for a cost counter whose limit is `max` pico-units: the
+    /// estimate priced at the model's rates (the prompt as uncached input, the completion as
+    /// output), the default allowance's part cut to the limit like its tokens are.
+    pub fn cost_for_limit(&self, completion_reserve: u64, price: &Price, max: u64) -> u64 {
+        let completion = |reserve: u64| {
+            if self.completes {
+                self.requested_completion.unwrap_or(reserve)
+            } else {
+                0
+            }
+        };
+        let cost = |reserve: u64| {
+            u64::try_from(price.estimate_pico(self.prompt_tokens, completion(reserve)))
+                .unwrap_or(u64::MAX)
+        };
+        let full = cost(completion_reserve);
+        let firm = if self.requested_completion.is_some() {
+            full
+        } else {
+            cost(0)
+        };
+        full.min(max.max(firm)).max(1)
+    }
+}
+
 /// The prompt estimate of a body of `len` bytes.
 pub fn prompt_tokens(len: usize) -> u64 {
     (len as u64).div_ceil(BYTES_PER_TOKEN)
@@ -114,6 +141,47 @@ mod tests {
             Estimate::new(Operation::ChatCompletions, usize::MAX, Some(u64::MAX)).tokens(0),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn cost_estimates_price_the_tokens_and_cut_only_the_default_allowance() {
+        // 2.5 per million input, 10 per million output: micro-units per million tokens.
+        let price = Price {
+            input: 2_500_000,
+            cached_input: 1_250_000,
+            output: 10_000_000,
+        };
+        let chat = Estimate::new(Operation::ChatCompletions, 400, Some(50));
+        assert_eq!(
+            chat.cost_for_limit(1024, &price, u64::MAX),
+            100 * 2_500_000 + 50 * 10_000_000
+        );
+        let no_limit = Estimate::new(Operation::ChatCompletions, 400, None);
+        assert_eq!(
+            no_limit.cost_for_limit(1024, &price, u64::MAX),
+            100 * 2_500_000 + 1024 * 10_000_000
+        );
+        // Cut to the limit, but never below the prompt's own cost.
+        assert_eq!(
+            no_limit.cost_for_limit(1024, &price, 1_000_000_000),
+            1_000_000_000
+        );
+        assert_eq!(no_limit.cost_for_limit(1024, &price, 1), 100 * 2_500_000);
+        assert_eq!(
+            chat.cost_for_limit(1024, &price, 1),
+            100 * 2_500_000 + 50 * 10_000_000,
+            "a requested max_tokens is not cut"
+        );
+        let emb = Estimate::new(Operation::Embeddings, 400, None);
+        assert_eq!(emb.cost_for_limit(1024, &price, u64::MAX), 100 * 2_500_000);
+        let free = Price {
+            input: 0,
+            cached_input: 0,
+            output: 0,
+        };
+        assert_eq!(chat.cost_for_limit(1024, &free, 10), 1, "at least 1");
+        let huge = Estimate::new(Operation::ChatCompletions, usize::MAX, Some(u64::MAX));
+        assert_eq!(huge.cost_for_limit(0, &price, 10), u64::MAX, "saturates");
     }
 
     #[test]

@@ -60,7 +60,22 @@ pub struct Price {
     pub output: u64,
 }
 
+/// Pico-units (10⁻¹² of the currency) as a decimal amount with six decimals, cut down
+/// (`12.345678`): how budgets in money are shown to callers.
+pub fn format_pico(pico: u64) -> String {
+    let micros = pico / MICROS;
+    format!("{}.{:06}", micros / MICROS, micros % MICROS)
+}
+
 impl Price {
+    /// What `prompt_tokens` of input (priced as uncached: before the answer, nobody knows
+    /// what the prompt cache will serve) and `completion_tokens` of output cost, in
+    /// pico-units: a request's estimate priced at the model's rates.
+    pub fn estimate_pico(&self, prompt_tokens: u64, completion_tokens: u64) -> u128 {
+        u128::from(prompt_tokens) * u128::from(self.input)
+            + u128::from(completion_tokens) * u128::from(self.output)
+    }
+
     /// The cost of `usage` in pico-units of the currency (exact).
     pub fn cost_pico(&self, usage: &Usage) -> u128 {
         let cached = usage
@@ -142,6 +157,12 @@ fn error(field: String, reason: &str) -> ConfigError {
 /// A price as an exact integer of micro-units: the number's shortest decimal form (what the
 /// config says, `2.5` rather than 2.49999...) read digit by digit.
 fn micros_per_million(price: f64, field: &str) -> Result<u64, ConfigError> {
+    micros(price, field, MAX_PRICE_UNITS, "per million tokens")
+}
+
+/// An amount of the currency (at most six decimals, at most `max_units`, which errors name
+/// with `per`) as an exact integer of micro-units, read from its shortest decimal form.
+pub fn micros(price: f64, field: &str, max_units: u64, per: &str) -> Result<u64, ConfigError> {
     if !price.is_finite() || price < 0.0 {
         return Err(error(field.to_string(), "must be a number >= 0"));
     }
@@ -156,11 +177,11 @@ fn micros_per_million(price: f64, field: &str) -> Result<u64, ConfigError> {
     let units: u64 = whole
         .parse()
         .ok()
-        .filter(|u| *u <= MAX_PRICE_UNITS)
+        .filter(|u| *u <= max_units)
         .ok_or_else(|| {
             error(
                 field.to_string(),
-                &format!("must be at most {MAX_PRICE_UNITS} per million tokens"),
+                &format!("must be at most {max_units} {per}"),
             )
         })?;
     let mut micros_text = fraction.to_string();

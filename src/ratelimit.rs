@@ -100,7 +100,26 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 pub enum Unit {
     Tokens,
     Requests,
+    /// Money, in pico-units (10⁻¹² of the price table's currency): the exact unit of
+    /// `tokens × price per million` (src/pricing.rs).
+    Cost,
 }
+
+impl Unit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Tokens => "tokens",
+            Unit::Requests => "requests",
+            Unit::Cost => "cost",
+        }
+    }
+}
+
+/// Pico-units in one micro-unit.
+const PICO_PER_MICRO: u64 = 1_000_000;
+/// The largest cost budget, in units of the currency: in pico-units it still fits a counter
+/// (u64) with room for the overshoot of the requests in flight.
+pub const MAX_COST_UNITS: u64 = 10_000_000;
 
 /// One limit of a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +136,7 @@ impl Limit {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
@@ -131,6 +150,13 @@ pub struct RawPolicy {
     pub tokens_per_day: Option<u64>,
     #[serde(default)]
     pub tokens_per_month: Option<u64>,
+    /// Money per UTC day, in the `pricing` table's currency (at most six decimals): every
+    /// model the policy applies to must have a price.
+    #[serde(default)]
+    pub cost_per_day: Option<f64>,
+    /// Money per UTC calendar month, in the `pricing` table's currency.
+    #[serde(default)]
+    pub cost_per_month: Option<f64>,
     /// Tokens reserved for the answer of a request that sets no `max_tokens` (or
     /// `max_completion_tokens` / `max_output_tokens`), in this policy's counters; default
     /// `rate_limits.completion_reserve_tokens`.
@@ -260,6 +286,26 @@ fn policy(field: &str, raw: &RawPolicy) -> Result<Policy, ConfigError> {
             limits.push(Limit { unit, window, max });
         }
     }
+    for (name, value, window) in [
+        ("cost_per_day", raw.cost_per_day, Window::Day),
+        ("cost_per_month", raw.cost_per_month, Window::Month),
+    ] {
+        if let Some(amount) = value {
+            let at = format!("{field}.{name}");
+            let micros = crate::pricing::micros(amount, &at, MAX_COST_UNITS, "units")?;
+            if micros == 0 {
+                return Err(ConfigError {
+                    field: at,
+                    reason: "must be more than 0 (leave it out for no limit)".into(),
+                });
+            }
+            limits.push(Limit {
+                unit: Unit::Cost,
+                window,
+                max: micros * PICO_PER_MICRO,
+            });
+        }
+    }
     Ok(Policy {
         limits,
         completion_reserve_tokens: raw.completion_reserve_tokens,
@@ -290,7 +336,7 @@ impl RateLimits {
             if !known_model(name) {
                 return Err(ConfigError {
                     field,
-                    reason: "no model of that name in models".into(),
+                    reason: "is not a model of `models` (limit the model, not an alias)".into(),
                 });
             }
             models.insert(name.clone(), policy(&field, p)?);
@@ -346,9 +392,53 @@ impl RateLimits {
         out
     }
 
+    /// A cost budget can only be kept for priced models: the first policy with one that
+    /// applies to a model `priced` does not know is an error naming both. A workload's policy
+    /// (`default`, `workloads.<name>`) applies to every model of `models`.
+    pub fn check_priced<'m>(
+        &self,
+        models: impl Iterator<Item = &'m str> + Clone,
+        priced: impl Fn(&str) -> bool,
+    ) -> Result<(), ConfigError> {
+        let has_cost = |p: &Policy| p.limits.iter().any(|l| l.unit == Unit::Cost);
+        let workload_policies = self
+            .default
+            .iter()
+            .map(|p| ("rate_limits.default".to_string(), p))
+            .chain(
+                self.workloads
+                    .iter()
+                    .map(|(w, p)| (format!("rate_limits.workloads.{w}"), p)),
+            );
+        for (field, p) in workload_policies.filter(|(_, p)| has_cost(p)) {
+            if let Some(m) = models.clone().find(|m| !priced(m)) {
+                return Err(unpriced(&field, p, m));
+            }
+        }
+        for (m, p) in self.models.iter().filter(|(_, p)| has_cost(p)) {
+            if !priced(m) {
+                return Err(unpriced(&format!("rate_limits.models.{m}"), p, m));
+            }
+        }
+        Ok(())
+    }
+
     /// No local limit (a global budget may still apply).
     pub fn is_empty(&self) -> bool {
         self.default.is_none() && self.workloads.is_empty() && self.models.is_empty()
+    }
+}
+
+fn unpriced(field: &str, p: &Policy, model: &str) -> ConfigError {
+    let name = match p.limits.iter().find(|l| l.unit == Unit::Cost) {
+        Some(l) if l.window == Window::Day => "cost_per_day",
+        _ => "cost_per_month",
+    };
+    ConfigError {
+        field: format!("{field}.{name}"),
+        reason: format!(
+            "model `{model}` has no price in `pricing.models`: a cost budget needs the price of every model it applies to"
+        ),
     }
 }
 
@@ -380,10 +470,7 @@ impl Counter {
     pub fn key(&self) -> String {
         format!(
             "azure_llm_filter.rl.{}.{}.{}.{}",
-            match self.limit.unit {
-                Unit::Tokens => "tokens",
-                Unit::Requests => "requests",
-            },
+            self.limit.unit.name(),
             self.limit.window.name(),
             self.model.as_deref().unwrap_or("*"),
             self.workload
@@ -474,13 +561,17 @@ impl Need {
                 take: 1,
                 require: 1,
             },
-            Unit::Tokens if reserve => Need {
+            Unit::Tokens | Unit::Cost if reserve => Need {
                 take: estimate,
                 require: estimate.max(1),
             },
             Unit::Tokens => Need {
                 take: 0,
                 require: prompt_estimate.unwrap_or(0).max(1),
+            },
+            Unit::Cost => Need {
+                take: 0,
+                require: 1,
             },
         }
     }
@@ -580,6 +671,16 @@ pub fn headers(standings: &[Standing], now_s: u64) -> Vec<(&'static str, String)
         out.push(("x-ratelimit-remaining-requests", s.remaining().to_string()));
         out.push((
             "x-ratelimit-reset-requests",
+            format!("{}s", s.reset_at_s.saturating_sub(now_s)),
+        ));
+    }
+    // Money in the price table's currency, six decimals (the remaining amount cut down).
+    if let Some(s) = tightest(Unit::Cost) {
+        let pico = crate::pricing::format_pico;
+        out.push(("x-ratelimit-limit-cost", pico(s.limit.max)));
+        out.push(("x-ratelimit-remaining-cost", pico(s.remaining())));
+        out.push((
+            "x-ratelimit-reset-cost",
             format!("{}s", s.reset_at_s.saturating_sub(now_s)),
         ));
     }
@@ -751,6 +852,102 @@ mod tests {
             RateLimits::from_raw(&zero, |_| true).unwrap_err().field,
             "rate_limits.default.tokens_per_minute"
         );
+    }
+
+    #[test]
+    fn cost_budgets_are_exact_pico_units_and_need_prices() {
+        let raw: RawRateLimits = serde_json::from_value(serde_json::json!({
+            "workloads": {"team-a": {"cost_per_month": 100.25, "cost_per_day": 0.000001}},
+            "models": {"gpt-4o": {"cost_per_day": 5}}
+        }))
+        .unwrap();
+        let rl = RateLimits::from_raw(&raw, |m| m == "gpt-4o").unwrap();
+        let c = rl.applicable("team-a", "gpt-4o");
+        let cost: Vec<(Window, u64)> = c.iter().map(|c| (c.limit.window, c.limit.max)).collect();
+        assert_eq!(
+            cost,
+            [
+                (Window::Day, 1_000_000),
+                (Window::Month, 100_250_000_000_000),
+                (Window::Day, 5_000_000_000_000)
+            ]
+        );
+        assert!(c
+            .iter()
+            .all(|c| c.limit.unit == Unit::Cost && !c.limit.is_rate()));
+        assert_eq!(c[0].key(), "azure_llm_filter.rl.cost.day.*.team-a");
+        // Every model a workload's cost budget applies to needs a price; a model's own, its.
+        let models = ["gpt-4o", "mistral"];
+        let e = rl
+            .check_priced(models.iter().copied(), |m| m == "gpt-4o")
+            .unwrap_err();
+        assert_eq!(e.field, "rate_limits.workloads.team-a.cost_per_day");
+        assert!(e.reason.contains("`mistral`"), "{e:?}");
+        assert!(rl.check_priced(models.iter().copied(), |_| true).is_ok());
+        let only_model: RawRateLimits = serde_json::from_value(
+            serde_json::json!({"models": {"gpt-4o": {"cost_per_month": 5}}}),
+        )
+        .unwrap();
+        let rl = RateLimits::from_raw(&only_model, |_| true).unwrap();
+        assert!(rl
+            .check_priced(models.iter().copied(), |m| m == "gpt-4o")
+            .is_ok());
+        assert_eq!(
+            rl.check_priced(models.iter().copied(), |_| false)
+                .unwrap_err()
+                .field,
+            "rate_limits.models.gpt-4o.cost_per_month"
+        );
+        // Bad amounts name the field.
+        for (v, field) in [
+            (
+                serde_json::json!({"default": {"cost_per_day": 0}}),
+                "rate_limits.default.cost_per_day",
+            ),
+            (
+                serde_json::json!({"default": {"cost_per_day": -1}}),
+                "rate_limits.default.cost_per_day",
+            ),
+            (
+                serde_json::json!({"default": {"cost_per_month": 0.0000001}}),
+                "rate_limits.default.cost_per_month",
+            ),
+            (
+                serde_json::json!({"default": {"cost_per_month": 1e8}}),
+                "rate_limits.default.cost_per_month",
+            ),
+        ] {
+            let raw: RawRateLimits = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(
+                RateLimits::from_raw(&raw, |_| true).unwrap_err().field,
+                field,
+                "{v}"
+            );
+        }
+        // The largest budget and a request in flight fit a counter.
+        assert!((MAX_COST_UNITS * PICO_PER_MICRO * PICO_PER_MICRO)
+            .checked_mul(1)
+            .is_some());
+    }
+
+    #[test]
+    fn cost_headers_are_money_with_six_decimals() {
+        let s = [Standing {
+            limit: Limit {
+                unit: Unit::Cost,
+                window: Window::Month,
+                max: 100_000_000_000_000,
+            },
+            used: 12_345_678_901_234,
+            reset_at_s: Window::Month.bounds(T0).1,
+        }];
+        let h = headers(&s, T0);
+        assert!(h.contains(&("x-ratelimit-limit-cost", "100.000000".to_string())));
+        assert!(h.contains(&("x-ratelimit-remaining-cost", "87.654321".to_string())));
+        assert!(h
+            .iter()
+            .any(|(k, v)| *k == "x-ratelimit-reset-cost" && v.ends_with('s')));
+        assert!(!h.iter().any(|(k, _)| k.ends_with("-tokens")));
     }
 
     #[test]

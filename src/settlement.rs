@@ -70,6 +70,16 @@ impl Settlement {
         }
     }
 
+    /// Pico-units to charge a cost counter whose estimate for the request was `estimate`,
+    /// `seen` being what the usage read costs at the model's prices: the same rules in money.
+    pub fn cost(&self, estimate: u64, seen: Option<u64>) -> u64 {
+        match *self {
+            Settlement::Exact(_) => seen.unwrap_or(estimate),
+            Settlement::AtLeastEstimate { .. } => seen.unwrap_or(0).max(estimate),
+            Settlement::Release => 0,
+        }
+    }
+
     /// The charge is the answer's own usage (not an estimate, not a release).
     pub fn is_exact(&self) -> bool {
         matches!(self, Settlement::Exact(_))
@@ -126,6 +136,17 @@ mod tests {
             assert_eq!(ending(Some(status), true, None), 0, "{status}");
             assert_eq!(ending(Some(status), false, usage(3, 3)), 0, "{status}");
         }
+        // In money: the usage's cost, the larger of it and the estimate, or nothing.
+        assert_eq!(Settlement::Exact(15).cost(900, Some(40)), 40);
+        assert_eq!(
+            Settlement::AtLeastEstimate { seen: 3 }.cost(900, Some(40)),
+            900
+        );
+        assert_eq!(
+            Settlement::AtLeastEstimate { seen: 3 }.cost(900, Some(4000)),
+            4000
+        );
+        assert_eq!(Settlement::Release.cost(900, Some(40)), 0);
         assert!(Settlement::Exact(3).is_exact());
         assert_eq!(Settlement::Release.label(), "released");
     }

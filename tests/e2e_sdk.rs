@@ -367,8 +367,24 @@ fn access_log_of(logs: &str, request_id: &str) -> HashMap<String, String> {
 /// OpenAI SDK closes at `data: [DONE]`, before the end of the body reaches Envoy); an answer
 /// without usage (audio, images) its estimate; a request the gateway refused or answered
 /// itself nothing.
-fn assert_charges(gw: &Gateway, results: &HashMap<String, Value>, cases: &[&str]) {
-    let logs = gw.envoy.logs();
+async fn assert_charges(gw: &Gateway, results: &HashMap<String, Value>, cases: &[&str]) {
+    // Envoy flushes its access log within a second: wait for the last request's line.
+    let ids: Vec<String> = cases
+        .iter()
+        .flat_map(|c| upstream_all(gw, c))
+        .filter_map(|u| u.header("x-request-id").map(str::to_string))
+        .collect();
+    let mut logs = gw.envoy.logs();
+    for _ in 0..50 {
+        if ids
+            .iter()
+            .all(|id| logs.contains(&format!("request_id={id}")))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        logs = gw.envoy.logs();
+    }
     let mut before = &results["_before"];
     let mut charged_usage = 0;
     for case in cases {
@@ -482,7 +498,7 @@ async fn openai_every_api(http2: bool) {
         counters: true,
     };
     let r = run_cases_as(&gw, OPENAI_CASES, run).await;
-    assert_charges(&gw, &r, OPENAI_CASES);
+    assert_charges(&gw, &r, OPENAI_CASES).await;
     let dated = |case: &str, deployment: &str, op: &str| {
         let u = upstream(&gw, case);
         assert_eq!(
@@ -750,7 +766,7 @@ async fn anthropic_messages(http2: bool) {
         counters: true,
     };
     let r = run_cases_as(&gw, &cases, run).await;
-    assert_charges(&gw, &r, &cases);
+    assert_charges(&gw, &r, &cases).await;
     for case in [
         "an_messages",
         "an_messages_stream",
@@ -828,7 +844,7 @@ async fn azure_ai_inference_sdk() {
         ..Run::default()
     };
     let r = run_cases_as(&gw, &cases, run).await;
-    assert_charges(&gw, &r, &cases);
+    assert_charges(&gw, &r, &cases).await;
     for case in ["ai_chat", "ai_jwt_chat"] {
         let v = ok(&r, case);
         assert_full_chat(case, v);

@@ -394,7 +394,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         None => None,
     };
     let rate_limits = match &raw.rate_limits {
-        Some(r) => crate::ratelimit::RateLimits::from_raw(r, |m| models.contains_key(m))?,
+        // Limits belong to models, not aliases: requests are limited under their model's
+        // configured name.
+        Some(r) => crate::ratelimit::RateLimits::from_raw(r, |m| {
+            models.get(m).is_some_and(|route| route.name == m)
+        })?,
         None => crate::ratelimit::RateLimits::default(),
     };
     let failover = crate::failover::FailoverPolicy::from_raw(raw.failover.as_ref())?;
@@ -405,6 +409,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         })?),
         None => None,
     };
+    // A cost budget needs the price of every model it applies to (aliases cost what their
+    // model does).
+    let canonical = |m: &str| models.get(m).map(|r| r.name.clone());
+    rate_limits.check_priced(
+        models
+            .iter()
+            .filter(|(k, r)| r.name == **k)
+            .map(|(k, _)| k.as_str()),
+        |m| {
+            canonical(m)
+                .zip(pricing.as_ref())
+                .is_some_and(|(name, p)| p.price(&name).is_some())
+        },
+    )?;
     let capture = match &raw.capture {
         Some(c) => crate::capture::Capture::from_raw(c, "capture")?,
         None => crate::capture::Capture::default(),

@@ -255,3 +255,31 @@ fn pricing_and_capture_sections() {
     v["capture"] = json!({"max_bytes": 0});
     assert_eq!(err_field(v), "capture.max_bytes");
 }
+
+#[test]
+fn a_cost_budget_over_a_model_without_a_price_is_refused_naming_it() {
+    let mut v = base();
+    v["models"]["gpt-4o"]["aliases"] = json!(["gpt4"]);
+    v["models"]["mistral"] = json!({"backend": "aoai", "deployment": "mistral-large"});
+    v["pricing"] = json!({"models": {"gpt-4o": {"input": 2.5, "output": 10}}});
+    v["rate_limits"] = json!({"workloads": {"team-a": {"cost_per_month": 100}}});
+    let e = parse(v.clone()).unwrap_err();
+    assert_eq!(e.field, "rate_limits.workloads.team-a.cost_per_month");
+    assert!(e.to_string().contains("`mistral`"), "{e}");
+    // A model's own budget needs only its price; no table at all prices nothing. Limits
+    // name models, not aliases (requests are limited under their model's name).
+    v["rate_limits"] = json!({"models": {"gpt-4o": {"cost_per_day": 1}}});
+    assert!(parse(v.clone()).is_ok());
+    v["rate_limits"] = json!({"models": {"gpt4": {"cost_per_day": 1}}});
+    assert_eq!(err_field(v.clone()), "rate_limits.models.gpt4");
+    v["rate_limits"] = json!({"models": {"mistral": {"cost_per_day": 1}}});
+    assert_eq!(
+        err_field(v.clone()),
+        "rate_limits.models.mistral.cost_per_day"
+    );
+    v["pricing"]["models"]["mistral"] = json!({"input": 1, "output": 3});
+    v["rate_limits"] = json!({"default": {"cost_per_day": 1.5, "cost_per_month": 20}});
+    assert!(parse(v.clone()).is_ok());
+    v["pricing"] = json!(null);
+    assert_eq!(err_field(v), "rate_limits.default.cost_per_day");
+}

@@ -121,18 +121,18 @@ fn standing(c: &Counter, used: u64, now_s: u64) -> Standing {
     }
 }
 
-/// Replaces each token reservation by what the request cost there (`cost(taken)`); request
-/// counters keep their count.
+/// Replaces each token or cost reservation by what the request cost there (`cost(taken)`);
+/// request counters keep their count.
 pub fn settle(taken: &[Taken], now_s: u64, cost: impl Fn(&Taken) -> u64) {
     let tokens: Vec<Taken> = taken
         .iter()
-        .filter(|t| t.counter.limit.unit == Unit::Tokens)
+        .filter(|t| t.counter.limit.unit != Unit::Requests)
         .cloned()
         .collect();
     replace(&tokens, now_s, cost);
 }
 
-/// Gives back every token reservation (nothing was spent).
+/// Gives back every token and cost reservation (nothing was spent).
 pub fn release(taken: &[Taken], now_s: u64) {
     settle(taken, now_s, |_| 0);
 }

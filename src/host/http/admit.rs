@@ -10,7 +10,7 @@ use crate::errors::FilterError;
 use crate::estimate::Estimate;
 use crate::host::metrics::Family;
 use crate::host::{limits, now_ms};
-use crate::ratelimit::{self, Need, Refusal};
+use crate::ratelimit::{self, Need, Refusal, Unit};
 use crate::routing::RoutePlan;
 
 impl HttpFilter {
@@ -32,9 +32,20 @@ impl HttpFilter {
             .then_some(estimate.prompt_tokens);
         let learned =
             self.learned_completions(estimate, plan.model, counters.iter().any(|c| c.learn));
+        let price = config.pricing.as_ref().and_then(|p| p.price(plan.model));
         let estimates: Vec<u64> = counters
             .iter()
-            .map(|c| estimate.tokens_for_limit(c.allowance(learned.as_ref()), c.limit.max))
+            .map(|c| {
+                let allowance = c.allowance(learned.as_ref());
+                match (c.limit.unit, price) {
+                    (Unit::Cost, Some(price)) => {
+                        estimate.cost_for_limit(allowance, price, c.limit.max)
+                    }
+                    // Configuration refuses cost budgets over unpriced models.
+                    (Unit::Cost, None) => 1,
+                    _ => estimate.tokens_for_limit(allowance, c.limit.max),
+                }
+            })
             .collect();
         let needs: Vec<Need> = counters
             .iter()
@@ -50,7 +61,7 @@ impl HttpFilter {
                 Ok(())
             }
             Err(refused) => {
-                let mut e = self.refusal_error(&refused.refusal);
+                let mut e = self.refusal_error(config, &refused.refusal);
                 e.extra_headers = ratelimit::headers(&refused.standings, now_s);
                 Err(e)
             }
@@ -76,19 +87,30 @@ impl HttpFilter {
         limits::learned(&self.workload, model)
     }
 
-    fn refusal_error(&self, refusal: &Refusal) -> FilterError {
-        let (code, what) = if refusal.status() == 429 {
-            ("rate_limit_exceeded", "rate limit")
-        } else {
-            ("quota_exceeded", "quota")
+    fn refusal_error(&self, config: &Config, refusal: &Refusal) -> FilterError {
+        let (code, what) = match (refusal.limit.unit, refusal.status()) {
+            (Unit::Cost, _) => ("cost_quota_exceeded", "cost budget"),
+            (_, 429) => ("rate_limit_exceeded", "rate limit"),
+            _ => ("quota_exceeded", "quota"),
         };
         self.count(Family::RateLimit, code);
         self.property("azure_llm_ratelimit", code.as_bytes());
         let window = refusal.limit.window.name();
+        // Amounts as the caller reads them: tokens, or money in the price table's currency.
+        let amount = |n: u64| match refusal.limit.unit {
+            Unit::Cost => format!(
+                "{} {}",
+                crate::pricing::format_pico(n),
+                config.pricing.as_ref().map_or("", |p| p.currency.as_str())
+            ),
+            _ => format!("{n} tokens"),
+        };
         let message = match refusal.never_fits {
-            Some(tokens) => format!(
-                "this request is estimated at {tokens} tokens, more than the whole {window} {what} of workload `{}` ({} tokens): send a smaller prompt or max_tokens",
-                self.workload, refusal.limit.max
+            Some(need) => format!(
+                "this request is estimated at {}, more than the whole {window} {what} of workload `{}` ({}): send a smaller prompt or max_tokens",
+                amount(need),
+                self.workload,
+                amount(refusal.limit.max)
             ),
             None => format!(
                 "the {window} {what} of workload `{}` is spent; retry after {} seconds",

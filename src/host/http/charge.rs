@@ -9,6 +9,7 @@ use super::HttpFilter;
 use crate::allowance;
 use crate::host::metrics::Family;
 use crate::host::{limits, now_ms};
+use crate::ratelimit::Unit;
 use crate::settlement::{Ending, Settlement};
 use crate::usage::Usage;
 use proxy_wasm::traits::Context;
@@ -39,8 +40,12 @@ impl HttpFilter {
             );
         }
         if !self.taken.is_empty() {
+            let seen_cost = self.usage_cost(usage);
             limits::settle(&self.taken, now_ms() / 1000, |t| {
-                settlement.tokens(t.estimate)
+                match t.counter.limit.unit {
+                    Unit::Cost => settlement.cost(t.estimate, seen_cost),
+                    _ => settlement.tokens(t.estimate),
+                }
             });
         }
         self.charge_global(settlement.tokens(self.global_estimate));
@@ -71,6 +76,15 @@ impl HttpFilter {
         if settlement.is_exact() && allowance::teaches(requested, u.completion_tokens) {
             limits::learn(&self.workload, model, u.completion_tokens);
         }
+    }
+
+    /// What `usage` costs at the model's prices, in pico-units (for cost budgets).
+    fn usage_cost(&self, usage: Option<Usage>) -> Option<u64> {
+        let (model, _) = self.routed.as_ref()?;
+        let u = usage?;
+        let state = self.state.try_borrow().ok()?;
+        let price = state.config.pricing.as_ref()?.price(model)?;
+        Some(u64::try_from(price.cost_pico(&u)).unwrap_or(u64::MAX))
     }
 
     /// How the request ended, for its budget.
