@@ -122,13 +122,19 @@ async fn a_daily_cost_budget_is_reserved_reconciled_and_refused_when_spent() {
     assert_eq!(standin.count(EndpointKind::DataPlane) as u64, admitted);
     assert_eq!(
         envoy
-            .stat("wasmcustom.azure_llm.ratelimit.decision.cost_quota_exceeded")
+            .stat(&format!(
+                "wasmcustom.{}",
+                azure_llm_filter::metrics::ratelimit("cost_quota_exceeded")
+            ))
             .await,
         Some(1)
     );
     assert_eq!(
         envoy
-            .stat("wasmcustom.azure_llm.ratelimit.decision.charged_usage")
+            .stat(&format!(
+                "wasmcustom.{}",
+                azure_llm_filter::metrics::ratelimit("charged_usage")
+            ))
             .await,
         Some(admitted)
     );

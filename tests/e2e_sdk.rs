@@ -321,7 +321,10 @@ async fn charged_completion_tokens(gw: &Gateway, workload: &str) -> u64 {
         .unwrap();
     stats
         .lines()
-        .filter(|l| l.contains(&format!("workload.{workload}.")) && l.contains("kind.completion"))
+        // Label values end with a space in stat names (src/metrics.rs).
+        .filter(|l| {
+            l.contains(&format!(".workload.{workload} ")) && l.contains(".kind.completion ")
+        })
         .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
         .sum()
 }
