@@ -38,6 +38,15 @@ pub fn anthropic_error_type(status: u32) -> &'static str {
     }
 }
 
+/// What a guardrail refusal adds to the OpenAI-shaped body, as Azure OpenAI's own content
+/// filter does: `param`, `status`, and `innererror` with `code: ResponsibleAIPolicyViolation`
+/// and the `content_filter_result` (src/guard/verdict.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentFilter {
+    pub param: &'static str,
+    pub result: serde_json::Value,
+}
+
 /// An error the filter answers itself, before anything reaches Azure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterError {
@@ -51,6 +60,8 @@ pub struct FilterError {
     pub extra_headers: Vec<(&'static str, String)>,
     /// The shape of the body.
     pub dialect: Dialect,
+    /// A guardrail's refusal: Azure's content-filter fields (OpenAI dialect).
+    pub content_filter: Option<Box<ContentFilter>>,
 }
 
 impl FilterError {
@@ -68,7 +79,13 @@ impl FilterError {
             retry_after_s: None,
             extra_headers: Vec::new(),
             dialect: Dialect::OpenAi,
+            content_filter: None,
         }
+    }
+
+    pub fn with_content_filter(mut self, detail: ContentFilter) -> Self {
+        self.content_filter = Some(Box::new(detail));
+        self
     }
 
     /// The same error, answered in `dialect`'s shape.
@@ -108,10 +125,16 @@ impl FilterError {
     }
 
     pub fn body(&self) -> String {
-        match self.dialect {
-            Dialect::OpenAi => json!({"error": {"message": self.message, "type": self.error_type, "param": null, "code": self.code}}),
+        match (self.dialect, &self.content_filter) {
+            // Azure OpenAI's content-filter refusal: `type` null, `param`, `status`, `innererror`.
+            (Dialect::OpenAi, Some(cf)) => json!({"error": {
+                "message": self.message, "type": null, "param": cf.param, "code": self.code,
+                "status": self.status,
+                "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": cf.result}
+            }}),
+            (Dialect::OpenAi, None) => json!({"error": {"message": self.message, "type": self.error_type, "param": null, "code": self.code}}),
             // Anthropic's shape has no code: it leads the message, for logs and humans.
-            Dialect::Anthropic => json!({"type": "error", "error": {
+            (Dialect::Anthropic, _) => json!({"type": "error", "error": {
                 "type": anthropic_error_type(self.status),
                 "message": format!("{}: {}", self.code, self.message)
             }}),

@@ -21,6 +21,19 @@ use rsa::traits::PublicKeyParts;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 
+/// Inputs of `target` in a smoke run of `n` per target: the guardrails' scanners compile
+/// automata and scan every string of a body several times per input, which a debug build
+/// does some 30 times slower than a release one, so they get a quarter.
+pub fn smoke_iterations(target: &str, n: usize) -> usize {
+    match target {
+        "guard_scanners" => n / 4,
+        _ => n,
+    }
+}
+
+/// The guardrails' scanners (src/guard/fuzz.rs).
+pub use crate::guard::fuzz::scanners as guard_scanners;
+
 /// A target: its name (also the cargo-fuzz target's) and its function.
 pub type Target = (&'static str, fn(&[u8]));
 
@@ -37,6 +50,7 @@ pub const TARGETS: &[Target] = &[
     ("rls_response", rls_response),
     ("target_answer", target_answer),
     ("capture", capture_text),
+    ("guard_scanners", guard_scanners),
 ];
 
 const NOW_S: u64 = 1_760_000_000;
@@ -444,6 +458,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n".into(),
             "pre\r\n--XyZ \r\ncontent-disposition: form-data; name=model\r\n\r\ngpt-4o-transcribe\r\n--XyZ\r\nContent-Disposition: form-data; name=language\r\n\r\nen\r\n--XyZ--".into(),
         ],
+        "guard_scanners" => crate::guard::fuzz::scanner_seeds(),
         "capture" => vec![
             r#"{"model":"gpt-4o","messages":[{"role":"system","content":"secret"},{"role":"user","content":"hi"}]}"#.into(),
             r#"{"choices":[{"message":{"role":"assistant","content":"This is"}}]}"#.into(),

@@ -23,6 +23,7 @@ pub mod first_output;
 #[cfg(not(target_arch = "wasm32"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod host;
 /// Production hazards in Envoy bootstraps and Istio manifests (native only: check-config and
 /// the shipped-files test).

@@ -159,6 +159,31 @@ pub fn cost(workload: &str, model: &str, currency: &str) -> String {
     )
 }
 
+/// Guardrail decisions (src/guard): by direction (`prompt`, `answer`), check (`pii`, `deny`,
+/// `prompt_shields`, `text_analysis`, `blocklist`, `protected_material`, `content_safety`),
+/// category (the harm category, attack, blocklist, detector or rule name: all from the config
+/// or fixed sets) and action (`blocked`, `masked`, `logged`, `failed_open`, `failed_closed`).
+pub fn guardrail(direction: &str, check: &str, category: &str, action: &str) -> String {
+    name(
+        "azure_llm.guardrail",
+        &[
+            ("direction", direction),
+            ("check", check),
+            ("category", category),
+            ("action", action),
+        ],
+    )
+}
+
+/// Histogram: how long Content Safety calls took (ms), by API (`shield_prompt`,
+/// `analyze_text`, `protected_material`) and result (`ok`, `error`, `timeout`).
+pub fn guardrail_callout(api: &str, result: &str) -> String {
+    name(
+        "azure_llm.guardrail_callout_milliseconds",
+        &[("api", api), ("result", result)],
+    )
+}
+
 /// The histograms, after the OpenTelemetry GenAI semantic conventions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Histogram {
@@ -322,7 +347,7 @@ enum TagScope {
     Both,
 }
 
-const TAGS: [(&str, TagScope); 14] = [
+const TAGS: [(&str, TagScope); 19] = [
     ("workload", TagScope::Both),
     ("model", TagScope::AzureLlm),
     ("backend", TagScope::Both),
@@ -333,6 +358,11 @@ const TAGS: [(&str, TagScope); 14] = [
     ("reason", TagScope::AzureLlm),
     ("decision", TagScope::AzureLlm),
     ("currency", TagScope::AzureLlm),
+    ("direction", TagScope::AzureLlm),
+    ("check", TagScope::AzureLlm),
+    ("category", TagScope::AzureLlm),
+    ("action", TagScope::AzureLlm),
+    ("api", TagScope::AzureLlm),
     ("gen_ai_operation_name", TagScope::GenAi),
     ("gen_ai_provider_name", TagScope::GenAi),
     ("gen_ai_request_model", TagScope::GenAi),

@@ -33,12 +33,14 @@ pub const TTFT_MS: &str = "azure_llm_ttft_ms";
 /// The model that answered, as the answer names it (Azure's model version, e.g.
 /// `gpt-4o-2024-11-20`): `gen_ai.response.model`.
 pub const RESPONSE_MODEL: &str = "azure_llm_response_model";
+/// Guardrail findings (src/guard/verdict.rs): `prompt.pii.email.masked,...`, never the text.
+pub const GUARDRAIL: &str = "azure_llm_guardrail";
 /// Only with `capture.prompt` / `capture.answer` (src/capture.rs).
 pub const PROMPT: &str = "azure_llm_prompt";
 pub const ANSWER: &str = "azure_llm_answer";
 
 /// The record's attributes: (OTLP attribute key, Envoy access-log format of its value).
-pub const ATTRIBUTES: [(&str, &str); 24] = [
+pub const ATTRIBUTES: [(&str, &str); 25] = [
     (
         "gen_ai.operation.name",
         "%FILTER_STATE(wasm.azure_llm_operation:PLAIN)%",
@@ -110,6 +112,10 @@ pub const ATTRIBUTES: [(&str, &str); 24] = [
     (
         "azure_llm.time_to_first_token_ms",
         "%FILTER_STATE(wasm.azure_llm_ttft_ms:PLAIN)%",
+    ),
+    (
+        "azure_llm.guardrail",
+        "%FILTER_STATE(wasm.azure_llm_guardrail:PLAIN)%",
     ),
     (
         "azure_llm.prompt",

@@ -3,7 +3,7 @@
 //! parser fails the test with the target, the iteration and the input. For open-ended fuzzing
 //! use the cargo-fuzz crate in fuzz/ (`cargo +nightly fuzz run <target>`).
 
-use azure_llm_filter::fuzzing::{seeds, Mutator, TARGETS};
+use azure_llm_filter::fuzzing::{seeds, smoke_iterations, Mutator, TARGETS};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -19,6 +19,7 @@ fn iterations() -> usize {
 fn every_parser_survives_random_and_mutated_input() {
     let n = iterations();
     for (i, (name, target)) in TARGETS.iter().enumerate() {
+        let n = smoke_iterations(name, n);
         let corpus = seeds(name);
         let mut m = Mutator::new(0x5eed_0000 + i as u64);
         let started = Instant::now();

@@ -26,6 +26,7 @@ const DOMAIN_CONFIG_FILES: &[&str] = &[
     "src/rls/config.rs",
     "src/routing/config.rs",
     "src/entra/credential",
+    "src/guard/config.rs",
 ];
 
 fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -260,6 +260,12 @@ fn check(found: &Found, check_env: bool) -> Result<Config, String> {
     workload_identity_env(&config, &found.env, check_env)?;
     if check_env {
         resolve_secrets(&config, |name| found.env.lookup(name)).map_err(|e| e.to_string())?;
+        if let Some(g) = &config.guardrails {
+            if config.role == azure_llm_filter::failover::Role::Downstream {
+                g.resolve_key(|name| found.env.lookup(name))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
     }
     Ok(config)
 }

@@ -203,6 +203,15 @@ struct RawConfig {
     #[cfg_attr(
         feature = "schema",
         schemars(
+            description = "Guardrails: Azure AI Content Safety checks and local PII / deny rules \
+                           on prompts and answers, per workload (README \"Guardrails\")."
+        )
+    )]
+    #[serde(default)]
+    guardrails: Option<crate::guard::RawGuardrails>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
             description = "Named Microsoft Entra ID credentials; each backend names one.",
             extend("propertyNames" = {"pattern": r"^[A-Za-z0-9._-]{1,64}$"})
         )
@@ -288,6 +297,8 @@ pub struct Config {
     pub pricing: Option<crate::pricing::Pricing>,
     /// Prompt and answer capture for the usage record (off by default).
     pub capture: crate::capture::Capture,
+    /// Guardrails; `None`: none configured (nothing is checked, nothing is paid for them).
+    pub guardrails: Option<crate::guard::Guardrails>,
 }
 
 impl Config {
@@ -427,7 +438,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(c) => crate::capture::Capture::from_raw(c, "capture")?,
         None => crate::capture::Capture::default(),
     };
+    let guardrails = match &raw.guardrails {
+        Some(g) => Some(crate::guard::Guardrails::from_raw(
+            g,
+            "guardrails",
+            |name| credentials.iter().position(|c| c.name == name),
+        )?),
+        None => None,
+    };
+    if routing_mode == RoutingMode::Header
+        && guardrails
+            .as_ref()
+            .is_some_and(crate::guard::Guardrails::any_prompt_checks)
+    {
+        return Err(ConfigError::new(
+            "guardrails",
+            "prompt checks read the request body: they need routing_mode \"body\" (and allow_on_headers_stop_iteration: true)",
+        ));
+    }
     Ok(Config {
+        guardrails,
         role: raw.role.unwrap_or_default(),
         failover,
         pricing,

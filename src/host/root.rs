@@ -114,8 +114,22 @@ impl RootContext for FilterRoot {
             // listener's filter (no JWKS fetches, no counters here).
             config.auth = None;
             config.rate_limits = Default::default();
+            config.guardrails = None;
         }
+        let guard_key = match config
+            .guardrails
+            .as_ref()
+            .map(|g| g.resolve_key(|k| std::env::var(k).ok()))
+        {
+            Some(Err(e)) => {
+                log::error!("azure-llm-filter: {e}");
+                return false;
+            }
+            Some(Ok(key)) => key,
+            None => None,
+        };
         let mut state = WorkerState::new(config, secrets);
+        state.guard_key = guard_key;
         for key in &state.slot_keys {
             tokens::ensure_slot(key);
         }

@@ -87,6 +87,8 @@ pub struct WorkerState {
     pub rls_charges: Vec<crate::rls::RlsCall>,
     /// Charges sent and not answered yet, by gRPC call token.
     pub rls_charges_in_flight: std::collections::HashSet<u32>,
+    /// The Content Safety key (`guardrails.content_safety.api_key_env`), if one is used.
+    pub guard_key: Option<String>,
 }
 
 impl WorkerState {
@@ -117,6 +119,7 @@ impl WorkerState {
             metrics,
             rls_charges: Vec::new(),
             rls_charges_in_flight: std::collections::HashSet::new(),
+            guard_key: None,
         }
     }
 

@@ -19,6 +19,7 @@
 pub mod pool;
 #[allow(unused_imports)]
 pub use pool::{failover_pool_yaml, failover_pool_yaml_with, PoolYaml};
+pub mod sdk;
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -599,7 +600,7 @@ fn render_otel_access_log(w: &mut String) {
 }
 
 /// The access-log line of the harness: the filter's per-request data from filter state.
-pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% workload=%FILTER_STATE(wasm.azure_llm_workload:PLAIN)% model=%FILTER_STATE(wasm.azure_llm_model:PLAIN)% backend=%FILTER_STATE(wasm.azure_llm_backend:PLAIN)% deployment=%FILTER_STATE(wasm.azure_llm_deployment:PLAIN)% prompt_tokens=%FILTER_STATE(wasm.azure_llm_prompt_tokens:PLAIN)% completion_tokens=%FILTER_STATE(wasm.azure_llm_completion_tokens:PLAIN)% ratelimit=%FILTER_STATE(wasm.azure_llm_ratelimit:PLAIN)% cached_prompt_tokens=%FILTER_STATE(wasm.azure_llm_cached_prompt_tokens:PLAIN)% reasoning_tokens=%FILTER_STATE(wasm.azure_llm_reasoning_tokens:PLAIN)% cost_micros=%FILTER_STATE(wasm.azure_llm_cost_micros:PLAIN)% ttft_ms=%FILTER_STATE(wasm.azure_llm_ttft_ms:PLAIN)% target=%FILTER_STATE(wasm.azure_llm_target:PLAIN)% attempts=%FILTER_STATE(wasm.azure_llm_attempts:PLAIN)% charge=%FILTER_STATE(wasm.azure_llm_charge:PLAIN)% flags=%RESPONSE_FLAGS% request_id=%REQ(X-REQUEST-ID)%\n";
+pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\" %RESPONSE_CODE% workload=%FILTER_STATE(wasm.azure_llm_workload:PLAIN)% model=%FILTER_STATE(wasm.azure_llm_model:PLAIN)% backend=%FILTER_STATE(wasm.azure_llm_backend:PLAIN)% deployment=%FILTER_STATE(wasm.azure_llm_deployment:PLAIN)% prompt_tokens=%FILTER_STATE(wasm.azure_llm_prompt_tokens:PLAIN)% completion_tokens=%FILTER_STATE(wasm.azure_llm_completion_tokens:PLAIN)% ratelimit=%FILTER_STATE(wasm.azure_llm_ratelimit:PLAIN)% cached_prompt_tokens=%FILTER_STATE(wasm.azure_llm_cached_prompt_tokens:PLAIN)% reasoning_tokens=%FILTER_STATE(wasm.azure_llm_reasoning_tokens:PLAIN)% cost_micros=%FILTER_STATE(wasm.azure_llm_cost_micros:PLAIN)% ttft_ms=%FILTER_STATE(wasm.azure_llm_ttft_ms:PLAIN)% target=%FILTER_STATE(wasm.azure_llm_target:PLAIN)% attempts=%FILTER_STATE(wasm.azure_llm_attempts:PLAIN)% charge=%FILTER_STATE(wasm.azure_llm_charge:PLAIN)% flags=%RESPONSE_FLAGS% request_id=%REQ(X-REQUEST-ID)% guardrail=%FILTER_STATE(wasm.azure_llm_guardrail:PLAIN)%\n";
 
 /// Splits a rendered bootstrap into the bootstrap without its listeners and an LDS file
 /// (`resources:` with each listener typed), for `dynamic_listener`.

@@ -5,6 +5,7 @@
 //! |--------------|-------------------|----------------------------------|
 //! | authenticate | `authenticate`    | request headers                  |
 //! | route        | `route`           | request headers, or request body |
+//! | guard        | `guard`           | request body (local rules)       |
 //! | admit        | `admit`, `global` | after routing (global: gRPC answer) |
 //! | forward      | `forward`         | after admission                  |
 //! | pool         | `pool`            | routing, forward and the answer of a failover pool |
@@ -22,6 +23,7 @@ mod charge;
 mod credential;
 mod forward;
 mod global;
+mod guard;
 mod meter;
 mod observe;
 mod pool;
@@ -105,6 +107,8 @@ pub struct HttpFilter {
     strip_usage_chunk: Option<UsageChunkStripper>,
     /// observe: timings and what the usage record keeps until charge time.
     observed: observe::Observed,
+    /// guard: the workload's guardrail policy and what it found (None: no policy applies).
+    guard: Option<Box<guard::GuardState>>,
 }
 
 impl HttpFilter {
@@ -133,6 +137,7 @@ impl HttpFilter {
             dialect: Dialect::OpenAi,
             strip_usage_chunk: None,
             observed: observe::Observed::default(),
+            guard: None,
         }
     }
 

@@ -181,6 +181,10 @@ impl HttpFilter {
             return self.route_multipart(config, pending, body);
         }
         let info = routing::read_body(body)?;
+        let sent_len = body.len();
+        // The guardrails' local rules: the body that leaves may be a masked one.
+        let guarded = self.guard_prompt(config, op, body)?;
+        let body: &[u8] = guarded.as_deref().unwrap_or(body);
         self.observe_prompt(config, body);
         let model = pending
             .known_model
@@ -196,8 +200,9 @@ impl HttpFilter {
         let set_model = plan
             .body_model
             .filter(|m| info.model.as_deref() != Some(*m) && !self.via_pool_cluster());
-        if let Some(new_body) = routing::rewrite_body(body, set_model, include_usage)? {
-            self.set_http_request_body(0, body.len(), &new_body);
+        let rewritten = routing::rewrite_body(body, set_model, include_usage)?;
+        if let Some(new_body) = rewritten.as_deref().or(guarded.as_deref()) {
+            self.set_http_request_body(0, sent_len, new_body);
             // Headers are still held, so the length can be corrected before they leave.
             self.set_http_request_header("content-length", Some(&new_body.len().to_string()));
         }
