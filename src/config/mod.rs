@@ -106,7 +106,7 @@ struct RawConfig {
     #[cfg_attr(
         feature = "schema",
         schemars(
-            description = "Caller request headers removed before the request leaves for Azure                            (credentials or session state meant for something else). Default:                            [\"cookie\", \"proxy-authorization\", \"ocp-apim-subscription-key\"];                            a list replaces it ([] keeps them all). The caller's authorization,                            api-key, x-api-key and the routing header are always removed.",
+            description = "Caller request headers removed before the request leaves for Azure                            (credentials or session state meant for something else). Default:                            [\"cookie\", \"proxy-authorization\", \"ocp-apim-subscription-key\"];                            a list replaces it ([] keeps them all). The caller's authorization,                            api-key, x-api-key, the routing header and every x-envoy-* header                            are always removed.",
             extend("items" = {"pattern": r"^[a-z0-9-]{1,128}$"})
         )
     )]
@@ -507,6 +507,23 @@ fn validate_backends(
 /// session, a forward proxy, an APIM subscription): they have no business at Azure.
 pub const DEFAULT_REQUEST_HEADERS_TO_REMOVE: [&str; 3] =
     ["cookie", "proxy-authorization", "ocp-apim-subscription-key"];
+
+/// What starts the name of every request header Envoy's connection manager and router act on:
+/// retries (`x-envoy-retry-on`, `-retriable-status-codes`, `-max-retries`), timeouts
+/// (`-upstream-rq-timeout-ms`, `-upstream-rq-per-try-timeout-ms`), hedging, stat names,
+/// tracing, internal origin (`x-envoy-internal`). Envoy obeys them for requests it counts as
+/// internal (`internal_address_config`), so a caller's never pass the filter, whatever the
+/// listener trusts: a retried answer is served (and billed) twice (README "Callers' x-envoy-*
+/// headers").
+pub const ENVOY_HEADER_PREFIX: &str = "x-envoy-";
+
+/// Whether a request header is one of Envoy's (`x-envoy-...`, any case).
+pub fn is_envoy_header(name: &str) -> bool {
+    name.len() > ENVOY_HEADER_PREFIX.len()
+        && name
+            .get(..ENVOY_HEADER_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(ENVOY_HEADER_PREFIX))
+}
 
 /// Headers the request needs on its way to Azure: removing them would break it.
 const REQUEST_HEADERS_KEPT: [&str; 4] = [

@@ -147,6 +147,28 @@ fn request_headers_to_remove_default_replace_and_checks() {
 }
 
 #[test]
+fn envoy_headers_are_recognised_in_any_case() {
+    for name in [
+        "x-envoy-retry-on",
+        "X-Envoy-Max-Retries",
+        "x-envoy-upstream-rq-timeout-ms",
+        "x-envoy-internal",
+    ] {
+        assert!(super::is_envoy_header(name), "{name}");
+    }
+    for name in [
+        "x-envoy-",
+        "x-envoy",
+        "envoy-retry-on",
+        "x-envoyx",
+        "x-azure-llm-backend",
+        "",
+    ] {
+        assert!(!super::is_envoy_header(name), "{name}");
+    }
+}
+
+#[test]
 fn bad_hosts_and_ranges() {
     let mut v = base();
     v["backends"]["aoai"]["host"] = json!("evil.com/path");

@@ -6,6 +6,9 @@
 //! Each finding names the resource and the fix. The documents are JSON values (check-config
 //! converts YAML); nothing here needs a host, so it is plain native code (not in the .wasm).
 
+mod istio;
+mod listener;
+mod pools;
 mod tls;
 
 use serde_json::Value as Json;
@@ -44,9 +47,7 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// `None` when the document is none of these (nothing was checked).
 pub fn document(doc: &Json) -> Option<Vec<Finding>> {
     if let Some(kind) = doc.get("kind").and_then(Json::as_str) {
-        return LINTED_KINDS
-            .contains(&kind)
-            .then(|| istio_object(kind, doc));
+        return istio::object(kind, doc);
     }
     let bootstrap = doc.get("static_resources").is_some() || doc.get("dynamic_resources").is_some();
     bootstrap.then(|| envoy_bootstrap(doc))
@@ -55,33 +56,12 @@ pub fn document(doc: &Json) -> Option<Vec<Finding>> {
 /// The hazards of an Envoy bootstrap (its static resources; what CDS or LDS serve is not here).
 pub fn envoy_bootstrap(doc: &Json) -> Vec<Finding> {
     let mut out = Vec::new();
-    for cluster in items(doc, &["static_resources", "clusters"]) {
+    let clusters: Vec<&Json> = items(doc, &["static_resources", "clusters"]).collect();
+    for cluster in &clusters {
         tls::cluster(&cluster_label("", cluster), cluster, &mut out);
     }
-    out
-}
-
-/// The Istio kinds these lints read.
-const LINTED_KINDS: [&str; 2] = ["EnvoyFilter", "DestinationRule"];
-
-/// The hazards of an Istio object (EnvoyFilter patches, DestinationRules); other kinds have
-/// none this knows about.
-fn istio_object(kind: &str, doc: &Json) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let label = object_label(kind, doc);
-    match kind {
-        "EnvoyFilter" => {
-            for patch in items(doc, &["spec", "configPatches"]) {
-                let value = patch.get("patch").and_then(|p| p.get("value"));
-                let applies_to = patch.get("applyTo").and_then(Json::as_str);
-                if let (Some("CLUSTER"), Some(cluster)) = (applies_to, value) {
-                    tls::cluster(&cluster_label(&label, cluster), cluster, &mut out);
-                }
-            }
-        }
-        "DestinationRule" => tls::destination_rule(&label, doc, &mut out),
-        _ => {}
-    }
+    pools::clusters("", &clusters, &mut out);
+    listener::bootstrap(doc, &mut out);
     out
 }
 

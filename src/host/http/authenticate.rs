@@ -3,7 +3,7 @@
 
 use super::{first_header, HttpFilter};
 use crate::auth::AuthError;
-use crate::config::Config;
+use crate::config::{is_envoy_header, Config};
 use crate::errors::FilterError;
 use crate::host::{now_ms, tokens};
 use crate::metrics;
@@ -64,7 +64,8 @@ impl HttpFilter {
 
     /// Whatever happens next, neither the caller's credentials nor a routing decision the
     /// caller made up go any further, nor the headers the operator keeps from Azure
-    /// (`request_headers_to_remove`: cookies, proxy credentials, APIM keys by default).
+    /// (`request_headers_to_remove`: cookies, proxy credentials, APIM keys by default), nor
+    /// directions to Envoy (`x-envoy-*`: retries, timeouts; `config::is_envoy_header`).
     /// Removing removes every value of a name.
     pub(super) fn strip_caller_headers(&self, config: &Config, headers: &[(String, String)]) {
         for name in CALLER_CREDENTIAL_HEADERS
@@ -75,6 +76,13 @@ impl HttpFilter {
         {
             if first_header(headers, name).is_some() {
                 self.set_http_request_header(name, None);
+            }
+        }
+        let mut removed: Vec<&str> = Vec::new();
+        for (name, _) in headers {
+            if is_envoy_header(name) && !removed.contains(&name.as_str()) {
+                self.set_http_request_header(name, None);
+                removed.push(name);
             }
         }
     }

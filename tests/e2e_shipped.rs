@@ -1,6 +1,8 @@
-//! Issue 22: the shipped files' TLS, end to end. envoy/azure-production.yaml and
+//! Issue 22: the shipped files end to end. envoy/azure-production.yaml and
 //! envoy/aks-workload-identity.yaml, retargeted at stand-ins behind a TLS front
-//! (tests/shipped), against three kinds of peer on the path to Entra and Azure:
+//! (tests/shipped), as operators run them.
+//!
+//! Their TLS, against three kinds of peer on the path to Entra and Azure:
 //!
 //! - a certificate of the test CA for the real names (the CA is the trusted bundle): served;
 //! - a self-signed certificate for the real names (DNS hijack, a transparent proxy): refused;
@@ -232,6 +234,8 @@ async fn production_works_against_peers_the_trusted_ca_certified() {
     assert_eq!(status, 200, "{body}\n{}", envoy.logs());
     let (status, body) = claude(&envoy, &token).await;
     assert_eq!(status, 200, "{body}\n{}", envoy.logs());
+    // Before the PTU is throttled below: the caller's request would start at the PTU.
+    caller_envoy_headers_change_nothing(&s, &envoy, &token).await;
     s.real.push_fault(
         EndpointKind::DataPlane,
         Fault::RateLimited {
@@ -413,6 +417,7 @@ async fn aks(entra: Peer, resource: Peer, strip_verification: bool) -> Aks {
     let hosts = [
         (ENTRA, sides.front.port(entra)),
         (AKS_RESOURCE, sides.front.port(resource)),
+        ("otel-collector.observability.internal", common::free_port()),
     ];
     let mut raw = shipped::retarget(AKS, &hosts, &ca, &[]);
     if strip_verification {
@@ -464,6 +469,8 @@ async fn aks_works_against_peers_the_trusted_ca_certified() {
     let served = a.sides.real.requests_of(EndpointKind::DataPlane);
     assert_eq!(served.len(), 1);
     assert_eq!(served[0].header("host"), Some(AKS_RESOURCE));
+    // The routing header stays in the proxy (the AKS file used to forward it).
+    assert_eq!(served[0].header("x-azure-llm-backend"), None);
     let snis = a.sides.front.snis_once_seen(&[ENTRA, AKS_RESOURCE]).await;
     assert_eq!(snis, vec![AKS_RESOURCE.to_string(), ENTRA.to_string()]);
     a.sides.assert_impostor_got_nothing();
@@ -508,4 +515,145 @@ async fn control_without_verification_the_impostor_gets_the_assertion() {
         stolen[0].form_value("client_assertion").as_deref(),
         Some(a.projected.as_str())
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a caller's x-envoy-* headers do through the shipped files: nothing.
+
+/// Every header of Envoy's router and connection manager a caller could send to change what
+/// Envoy does with its request, with values that would make a difference: retry an answered
+/// request (on the pool route, whose retry policy already has retriable-status-codes), time
+/// it out at once, hedge it, rename its stats, force a trace, pass for internal.
+const CALLER_ENVOY_HEADERS: [(&str, &str); 13] = [
+    ("x-envoy-retry-on", "5xx,retriable-status-codes,reset"),
+    ("x-envoy-retriable-status-codes", "200,429"),
+    ("x-envoy-retriable-header-names", "content-type"),
+    ("x-envoy-max-retries", "5"),
+    ("x-envoy-upstream-rq-timeout-ms", "1"),
+    ("x-envoy-upstream-rq-per-try-timeout-ms", "1"),
+    ("x-envoy-hedge-on-per-try-timeout", "true"),
+    ("x-envoy-upstream-alt-stat-name", "caller-chosen"),
+    ("x-envoy-upstream-rq-timeout-alt-response", "204"),
+    ("x-envoy-expected-rq-timeout-ms", "1"),
+    ("x-envoy-force-trace", "true"),
+    ("x-envoy-internal", "true"),
+    ("x-envoy-ip-tags", "internal"),
+];
+
+/// Through the shipped production file (the failover pool's route retries on 429 and 5xx), a
+/// caller sending every x-envoy-* header Envoy acts on, and claiming an internal address in
+/// x-forwarded-for, gets one answer served once: no retry to the second target, no early
+/// timeout, no renamed stats; no x-envoy-* header reaches Azure.
+/// (Run by `production_works_against_peers_the_trusted_ca_certified`, on its Envoy.)
+async fn caller_envoy_headers_change_nothing(s: &Sides, envoy: &Envoy, token: &str) {
+    let earlier = s.real.requests_of(EndpointKind::DataPlane).len();
+    let retries_before = stat(envoy, "cluster.ptu+payg.upstream_rq_retry").await;
+    let mut req = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .header("x-forwarded-for", "10.0.0.7")
+        .json(&json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}));
+    for (k, v) in CALLER_ENVOY_HEADERS {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let envoy_answer_headers: Vec<String> = resp
+        .headers()
+        .keys()
+        .map(|k| k.as_str().to_string())
+        .filter(|k| k.starts_with("x-envoy-"))
+        .collect();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served: Vec<_> = s
+        .real
+        .requests_of(EndpointKind::DataPlane)
+        .into_iter()
+        .skip(earlier)
+        .collect();
+    assert_eq!(
+        served
+            .iter()
+            .map(|r| r.header("host").unwrap_or(""))
+            .collect::<Vec<_>>(),
+        vec![PTU],
+        "served once, by the first target"
+    );
+    for r in &served {
+        let leaked: Vec<&str> = r
+            .headers
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| k.starts_with("x-envoy-"))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "x-envoy-* headers reached Azure: {leaked:?}"
+        );
+    }
+    assert_eq!(
+        stat(envoy, "cluster.ptu+payg.upstream_rq_retry").await,
+        retries_before
+    );
+    let stats = client()
+        .get(envoy.admin_url("/stats"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!stats.contains("caller-chosen"), "the caller named a stat");
+    assert!(envoy_answer_headers.is_empty(), "{envoy_answer_headers:?}");
+}
+
+/// Where an operator's listener trusts callers (`internal_address_config` listing their
+/// addresses; a caller's own x-forwarded-for decides without `use_remote_address`), Envoy obeys
+/// their x-envoy-* headers: measured before the filter removed them, `x-envoy-retry-on:
+/// retriable-status-codes` with `x-envoy-retriable-status-codes: 200` had the pool retry an
+/// answered request (served by the PTU *and* the PAYG, billed twice) and the caller waited
+/// for an answer that never came. The filter removes every caller x-envoy-* header, so even
+/// then the request is served once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn production_caller_envoy_headers_change_nothing_even_where_callers_are_trusted() {
+    let (s, ca) = sides(production_standin_config()).await;
+    let raw = production_raw(&s, &ca, |_| Peer::Trusted, false);
+    let hcm = "stat_prefix: llm_ingress\n";
+    assert!(raw.contains(hcm));
+    let trusting = raw.replace(
+        hcm,
+        "stat_prefix: llm_ingress\n          internal_address_config: { cidr_ranges: [{ address_prefix: 127.0.0.0, prefix_len: 8 }] }\n          use_remote_address: false\n",
+    );
+    let envoy = shipped::start(trusting, vec![], 1).await;
+    let token = caller_token(&s.real);
+    let (status, body) = once_keys_loaded(&envoy, &token).await;
+    assert_eq!(status, 200, "{body}");
+    s.real.clear_requests();
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "127.0.0.5")
+        .header("x-envoy-retry-on", "retriable-status-codes")
+        .header("x-envoy-retriable-status-codes", "200")
+        .header("x-envoy-max-retries", "3")
+        .json(&json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = s.real.requests_of(EndpointKind::DataPlane);
+    assert_eq!(
+        served
+            .iter()
+            .map(|r| r.header("host").unwrap_or(""))
+            .collect::<Vec<_>>(),
+        vec![PTU],
+        "served once"
+    );
+    assert_eq!(stat(&envoy, "cluster.ptu+payg.upstream_rq_retry").await, 0);
 }
