@@ -415,6 +415,18 @@ impl RateLimits {
                 return Err(unpriced(&field, p, m));
             }
         }
+        let global_cost = self
+            .global
+            .as_ref()
+            .is_some_and(|g| g.cost_domain.is_some());
+        if let Some(m) = models.clone().find(|m| global_cost && !priced(m)) {
+            return Err(ConfigError {
+                field: "rate_limits.global.cost_domain".into(),
+                reason: format!(
+                    "model `{m}` has no price in `pricing.models`: the rate limit service's cost budgets need the price of every model"
+                ),
+            });
+        }
         for (m, p) in self.models.iter().filter(|(_, p)| has_cost(p)) {
             if !priced(m) {
                 return Err(unpriced(&format!("rate_limits.models.{m}"), p, m));

@@ -373,3 +373,89 @@ async fn envoys_with_their_own_rls_replicas_on_one_redis_share_the_budget() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_service_unavailable");
 }
+
+/// Budgets in money across a fleet (issue 23): with `cost_domain`, each request is also
+/// checked and charged in that domain, in micro-units of the price table's currency (each
+/// request's cost rounded up to a whole micro-unit). Two Envoys share team-a's cost budget; a
+/// spent one is refused 403 `cost_quota_exceeded`; the token domain is charged as before.
+#[tokio::test]
+async fn two_envoys_share_one_cost_budget_in_its_own_domain() {
+    const COST_DOMAIN: &str = "azure-llm-cost";
+    /// 0.001 USD in micro-units.
+    const BUDGET: u64 = 1000;
+    let rls = RlsServer::start(vec![
+        LimitSpec::per_workload(DOMAIN, 1_000_000, 60),
+        LimitSpec::per_workload(COST_DOMAIN, BUDGET, 3600),
+    ])
+    .await
+    .unwrap();
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let mut plugin = plugin_config(&standin, "deny");
+    plugin["rate_limits"]["global"]["cost_domain"] = json!(COST_DOMAIN);
+    plugin["pricing"] = json!({"models": {"gpt-4o": {"input": 2.5, "output": 10}}});
+    let one = envoy_with(plugin.clone(), &standin, rls.port()).await;
+    let two = envoy_with(plugin, &standin, rls.port()).await;
+    // 7 input tokens at 2.5 and 10 output tokens at 10 per million: 117.5 micro-units, 118
+    // counted. The estimate: ceil(bytes / 4) input tokens and max_tokens output.
+    let cost = 118u64;
+    let estimate_cost = (f64::from(estimate(&ask_body()) - 10) * 2.5 + 100.0).ceil() as u64;
+    let mut admitted = 0u64;
+    let mut refused = None;
+    for i in 0..30 {
+        let envoy = if i % 2 == 0 { &one } else { &two };
+        let resp = ask(envoy, KEY_A).await;
+        if resp.status() != 200 {
+            refused = Some(resp);
+            break;
+        }
+        assert_eq!(tokens(resp).await, 17);
+        admitted += 1;
+    }
+    let refused = refused.expect("team-a ran out of its cost budget");
+    assert_eq!(refused.status(), 403);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "cost_quota_exceeded", "{body}");
+    assert!(
+        admitted * cost >= BUDGET && admitted * cost < 2 * BUDGET,
+        "refused once the cost summed over both Envoys reached the budget: {admitted} x {cost}"
+    );
+    // team-b has its own cost counter.
+    assert_eq!(ask(&one, KEY_B).await.status(), 200);
+
+    let in_domain = |calls: &[azure_rls::RecordedCall], method: &str, domain: &str| -> Vec<u64> {
+        calls
+            .iter()
+            .filter(|c| {
+                c.method == method
+                    && c.domain == domain
+                    && c.descriptors[0].contains(&("workload".into(), "team-a".into()))
+            })
+            .map(|c| u64::from(c.hits_addend))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut calls = rls.calls();
+    while in_domain(&calls, "Report", COST_DOMAIN).len() < admitted as usize
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        calls = rls.calls();
+    }
+    assert_eq!(
+        in_domain(&calls, "Report", COST_DOMAIN),
+        vec![cost; admitted as usize],
+        "each answer's real cost, in micro-units rounded up"
+    );
+    assert_eq!(
+        in_domain(&calls, "Report", DOMAIN),
+        vec![17; admitted as usize],
+        "tokens charged as before"
+    );
+    let checks = in_domain(&calls, "CheckRateLimit", COST_DOMAIN);
+    assert_eq!(checks.len() as u64, admitted + 1);
+    assert!(
+        checks.iter().all(|h| *h == estimate_cost),
+        "{checks:?} vs {estimate_cost}"
+    );
+}

@@ -303,5 +303,10 @@ fn a_cost_budget_over_a_model_without_a_price_is_refused_naming_it() {
     v["rate_limits"] = json!({"default": {"cost_per_day": 1.5, "cost_per_month": 20}});
     assert!(parse(v.clone()).is_ok());
     v["pricing"] = json!(null);
-    assert_eq!(err_field(v), "rate_limits.default.cost_per_day");
+    assert_eq!(err_field(v.clone()), "rate_limits.default.cost_per_day");
+    // The rate limit service's cost budgets need every model's price.
+    v["rate_limits"] = json!({"global": {"cluster": "rls", "domain": "t", "cost_domain": "c"}});
+    assert_eq!(err_field(v.clone()), "rate_limits.global.cost_domain");
+    v["pricing"] = json!({"models": {"gpt-4o": {"input": 2.5, "output": 10}, "mistral": {"input": 1, "output": 3}}});
+    assert!(parse(v).is_ok());
 }

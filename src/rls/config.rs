@@ -47,6 +47,11 @@ pub struct RawGlobal {
     /// never does).
     #[serde(default)]
     pub retry_after_s: Option<u64>,
+    /// RLS domain of the budgets in money (Limitador: their namespace), counted in
+    /// micro-units of the `pricing` currency: each request is also checked and charged there,
+    /// with the same descriptors. Unset: no cost budget in the RLS. Every model needs a price.
+    #[serde(default)]
+    pub cost_domain: Option<String>,
 }
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 200;
@@ -61,6 +66,7 @@ pub struct Global {
     pub failure_mode: FailureMode,
     pub protocol: Protocol,
     pub retry_after_s: u64,
+    pub cost_domain: Option<String>,
 }
 
 impl Global {
@@ -88,7 +94,16 @@ impl Global {
         if retry_after_s == 0 {
             return Err(err("retry_after_s", "must be at least 1"));
         }
+        if let Some(d) = &raw.cost_domain {
+            if d.is_empty() || *d == raw.domain {
+                return Err(err(
+                    "cost_domain",
+                    "must be a domain of its own (not empty, not `domain`): tokens and money are counted apart",
+                ));
+            }
+        }
         Ok(Global {
+            cost_domain: raw.cost_domain.clone(),
             cluster: raw.cluster.clone(),
             domain: raw.domain.clone(),
             timeout_ms,

@@ -96,6 +96,13 @@
 //! Limitador's Redis counters start their window at the first hit (a TTL of `seconds`),
 //! unlike the fixed UTC windows of local mode.
 //!
+//! # Money (`cost_domain`)
+//!
+//! Hits are integers: a request's cost (pico-units, src/pricing.rs) is sent in a second call,
+//! in its own domain, as micro-units rounded up ([`micros_up`]), with the same descriptors and
+//! the same check / charge scheme per protocol. The host sends both checks at once and goes
+//! on with the worse answer ([`CheckOutcome::worse`]).
+//!
 //! # Failures
 //!
 //! A gRPC error, a timeout, an answer that does not decode or an UNKNOWN code is a failure:
@@ -153,10 +160,54 @@ impl Global {
         )
     }
 
+    /// The check of a request's estimated cost (`estimate_pico`, pico-units) in
+    /// `cost_domain`, if configured: `hits_addend` in micro-units, rounded up.
+    pub fn cost_check_call(
+        &self,
+        workload: &str,
+        model: &str,
+        estimate_pico: u64,
+    ) -> Option<RlsCall> {
+        let domain = self.cost_domain.as_deref()?;
+        Some(check_call(
+            self.protocol,
+            domain,
+            workload,
+            model,
+            micros_up(estimate_pico),
+        ))
+    }
+
+    /// The charge of a request's cost (`cost_pico`) in `cost_domain`, checked with
+    /// `estimate_pico`; `None`: nothing to send.
+    pub fn cost_charge_call(
+        &self,
+        workload: &str,
+        model: &str,
+        cost_pico: u64,
+        estimate_pico: u64,
+    ) -> Option<RlsCall> {
+        let domain = self.cost_domain.as_deref()?;
+        charge_call(
+            self.protocol,
+            domain,
+            workload,
+            model,
+            micros_up(cost_pico),
+            micros_up(estimate_pico),
+        )
+    }
+
     /// What to do with the check's answer (see [`check_outcome`]).
     pub fn check_outcome(&self, grpc_status: u32, body: &[u8]) -> CheckOutcome {
         check_outcome(grpc_status, body, self.failure_mode, self.retry_after_s)
     }
+}
+
+/// Pico-units as the micro-units an RLS counts (hits are integers), rounded up: a request is
+/// never charged less than it cost, and at most one micro-unit more.
+pub fn micros_up(pico: u64) -> u64 {
+    pico.div_ceil(1_000_000)
 }
 
 /// One gRPC call for `dispatch_grpc_call`.
@@ -247,6 +298,24 @@ pub enum CheckOutcome {
     OverLimit { retry_after_s: u64 },
     /// The RLS failed and `failure_mode` is deny: 503.
     Unavailable { reason: String },
+}
+
+impl CheckOutcome {
+    /// The outcome of a request checked in two domains (tokens and money): the worse one
+    /// (a failure that refuses, then a refusal, then a degraded admission).
+    pub fn worse(self, other: CheckOutcome) -> CheckOutcome {
+        let rank = |o: &CheckOutcome| match o {
+            CheckOutcome::Admit { degraded: false } => 0,
+            CheckOutcome::Admit { degraded: true } => 1,
+            CheckOutcome::OverLimit { .. } => 2,
+            CheckOutcome::Unavailable { .. } => 3,
+        };
+        if rank(&other) > rank(&self) {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// Decides on a check's answer. `grpc_status`: the status of `on_grpc_call_response` (0 OK);

@@ -401,3 +401,63 @@ fn global_config() {
     }))
     .is_err());
 }
+
+#[test]
+fn cost_calls_go_to_their_own_domain_in_micro_units_rounded_up() {
+    let raw: RawGlobal = serde_json::from_value(serde_json::json!({
+        "cluster": "rls", "domain": "tokens", "cost_domain": "money"
+    }))
+    .unwrap();
+    let g = Global::from_raw("rate_limits.global", &raw).unwrap();
+    // 132.5 micro-units is counted as 133; a charge below its estimate adds nothing more
+    // (envoy protocol) or its own micro-units (kuadrant's Report).
+    let check = g.cost_check_call("w", "m", 132_500_000).unwrap();
+    assert_eq!(check.method, CHECK_RATE_LIMIT);
+    assert_eq!(
+        check.message,
+        encode_should_rate_limit("money", &descriptors("w", "m"), 133)
+    );
+    let charge = g
+        .cost_charge_call("w", "m", 132_500_000, 200_000_000)
+        .unwrap();
+    assert_eq!(
+        (charge.method, charge.message),
+        (
+            REPORT,
+            encode_should_rate_limit("money", &descriptors("w", "m"), 133)
+        )
+    );
+    assert_eq!(g.cost_charge_call("w", "m", 0, 200_000_000), None);
+    assert_eq!(micros_up(1), 1);
+    assert_eq!(micros_up(1_000_000), 1);
+    assert_eq!(micros_up(0), 0);
+    // Without cost_domain, no cost call; the same domain twice, or an empty one, is refused.
+    let plain = Global {
+        cost_domain: None,
+        ..g.clone()
+    };
+    assert_eq!(plain.cost_check_call("w", "m", 5), None);
+    for bad in ["", "tokens"] {
+        let raw = RawGlobal {
+            cost_domain: Some(bad.to_string()),
+            ..raw.clone()
+        };
+        assert_eq!(
+            Global::from_raw("rate_limits.global", &raw)
+                .unwrap_err()
+                .field,
+            "rate_limits.global.cost_domain"
+        );
+    }
+    // Two domains' answers: the worse decides.
+    let admit = CheckOutcome::Admit { degraded: false };
+    let over = CheckOutcome::OverLimit { retry_after_s: 9 };
+    assert_eq!(admit.clone().worse(over.clone()), over);
+    assert_eq!(over.clone().worse(admit.clone()), over);
+    let down = CheckOutcome::Unavailable { reason: "x".into() };
+    assert_eq!(over.clone().worse(down.clone()), down);
+    assert_eq!(
+        admit.worse(CheckOutcome::Admit { degraded: true }),
+        CheckOutcome::Admit { degraded: true }
+    );
+}

@@ -39,8 +39,8 @@ impl HttpFilter {
                 settlement.label()
             );
         }
+        let seen_cost = self.usage_cost(usage);
         if !self.taken.is_empty() {
-            let seen_cost = self.usage_cost(usage);
             limits::settle(&self.taken, now_ms() / 1000, |t| {
                 match t.counter.limit.unit {
                     Unit::Cost => settlement.cost(t.estimate, seen_cost),
@@ -48,7 +48,10 @@ impl HttpFilter {
                 }
             });
         }
-        self.charge_global(settlement.tokens(self.global_estimate));
+        let global_cost = self
+            .global_cost_estimate
+            .map(|e| settlement.cost(e, seen_cost));
+        self.charge_global(settlement.tokens(self.global_estimate), global_cost);
         if !self.taken.is_empty() || self.global_estimate > 0 {
             // How often the fail-safe rules decide a charge is worth watching.
             self.count(

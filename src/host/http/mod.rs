@@ -93,9 +93,11 @@ pub struct HttpFilter {
     charged: bool,
     /// forward: (model, backend) of a routed request, for metrics and access-log properties.
     routed: Option<(String, String)>,
-    /// global: the request is paused for the rate limit service's answer; it then needs a
-    /// token of this credential.
-    global_check: Option<usize>,
+    /// global: the request is paused for the rate limit service's answers (tokens, money);
+    /// it then needs a token of this credential.
+    global_check: Option<global::GlobalCheck>,
+    /// global: the estimate's cost (pico-units) the cost domain was asked about.
+    global_cost_estimate: Option<u64>,
     /// `access_log_properties` of the config this request started with.
     access_log_properties: bool,
     /// pool: set when the model is served by a failover pool.
@@ -133,6 +135,7 @@ impl HttpFilter {
             charged: false,
             routed: None,
             global_check: None,
+            global_cost_estimate: None,
             pool: None,
             dialect: Dialect::OpenAi,
             strip_usage_chunk: None,
@@ -195,6 +198,14 @@ impl HttpFilter {
                 _ => configured,
             };
             self.global_estimate = estimate.tokens(allowance);
+            if global.cost_domain.is_some() {
+                // Configuration requires every model's price with a cost domain.
+                self.global_cost_estimate = config
+                    .pricing
+                    .as_ref()
+                    .and_then(|p| p.price(plan.model))
+                    .map(|price| estimate.cost_for_limit(allowance, price, u64::MAX));
+            }
             return self.check_global(global, plan.model, credential);
         }
         self.attach_credential(config, credential)
@@ -203,8 +214,8 @@ impl HttpFilter {
 
 impl Context for HttpFilter {
     /// The rate limit service's answer to this request's check (global mode).
-    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
-        self.global_answered(status_code, response_size);
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.global_answered(token_id, status_code, response_size);
     }
 }
 
