@@ -7,8 +7,10 @@
 //! envoy/azure-production.yaml, the Istio provider (envoy/istio/telemetry.yaml) and the e2e
 //! harness carry exactly these (tests check it). Attribute names follow the OpenTelemetry
 //! GenAI conventions where one exists (`gen_ai.*`), the filter's own are `azure_llm.*`.
-//! A property the request never set (a refused request has no usage) is logged as `-`, Envoy's
-//! placeholder for a missing value.
+//! A property the request never set (a refused request has no usage) is no attribute at all
+//! where the logger takes it as a custom tag ([`may_be_absent`]; Envoy's and Istio's plain
+//! attributes show `-`, Envoy's placeholder for a missing value). Every value is a string:
+//! Envoy 1.40's OpenTelemetry access logger sets `string_value` for every attribute it formats.
 
 /// Filter-state property names (without Envoy's `wasm.` prefix).
 pub const WORKLOAD: &str = "azure_llm_workload";
@@ -133,6 +135,38 @@ pub const ATTRIBUTES: [(&str, &str); 25] = [
     ("azure_llm.duration_ms", "%DURATION%"),
 ];
 
+/// Whether an attribute may be absent (a filter-state value the request may not have set).
+/// Envoy's OpenTelemetry access logger writes every entry of its `attributes` (a missing one
+/// as `-`), and each of its `custom_tags` only when the value exists: the shipped loggers
+/// put these in `custom_tags`, so a record has no attribute for what the request lacks.
+pub fn may_be_absent(format: &str) -> bool {
+    format.starts_with("%FILTER_STATE(")
+}
+
+/// The attributes the GenAI span of a routed request carries (Envoy's tracing `custom_tags`,
+/// a tag only when its value exists), keys and values as in [`ATTRIBUTES`].
+pub const SPAN_TAGS: [&str; 11] = [
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.reasoning.output_tokens",
+    "azure_llm.workload",
+    "azure_llm.backend",
+    "azure_llm.deployment",
+];
+
+/// `(tag, format)` of each span tag.
+pub fn span_tags() -> Vec<(&'static str, &'static str)> {
+    SPAN_TAGS
+        .iter()
+        .filter_map(|t| ATTRIBUTES.iter().find(|(k, _)| k == t).copied())
+        .collect()
+}
+
 /// The `log_name` of the record (a resource attribute of every exported batch).
 pub const LOG_NAME: &str = "azure_llm_usage";
 
@@ -178,5 +212,11 @@ mod tests {
         keys.sort_unstable();
         keys.dedup();
         assert_eq!(keys.len(), ATTRIBUTES.len(), "attribute keys are unique");
+        assert_eq!(
+            span_tags().len(),
+            SPAN_TAGS.len(),
+            "span tags are attributes"
+        );
+        assert!(span_tags().iter().all(|(_, f)| may_be_absent(f)));
     }
 }

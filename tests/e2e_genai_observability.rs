@@ -7,7 +7,7 @@
 mod common;
 
 use azure_otlp::OtlpReceiver;
-use azure_standin::{Deployment, StandIn, StandInConfig};
+use azure_standin::{Deployment, EndpointKind, StandIn, StandInConfig};
 use common::{client, Cluster, Envoy, EnvoyOptions};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -44,6 +44,7 @@ fn plugin(standin: &StandIn, extra: Value) -> Value {
             "gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"},
             "o3-mini": {"backend": "aoai", "deployment": "o3-mini"},
             "gpt-4o-v1": {"backend": "aoai-v1", "deployment": "gpt-4o-prod"},
+            "embeddings": {"backend": "aoai", "deployment": "text-embedding-3-small"},
             "claude-opus-4-5": {"backend": "claude", "deployment": "claude-opus-4-5"}
         },
         "rate_limits": {"default": {"tokens_per_minute": 10000000}},
@@ -812,4 +813,98 @@ async fn time_to_first_token_is_to_the_first_output_of_each_api() {
         .map(|x| x.value)
         .sum();
     assert_eq!(under_250, 0.0);
+}
+
+/// Issue 25: with Envoy's OpenTelemetry tracer (as the shipped files configure it), the span
+/// of a routed request carries the GenAI attributes the filter left in filter state, and its
+/// trace context reaches Azure (the router's `traceparent`, same trace id); values a request
+/// lacks are absent from the span and from the usage record (an embeddings answer has no
+/// output tokens, a refusal no usage), not `-`.
+#[tokio::test]
+async fn genai_spans_carry_the_attributes_and_the_trace_reaches_azure() {
+    let standin = standin().await;
+    let otlp = OtlpReceiver::start().unwrap();
+    let envoy = start(&standin, json!({}), Some(&otlp)).await;
+    let (status, body) = chat(
+        &envoy,
+        json!({"model": "gpt-4o", "max_tokens": 2, "messages": [{"role": "user", "content": "span me"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = standin
+        .requests_of(EndpointKind::DataPlane)
+        .pop()
+        .expect("a data-plane request");
+    let traceparent = sent
+        .header("traceparent")
+        .unwrap_or_else(|| panic!("no trace context reached Azure: {sent:?}"))
+        .to_string();
+    let resp = client()
+        .post(envoy.url("/v1/embeddings"))
+        .json(&json!({"model": "embeddings", "input": "three words here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, _) = chat(
+        &envoy,
+        json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let spans = otlp.wait_for_spans(3, Duration::from_secs(10)).await;
+    let span = spans
+        .iter()
+        .find(|s| s.attr("gen_ai.request.model") == Some("gpt-4o"))
+        .unwrap_or_else(|| panic!("no GenAI span: {spans:#?}"));
+    for (k, v) in [
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", "azure.ai.openai"),
+        ("gen_ai.response.model", "gpt-4o-2024-11-20"),
+        ("gen_ai.usage.input_tokens", "5"),
+        ("gen_ai.usage.output_tokens", "2"),
+        ("gen_ai.usage.cache_read.input_tokens", "0"),
+        ("azure_llm.workload", "anonymous"),
+        ("azure_llm.backend", "aoai"),
+        ("azure_llm.deployment", "gpt-4o-prod"),
+    ] {
+        assert_eq!(span.attr(k), Some(v), "{k} in {span:#?}");
+    }
+    // The stand-in reports `reasoning_tokens: 0` for gpt-4o, as Azure does.
+    assert_eq!(span.attr("gen_ai.usage.reasoning.output_tokens"), Some("0"));
+    // traceparent: version-traceid-parentid-flags; the upstream request belongs to this trace.
+    let trace_id = traceparent.split('-').nth(1).unwrap_or_default();
+    assert_eq!(trace_id, span.trace_id, "{traceparent} vs {span:?}");
+    let refused = spans
+        .iter()
+        .find(|s| {
+            s.attr("gen_ai.request.model").is_none() && s.attr("azure_llm.workload").is_some()
+        })
+        .unwrap_or_else(|| panic!("no span of the refusal: {spans:#?}"));
+    assert!(refused.attr("gen_ai.usage.input_tokens").is_none());
+
+    let logs = otlp.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(logs.len(), 3, "{logs:#?}");
+    let embeddings = &logs[1];
+    assert_eq!(embeddings.attr("gen_ai.operation.name"), Some("embeddings"));
+    assert_eq!(
+        embeddings.attr("gen_ai.usage.input_tokens"),
+        Some("3"),
+        "{embeddings:?}"
+    );
+    assert_eq!(
+        embeddings.attr("gen_ai.usage.output_tokens"),
+        None,
+        "Azure reports no output for embeddings: {embeddings:?}"
+    );
+    let refusal = &logs[2];
+    for k in [
+        "gen_ai.usage.input_tokens",
+        "gen_ai.request.model",
+        "azure_llm.cost_micros",
+    ] {
+        assert_eq!(refusal.attr(k), None, "{k} is absent, not `-`: {refusal:?}");
+    }
+    assert_eq!(refusal.attr("http.response.status_code"), Some("404"));
 }

@@ -103,6 +103,39 @@ fn expected_attributes() -> Vec<(String, String)> {
         .collect()
 }
 
+/// (tag, value format) of a `custom_tags` list.
+fn custom_tags(v: &Json) -> Vec<(String, String)> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    (
+                        t["tag"].as_str().unwrap_or_default().to_string(),
+                        t["value"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The first HTTP connection manager with a tracing block.
+fn hcm_of(v: &Json) -> Option<Json> {
+    match v {
+        Json::Object(m) => {
+            if m.get("name").and_then(Json::as_str)
+                == Some("envoy.filters.network.http_connection_manager")
+                && m["typed_config"].get("tracing").is_some()
+            {
+                return Some(m["typed_config"].clone());
+            }
+            m.values().find_map(hcm_of)
+        }
+        Json::Array(a) => a.iter().find_map(hcm_of),
+        _ => None,
+    }
+}
+
 #[test]
 fn envoy_bootstraps_carry_the_stats_config_and_the_usage_record() {
     for rel in ["envoy/envoy.yaml", "envoy/azure-production.yaml"] {
@@ -132,7 +165,32 @@ fn envoy_bootstraps_carry_the_stats_config_and_the_usage_record() {
                 )
             })
             .collect();
-        assert_eq!(attrs, expected_attributes(), "{rel}");
+        let (plain, optional): (Vec<_>, Vec<_>) = expected_attributes()
+            .into_iter()
+            .partition(|(_, f)| !usage_record::may_be_absent(f));
+        assert_eq!(attrs, plain, "{rel}: the attributes every request has");
+        assert_eq!(
+            custom_tags(&l["custom_tags"]),
+            optional,
+            "{rel}: the values a request may lack are custom tags (absent, not `-`)"
+        );
+        // Issue 25: the GenAI spans carry the span tags.
+        let hcm = hcm_of(&doc).unwrap_or_else(|| panic!("{rel}: no HCM with tracing"));
+        let tracing = &hcm["tracing"];
+        assert_eq!(
+            tracing["provider"]["name"], "envoy.tracers.opentelemetry",
+            "{rel}"
+        );
+        assert_eq!(
+            tracing["provider"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"],
+            cluster,
+            "{rel}"
+        );
+        let want: Vec<(String, String)> = usage_record::span_tags()
+            .into_iter()
+            .map(|(k, f)| (k.to_string(), f.to_string()))
+            .collect();
+        assert_eq!(custom_tags(&tracing["custom_tags"]), want, "{rel}");
         // The collector's cluster exists and speaks HTTP/2 (gRPC).
         let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
         let c = clusters

@@ -135,6 +135,8 @@ pub struct Observation<'a> {
     /// The workload (if the histograms carry it) is capped here; pass the request's own.
     pub labels: GenAiLabels<'a>,
     pub usage: Option<Usage>,
+    /// The operation has output tokens (not embeddings).
+    pub has_output: bool,
     pub duration_ms: u64,
     /// Streamed answers: from the request's headers to the answer's first chunk.
     pub ttft_ms: Option<u64>,
@@ -232,7 +234,7 @@ impl Metrics {
         if let Some(u) = &o.usage {
             let by_type = [
                 Some(u.prompt_tokens),
-                Some(u.completion_tokens),
+                o.has_output.then_some(u.completion_tokens),
                 u.cached_prompt_tokens,
                 u.reasoning_tokens,
             ];

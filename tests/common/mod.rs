@@ -580,7 +580,7 @@ fn render_stats_config(w: &mut String) {
 
 /// The usage record's OTLP access logger (src/usage_record.rs) to cluster `otel_collector`.
 fn render_otel_access_log(w: &mut String) {
-    use azure_llm_filter::usage_record::{ATTRIBUTES, BODY, LOG_NAME};
+    use azure_llm_filter::usage_record::{may_be_absent, ATTRIBUTES, BODY, LOG_NAME};
     let p = "                  ";
     let _ = writeln!(w, "{p}- name: envoy.access_loggers.open_telemetry");
     let _ = writeln!(w, "{p}  typed_config:");
@@ -593,9 +593,42 @@ fn render_otel_access_log(w: &mut String) {
     let _ = writeln!(w, "{p}    body: {{ string_value: {} }}", q(BODY));
     let _ = writeln!(w, "{p}    attributes:");
     let _ = writeln!(w, "{p}      values:");
-    for (key, format) in ATTRIBUTES {
+    for (key, format) in ATTRIBUTES.iter().filter(|(_, f)| !may_be_absent(f)) {
         let _ = writeln!(w, "{p}        - key: {}", q(key));
         let _ = writeln!(w, "{p}          value: {{ string_value: {} }}", q(format));
+    }
+    // What a request may lack: no attribute at all then.
+    let _ = writeln!(w, "{p}    custom_tags:");
+    for (key, format) in ATTRIBUTES.iter().filter(|(_, f)| may_be_absent(f)) {
+        let _ = writeln!(w, "{p}      - tag: {}", q(key));
+        let _ = writeln!(w, "{p}        value: {}", q(format));
+    }
+}
+
+/// The HCM's tracing: Envoy's OpenTelemetry tracer to cluster `otel_collector`, every request
+/// sampled, the GenAI span tags of src/usage_record.rs.
+fn render_tracing(w: &mut String) {
+    let p = "                ";
+    let _ = writeln!(w, "{p}tracing:");
+    let _ = writeln!(w, "{p}  random_sampling: {{ value: 100 }}");
+    let _ = writeln!(w, "{p}  provider:");
+    let _ = writeln!(w, "{p}    name: envoy.tracers.opentelemetry");
+    let _ = writeln!(w, "{p}    typed_config:");
+    let _ = writeln!(
+        w,
+        "{p}      \"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+    );
+    let _ = writeln!(w, "{p}      service_name: azure-llm-gateway");
+    let _ = writeln!(w, "{p}      grpc_service:");
+    let _ = writeln!(
+        w,
+        "{p}        envoy_grpc: {{ cluster_name: otel_collector }}"
+    );
+    let _ = writeln!(w, "{p}        timeout: 5s");
+    let _ = writeln!(w, "{p}  custom_tags:");
+    for (tag, format) in azure_llm_filter::usage_record::span_tags() {
+        let _ = writeln!(w, "{p}    - tag: {}", q(tag));
+        let _ = writeln!(w, "{p}      value: {}", q(format));
     }
 }
 
@@ -685,6 +718,9 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
     let _ = writeln!(w, "                codec_type: AUTO");
     // Room for large caller tokens, so the filter (not Envoy's 60 KiB default) refuses them.
     let _ = writeln!(w, "                max_request_headers_kb: 96");
+    if opts.otlp_port.is_some() {
+        render_tracing(w);
+    }
     if opts.access_log || opts.otlp_port.is_some() {
         let _ = writeln!(w, "                access_log:");
     }

@@ -133,10 +133,12 @@ impl HttpFilter {
             "azure_llm_prompt_tokens",
             u.prompt_tokens.to_string().as_bytes(),
         );
-        self.property(
-            "azure_llm_completion_tokens",
-            u.completion_tokens.to_string().as_bytes(),
-        );
+        if self.has_output() {
+            self.property(
+                "azure_llm_completion_tokens",
+                u.completion_tokens.to_string().as_bytes(),
+            );
+        }
         if let (Some((model, backend)), Ok(mut s)) = (&self.routed, self.state.try_borrow_mut()) {
             s.metrics.count_usage(&self.workload, model, backend, u);
         }

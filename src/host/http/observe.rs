@@ -101,6 +101,13 @@ impl HttpFilter {
         }
     }
 
+    /// Whether the answer has output tokens to report: an embeddings answer has none (Azure
+    /// reports `prompt_tokens` and `total_tokens` only), so its record and histograms have no
+    /// output figure rather than a 0 Azure never said.
+    pub(super) fn has_output(&self) -> bool {
+        self.observed.operation != Some(Operation::Embeddings)
+    }
+
     /// Whether `observe_chunk` needs the chunk's bytes.
     pub(super) fn observes_answer_text(&self) -> bool {
         self.observed.answer.is_some() || self.observed.first_output.is_some()
@@ -135,6 +142,7 @@ impl HttpFilter {
                     .then_some(self.workload.as_str()),
             },
             usage,
+            has_output: self.has_output(),
             duration_ms: now_ms().saturating_sub(started),
             ttft_ms,
         };

@@ -7,6 +7,9 @@
 //! can be told to refuse exports (gRPC UNAVAILABLE), to check that a failing sink never
 //! affects requests.
 //!
+//! It also serves `opentelemetry.proto.collector.trace.v1.TraceService/Export` and keeps the
+//! spans (Envoy's OpenTelemetry tracer exporting to it), for the GenAI spans.
+//!
 //! The server runs on its own thread and Tokio runtime; dropping [`OtlpReceiver`] stops it.
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
@@ -15,6 +18,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
+mod traces;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use std::collections::BTreeMap;
 use std::io;
@@ -43,8 +47,42 @@ impl ReceivedLog {
     }
 }
 
+/// One span as received, ids in hex, attributes flattened to strings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReceivedSpan {
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub attributes: BTreeMap<String, String>,
+    /// The attribute values' kinds (`string`, `int`, ...), to tell typed values.
+    pub kinds: BTreeMap<String, &'static str>,
+}
+
+impl ReceivedSpan {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn kind(v: &Option<AnyValue>) -> &'static str {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(_)) => "string",
+        Some(any_value::Value::IntValue(_)) => "int",
+        Some(any_value::Value::DoubleValue(_)) => "double",
+        Some(any_value::Value::BoolValue(_)) => "bool",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
+    pub(crate) spans: Mutex<Vec<ReceivedSpan>>,
     logs: Mutex<Vec<ReceivedLog>>,
     exports: Mutex<usize>,
     refuse: AtomicBool,
@@ -61,7 +99,7 @@ fn text(v: &Option<AnyValue>) -> String {
     }
 }
 
-fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+pub(crate) fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, String> {
     kvs.iter()
         .map(|kv| (kv.key.clone(), text(&kv.value)))
         .collect()
@@ -127,6 +165,7 @@ impl OtlpReceiver {
             .build()?;
         let shared = Arc::new(Shared::default());
         let service = LogsServiceServer::new(Service(shared.clone()));
+        let traces = traces::TraceServer(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("azure-otlp".into())
@@ -142,6 +181,7 @@ impl OtlpReceiver {
                     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                     let server = tonic::transport::Server::builder()
                         .add_service(service)
+                        .add_service(traces)
                         .serve_with_incoming(incoming);
                     // No graceful shutdown: Envoy keeps its HTTP/2 connection open.
                     tokio::select! {
@@ -165,6 +205,27 @@ impl OtlpReceiver {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.shared
+            .spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until at least `n` spans arrived (or `timeout`); returns what arrived.
+    pub async fn wait_for_spans(&self, n: usize, timeout: Duration) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if spans.len() >= n || Instant::now() >= deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Every record received so far, oldest first.
