@@ -335,7 +335,7 @@ fn every_bootstrap_has_the_usage_record_logger() {
             c["grpc_service"]["envoy_grpc"]["cluster_name"], "otel_collector",
             "{rel}"
         );
-        let attributes: Vec<(String, String)> = c["attributes"]["values"]
+        let mut attributes: Vec<(String, String)> = c["attributes"]["values"]
             .as_array()
             .unwrap()
             .iter()
@@ -346,10 +346,20 @@ fn every_bootstrap_has_the_usage_record_logger() {
                 )
             })
             .collect();
-        let expected: Vec<(String, String)> = ATTRIBUTES
+        // The filter's values are custom tags (absent when unset; tests/observability_configs.rs
+        // checks which go where).
+        attributes.extend(c["custom_tags"].as_array().into_iter().flatten().map(|t| {
+            (
+                t["tag"].as_str().unwrap_or_default().to_string(),
+                t["value"].as_str().unwrap_or_default().to_string(),
+            )
+        }));
+        attributes.sort();
+        let mut expected: Vec<(String, String)> = ATTRIBUTES
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        expected.sort();
         assert_eq!(attributes, expected, "{rel}");
         assert!(
             logs.iter()
