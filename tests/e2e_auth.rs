@@ -397,3 +397,114 @@ async fn jwks_is_fetched_once_for_all_workers_and_kept_when_its_endpoint_fails()
         standin.count(EndpointKind::Jwks)
     );
 }
+
+/// Issue 22, ready when it says so: right after Envoy starts, one worker fetches the JWKS
+/// (holding the lease) while the other ticks again only half a second later. The other worker
+/// answered 503 jwks_unavailable meanwhile although the keys were in shared data; it now looks
+/// there before refusing anyone. Two workers, requests at once on both: once any request has
+/// passed, every request on either worker passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_uses_keys_another_worker_fetched_right_after_start() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    // The first fetch answers after Envoy is ready, while requests already arrive.
+    standin.push_fault(
+        EndpointKind::Jwks,
+        azure_standin::Fault::Delay(Duration::from_millis(1500)),
+        1,
+    );
+    let mut o = EnvoyOptions::new(plugin_config(&standin, json!({})));
+    o.concurrency = 2;
+    o.clusters = vec![
+        Cluster::new("entra", standin.port()),
+        Cluster::new("aoai", standin.port()),
+    ];
+    o.backend_routes = vec!["aoai".into()];
+    let envoy = Envoy::start(o).await;
+    let token = caller_token(&standin, "early-app", json!({}));
+    // A request every 10 ms, each on a connection of its own (Envoy spreads connections over
+    // the workers): (sent, answered, status, body) of each.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let url = envoy.url("/v1/chat/completions");
+    let start = Instant::now();
+    let mut first_pass: Option<Instant> = None;
+    let mut answers = Vec::new();
+    loop {
+        let (tx, url, token) = (tx.clone(), url.clone(), token.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let resp = common::client()
+                .post(url)
+                .bearer_auth(token)
+                .header("connection", "close")
+                .json(&json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            let _ = tx.send((sent, Instant::now(), status, body));
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        while let Ok(a) = rx.try_recv() {
+            if a.2 == 200 && first_pass.is_none_or(|t| a.1 < t) {
+                first_pass = Some(a.1);
+            }
+            answers.push(a);
+        }
+        // Keep sending for a second after the first request passed (two idle ticks).
+        if first_pass.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the keys never loaded: {}",
+            envoy.logs()
+        );
+    }
+    drop(tx);
+    while let Some(a) = rx.recv().await {
+        answers.push(a);
+    }
+    let first_pass = answers
+        .iter()
+        .filter(|a| a.2 == 200)
+        .map(|a| a.1)
+        .min()
+        .unwrap();
+    for (_, _, status, body) in &answers {
+        assert!(
+            *status == 200 || (*status == 503 && body.contains("jwks_unavailable")),
+            "{status} {body}"
+        );
+    }
+    let late: Vec<u64> = answers
+        .iter()
+        .filter(|a| a.0 > first_pass && a.2 != 200)
+        .map(|a| (a.0 - first_pass).as_millis() as u64)
+        .collect();
+    let after = answers.iter().filter(|a| a.0 > first_pass).count();
+    assert!(after >= 20, "{after} requests after the first pass");
+    assert!(
+        late.is_empty(),
+        "{} of {after} requests sent after one had passed were refused (sent that many ms after): {late:?}",
+        late.len()
+    );
+    let served = |w: u32| {
+        let name = format!(
+            "listener.127.0.0.1_{}.worker_{w}.downstream_cx_total",
+            envoy.listener_port
+        );
+        let envoy = &envoy;
+        async move { envoy.stat(&name).await.unwrap_or(0) }
+    };
+    let (w0, w1) = (served(0).await, served(1).await);
+    assert!(w0 > 0 && w1 > 0, "both workers served: {w0} {w1}");
+    assert_eq!(
+        envoy
+            .logs()
+            .matches("JWKS of provider entra loaded")
+            .count(),
+        1,
+        "one fetch for both workers"
+    );
+}

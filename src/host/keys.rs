@@ -5,7 +5,7 @@
 use super::shared;
 use super::worker::WorkerState;
 use crate::auth::jwks::JwksState;
-use crate::auth::{self, JwksRequest};
+use crate::auth::{self, Authenticator, JwksRequest};
 
 /// A JWKS or discovery callout in flight.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +29,22 @@ pub fn update_state(
         change(&JwksState::decode(bytes).unwrap_or_default()).map(|s| s.encode())
     })?;
     JwksState::decode(&written)
+}
+
+/// Installs what the provider's shared slot holds if it is newer than this worker's keys (another
+/// worker fetched them since this worker's last tick); whether it did. Called before a caller
+/// is refused for want of keys (`jwks_unavailable`, an unknown `kid`): the keys may be there
+/// for up to a tick (`TICK_IDLE_MS`) before this worker's tick would install them.
+pub fn install_shared(authn: &mut Authenticator, provider: usize) -> bool {
+    let Some(key) = authn
+        .config()
+        .providers
+        .get(provider)
+        .map(|p| p.jwks_slot_key())
+    else {
+        return false;
+    };
+    matches!(authn.install_jwks(provider, &read_state(&key)), Ok(true))
 }
 
 /// Installs the shared keys of every provider into this worker's authenticator, and returns

@@ -5,7 +5,7 @@ use super::{first_header, HttpFilter};
 use crate::auth::AuthError;
 use crate::config::{is_envoy_header, Config};
 use crate::errors::FilterError;
-use crate::host::{now_ms, tokens};
+use crate::host::{keys, now_ms, tokens};
 use crate::metrics;
 use proxy_wasm::traits::Context;
 use proxy_wasm::traits::HttpContext;
@@ -42,7 +42,20 @@ impl HttpFilter {
             self.get_property(vec!["connection", "uri_san_peer_certificate"])
                 .and_then(|b| String::from_utf8(b).ok())
         };
-        match authn.authenticate(&authorization, &api_keys, mtls_peer.as_deref(), now_ms()) {
+        let mut outcome =
+            authn.authenticate(&authorization, &api_keys, mtls_peer.as_deref(), now_ms());
+        // No keys yet, or not this kid: another worker may have fetched them since this
+        // worker's last tick. Look at shared data before refusing anyone (one read, only on
+        // this path).
+        if let Err(AuthError::KeysUnavailable { provider } | AuthError::UnknownKid { provider }) =
+            outcome
+        {
+            if keys::install_shared(authn, provider) {
+                outcome =
+                    authn.authenticate(&authorization, &api_keys, mtls_peer.as_deref(), now_ms());
+            }
+        }
+        match outcome {
             Ok(caller) => Ok(caller.map(|c| c.workload)),
             Err(e) => {
                 log::debug!("azure-llm-filter: caller refused: {}", e.code());
