@@ -5,7 +5,7 @@
 #   make build        build the Wasm filter (release) and the Azure/Entra stand-in server
 #   make run          tools + build, then start the stand-in and Envoy (envoy/run-demo.sh)
 #   make test         tools + wasm build, then `cargo test --workspace` against a real Envoy
-#   make bench        benchmarks: the filter next to bare Envoy and native jwt_authn (wrk)
+#   make bench        benchmarks: the filter next to bare Envoy and native jwt_authn (wrk), cost per phase (callgrind)
 #   make soak         mixed traffic with expiring tokens for SOAK_SECS (default 300) through Envoy
 #   make lint         rustfmt check + clippy (host and wasm32-wasip1)
 #   make fuzz-check   check that the cargo-fuzz crate in fuzz/ builds (running it needs nightly)
@@ -54,7 +54,7 @@ ENVOY_BIN = $(ENVOY)
 ENVOY_DEPS :=
 endif
 
-.PHONY: sdk soak fuzz-check help tools redis openssl ca-certificates wrk build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
+.PHONY: sdk soak fuzz-check help tools redis openssl ca-certificates wrk valgrind build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
@@ -91,6 +91,10 @@ redis:
 # wrk, the load generator of `make bench` (not needed by `make test`).
 wrk:
 	$(call apt_tool,wrk,wrk,install wrk (or WRK=/path/to/wrk))
+
+# valgrind, whose callgrind counts the instructions of `make bench`'s per-phase table.
+valgrind:
+	$(call apt_tool,valgrind,valgrind,install valgrind (bench_phases then prints host calls only))
 
 # openssl for tests/e2e_mtls.rs, which makes a test CA and client certificates.
 openssl:
@@ -186,12 +190,13 @@ test: tools wasm sdk
 	@echo "test: AZURE_LLM_FILTER_WASM=$(WASM)"
 	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" SDK_PYTHON="$(SDK_PYTHON)" $(CARGO) test --workspace
 
-# Benchmarks measure, they never assert timings: caller authentication (bench_auth) and the
-# filter next to bare Envoy and native jwt_authn (bench_filter). The output is also kept in
+# Benchmarks measure, they never assert timings: caller authentication (bench_auth), the
+# filter next to bare Envoy and native jwt_authn (bench_filter), and what each phase costs in
+# host calls and in instructions under callgrind (bench_phases). The output is also kept in
 # target/bench.txt; its last line is the tracked figure `filter/bare throughput ratio: X.XX`.
-bench: tools wrk wasm
+bench: tools wrk valgrind wasm
 	@ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" \
-	  $(CARGO) test --profile bench-e2e --test bench_auth --test bench_filter -- --ignored --nocapture --test-threads 1 \
+	  $(CARGO) test --profile bench-e2e --test bench_auth --test bench_filter --test bench_phases -- --ignored --nocapture --test-threads 1 --skip native_full_path_loop \
 	  2>&1 | tee $(ROOT)/target/bench.txt
 	@grep -E '^filter/bare throughput ratio: [0-9.]+$$' $(ROOT)/target/bench.txt | tail -1
 

@@ -5,6 +5,7 @@ pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod phase;
 pub mod pool;
 pub mod root;
 pub mod shared;

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::errors::FilterError;
 use crate::estimate::Estimate;
 use crate::host::metrics::Family;
+use crate::host::phase::{self, Phase};
 use crate::host::{limits, now_ms};
 use crate::ratelimit::{self, Need, Refusal, Unit};
 use crate::routing::RoutePlan;
@@ -21,6 +22,7 @@ impl HttpFilter {
         plan: &RoutePlan,
         estimate: &Estimate,
     ) -> Result<(), FilterError> {
+        let _phase = phase::enter(Phase::Admit);
         let limits_config = &config.rate_limits;
         let counters = limits_config.applicable(&self.workload, plan.model);
         if counters.is_empty() {

@@ -8,6 +8,7 @@
 use super::HttpFilter;
 use crate::allowance;
 use crate::host::metrics::Family;
+use crate::host::phase::{self, Phase};
 use crate::host::{limits, now_ms};
 use crate::ratelimit::Unit;
 use crate::settlement::{Ending, Settlement};
@@ -29,8 +30,12 @@ impl HttpFilter {
             return;
         }
         self.charged = true;
+        let _phase = phase::enter(Phase::Charge);
         let usage = self.meter.usage();
-        self.observe_end(usage);
+        {
+            let _phase = phase::enter(Phase::Observe);
+            self.observe_end(usage);
+        }
         let settlement = self.settlement(usage);
         if !settlement.is_exact() {
             log::debug!(

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::errors::FilterError;
 use crate::host::metrics::Family;
 use crate::host::now_ms;
+use crate::host::phase::{self, Phase};
 use crate::host::tokens::{self, TokenLookup};
 use crate::host::worker::Waiter;
 use proxy_wasm::traits::HttpContext;
@@ -19,6 +20,7 @@ impl HttpFilter {
         config: &Config,
         credential: usize,
     ) -> Result<Action, FilterError> {
+        let _phase = phase::enter(Phase::Credential);
         self.count(Family::Requests, "routed");
         if self.via_pool_cluster() {
             // Each attempt gets its own target's token from the pool's upstream filter.

@@ -7,19 +7,25 @@
 
 use super::HttpFilter;
 use crate::config::Config;
+use crate::host::phase::{self, Phase};
 use crate::routing::RoutePlan;
 use proxy_wasm::traits::HttpContext;
 
 impl HttpFilter {
     /// Sets the upstream headers of a plan.
     pub(super) fn forward(&mut self, config: &Config, plan: &RoutePlan) {
+        let _phase = phase::enter(Phase::Forward);
         // Every attempt (pool targets too) inherits this.
         self.set_http_request_header("accept-encoding", None);
         if self.via_pool_cluster() {
+            let _phase = phase::enter(Phase::Pool);
             return self.forward_to_pool(config, plan);
         }
         self.routed = Some((plan.model.to_string(), plan.backend.name.clone()));
-        self.observe_route(plan);
+        {
+            let _phase = phase::enter(Phase::Observe);
+            self.observe_route(plan);
+        }
         // Per-request data for access logs: %FILTER_STATE(wasm.azure_llm_<name>:PLAIN)%.
         for (name, value) in [
             ("azure_llm_model", plan.model),

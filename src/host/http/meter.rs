@@ -5,6 +5,7 @@
 
 use super::{first_header, HttpFilter};
 use crate::host::now_ms;
+use crate::host::phase::{self, Phase};
 use crate::meter::Meter;
 use crate::ratelimit;
 use proxy_wasm::traits::HttpContext;
@@ -12,6 +13,7 @@ use proxy_wasm::traits::HttpContext;
 impl HttpFilter {
     /// Response headers of a routed request.
     pub(super) fn meter_response_headers(&mut self) {
+        let _phase = phase::enter(Phase::Meter);
         let config = self.state.borrow().config.clone();
         // One host call for every header this phase reads.
         let headers = self.get_http_response_headers();
@@ -44,16 +46,19 @@ impl HttpFilter {
             log::debug!("azure-llm-filter: encoded answer ({encoding:?}): its usage is not read");
         }
         self.meter = Meter::for_answer(content_type, encoding);
+        let _phase = phase::enter(Phase::Observe);
         self.observe_answer_start(&config, content_type, encoding.is_some());
     }
 
     /// One chunk of the answer. With `Continue` the buffer holds just this chunk: it is read
     /// as it passes.
     pub(super) fn meter_response_body(&mut self, body_size: usize) {
+        let _phase = phase::enter(Phase::Meter);
         if body_size == 0 {
             return;
         }
         if !self.meter.reads_body() && !self.observes_answer_text() {
+            let _phase = phase::enter(Phase::Observe);
             self.observe_chunk(None);
             return;
         }
@@ -63,6 +68,7 @@ impl HttpFilter {
         if self.meter.reads_body() {
             self.meter.feed(&chunk);
         }
+        let _phase = phase::enter(Phase::Observe);
         self.observe_chunk(Some(&chunk));
     }
 }

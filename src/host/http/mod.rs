@@ -32,6 +32,7 @@ mod strip;
 
 use super::limits::Taken;
 use super::metrics::Family;
+use super::phase::{self, Phase};
 use super::tokens;
 use super::worker::WorkerState;
 use crate::config::Config;
@@ -164,6 +165,7 @@ impl HttpFilter {
     /// `%FILTER_STATE(wasm.<name>:PLAIN)%`, unless the config turned that off.
     fn property(&self, name: &str, value: &[u8]) {
         if self.access_log_properties {
+            let _phase = phase::enter(Phase::Properties);
             self.set_property(vec![name], Some(value));
         }
     }
@@ -189,6 +191,7 @@ impl HttpFilter {
         self.forward(config, plan);
         let credential = plan.backend.credential;
         if let Some(global) = &config.rate_limits.global {
+            let _phase = phase::enter(Phase::Global);
             let limits = &config.rate_limits;
             let learned =
                 self.learned_completions(estimate, plan.model, limits.learn_completion_reserve);
@@ -215,12 +218,15 @@ impl HttpFilter {
 impl Context for HttpFilter {
     /// The rate limit service's answer to this request's check (global mode).
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let _phase = phase::enter(Phase::Global);
         self.global_answered(token_id, status_code, response_size);
     }
 }
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        // The headers are read once, for every phase: counted as authenticate's.
+        let _phase = phase::enter(Phase::Authenticate);
         let config = self.state.borrow().config.clone();
         // One host call for every header this phase reads: each call that returns data has
         // Envoy call back into the VM to allocate it.
@@ -251,7 +257,10 @@ impl HttpContext for HttpFilter {
         let Inbound::Api { op, path_model } = inbound else {
             return self.discovery(&config, &inbound);
         };
-        self.observe_start(op);
+        {
+            let _phase = phase::enter(Phase::Observe);
+            self.observe_start(op);
+        }
         // Known from here on, for the access log of refusals too.
         self.property("azure_llm_workload", self.workload.as_bytes());
         let known_model = path_model.or_else(|| route::header_model(&config, &headers));
@@ -276,6 +285,7 @@ impl HttpContext for HttpFilter {
         }
         self.meter_response_headers();
         if self.pool.is_some() {
+            let _phase = phase::enter(Phase::Pool);
             self.pool_answered();
         }
         self.strip_response_headers();

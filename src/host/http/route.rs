@@ -9,6 +9,7 @@ use crate::errors::FilterError;
 use crate::estimate::Estimate;
 use crate::host::metrics::Family;
 use crate::host::now_ms;
+use crate::host::phase::{self, Phase};
 use crate::routing::{self, Inbound, Operation};
 use crate::usage_chunk::UsageChunkStripper;
 use proxy_wasm::traits::HttpContext;
@@ -40,6 +41,7 @@ impl HttpFilter {
 
     /// Discovery requests are answered from the config; API requests go on.
     pub(super) fn discovery(&mut self, config: &Config, inbound: &Inbound) -> Action {
+        let _phase = phase::enter(Phase::Route);
         match inbound {
             Inbound::ListModels => self.reply_json(&discovery::list_models(config)),
             Inbound::ListDeployments => self.reply_json(&discovery::list_deployments(config)),
@@ -63,6 +65,7 @@ impl HttpFilter {
         known_model: Option<&str>,
         end_of_stream: bool,
     ) -> Result<Action, FilterError> {
+        let _phase = phase::enter(Phase::Route);
         match known_model {
             Some(model) => {
                 // The body passes unread: its declared length is the prompt estimate's base.
@@ -97,6 +100,7 @@ impl HttpFilter {
         op: Operation,
         known_model: Option<String>,
     ) -> Action {
+        let _phase = phase::enter(Phase::Route);
         let limit = config.max_body_bytes;
         let declared =
             first_header(headers, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
@@ -114,6 +118,7 @@ impl HttpFilter {
 
     /// A request body chunk: buffered until the whole body is here, then routed.
     pub(super) fn body_arrived(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _phase = phase::enter(Phase::Route);
         let Some(pending) = self.pending.take() else {
             return Action::Continue;
         };
@@ -183,9 +188,15 @@ impl HttpFilter {
         let info = routing::read_body(body)?;
         let sent_len = body.len();
         // The guardrails' local rules: the body that leaves may be a masked one.
-        let guarded = self.guard_prompt(config, op, body)?;
+        let guarded = {
+            let _phase = phase::enter(Phase::Guard);
+            self.guard_prompt(config, op, body)?
+        };
         let body: &[u8] = guarded.as_deref().unwrap_or(body);
-        self.observe_prompt(config, body);
+        {
+            let _phase = phase::enter(Phase::Observe);
+            self.observe_prompt(config, body);
+        }
         let model = pending
             .known_model
             .clone()

@@ -4,6 +4,7 @@
 //! read it, so the caller sees the stream it asked for and the usage still counts.
 
 use super::HttpFilter;
+use crate::host::phase::{self, Phase};
 use crate::meter::Meter;
 use proxy_wasm::traits::HttpContext;
 
@@ -11,6 +12,7 @@ impl HttpFilter {
     /// Response headers: strip only an event stream; its length changes, so no
     /// `content-length` (Envoy then frames the answer itself).
     pub(super) fn strip_response_headers(&mut self) {
+        let _phase = phase::enter(Phase::Strip);
         if self.strip_usage_chunk.is_none() {
             return;
         }
@@ -24,6 +26,7 @@ impl HttpFilter {
     /// One chunk of the answer, after the meter read it: sent on without the usage-only event
     /// (an incomplete trailing event is held until its end arrives).
     pub(super) fn strip_response_body(&mut self, body_size: usize, end_of_stream: bool) {
+        let _phase = phase::enter(Phase::Strip);
         if self.strip_usage_chunk.is_none() {
             return;
         }
