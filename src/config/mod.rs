@@ -438,24 +438,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(c) => crate::capture::Capture::from_raw(c, "capture")?,
         None => crate::capture::Capture::default(),
     };
-    let guardrails = match &raw.guardrails {
-        Some(g) => Some(crate::guard::Guardrails::from_raw(
-            g,
-            "guardrails",
-            |name| credentials.iter().position(|c| c.name == name),
-        )?),
-        None => None,
-    };
-    if routing_mode == RoutingMode::Header
-        && guardrails
-            .as_ref()
-            .is_some_and(crate::guard::Guardrails::any_prompt_checks)
-    {
-        return Err(ConfigError::new(
-            "guardrails",
-            "prompt checks read the request body: they need routing_mode \"body\" (and allow_on_headers_stop_iteration: true)",
-        ));
-    }
+    let guardrails = validate_guardrails(raw.guardrails.as_ref(), &credentials, routing_mode)?;
     Ok(Config {
         guardrails,
         role: raw.role.unwrap_or_default(),
@@ -481,6 +464,53 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         models,
         model_list,
     })
+}
+
+/// The `guardrails` section and what it needs of the others: a Content Safety credential with
+/// the Cognitive Services scope, and the body routing mode for prompt checks.
+fn validate_guardrails(
+    raw: Option<&crate::guard::RawGuardrails>,
+    credentials: &[Credential],
+    routing_mode: RoutingMode,
+) -> Result<Option<crate::guard::Guardrails>, ConfigError> {
+    let guardrails = match raw {
+        Some(g) => Some(crate::guard::Guardrails::from_raw(
+            g,
+            "guardrails",
+            |name| credentials.iter().position(|c| c.name == name),
+        )?),
+        None => None,
+    };
+    if let Some(crate::guard::config::ServiceAuth::Credential(i)) = guardrails
+        .as_ref()
+        .and_then(|g| g.content_safety.as_ref())
+        .map(|cs| &cs.auth)
+    {
+        // Content Safety takes tokens of the Cognitive Services audience (its cloud's).
+        let wrong = credentials
+            .get(*i)
+            .filter(|c| !c.scope.starts_with("https://cognitiveservices.azure."));
+        if let Some(c) = wrong {
+            return Err(ConfigError::new(
+                "guardrails.content_safety.credential",
+                format!(
+                    "credential {:?} asks for scope {:?}; Content Safety accepts tokens for https://cognitiveservices.azure.com/.default (or its sovereign cloud's): use a credential with that scope",
+                    c.name, c.scope
+                ),
+            ));
+        }
+    }
+    if routing_mode == RoutingMode::Header
+        && guardrails
+            .as_ref()
+            .is_some_and(crate::guard::Guardrails::any_prompt_checks)
+    {
+        return Err(ConfigError::new(
+            "guardrails",
+            "prompt checks read the request body: they need routing_mode \"body\" (and allow_on_headers_stop_iteration: true)",
+        ));
+    }
+    Ok(guardrails)
 }
 
 /// Every backend, each naming one of the (validated) credentials; at least one.

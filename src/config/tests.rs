@@ -310,3 +310,43 @@ fn a_cost_budget_over_a_model_without_a_price_is_refused_naming_it() {
     v["pricing"] = json!({"models": {"gpt-4o": {"input": 2.5, "output": 10}, "mistral": {"input": 1, "output": 3}}});
     assert!(parse(v).is_ok());
 }
+
+#[test]
+fn guardrails_cross_checks() {
+    let cs = json!({"cluster": "content_safety", "host": "cs.cognitiveservices.azure.com", "credential": "main"});
+    let mut v = base();
+    v["guardrails"] =
+        json!({"content_safety": cs, "default": {"prompt": {"prompt_shields": "block"}}});
+    let c = parse(v.clone()).unwrap();
+    assert!(c.guardrails.unwrap().policy("w").is_some());
+    // Prompt checks read the body.
+    let mut header = v.clone();
+    header["routing_mode"] = json!("header");
+    assert_eq!(parse(header).unwrap_err().field, "guardrails");
+    // A token for another audience would be refused by Content Safety.
+    let mut foundry = v.clone();
+    foundry["credentials"]["main"]["scope"] = json!("https://ai.azure.com/.default");
+    let e = parse(foundry).unwrap_err();
+    assert_eq!(e.field, "guardrails.content_safety.credential");
+    assert!(
+        e.reason
+            .contains("https://cognitiveservices.azure.com/.default"),
+        "{e}"
+    );
+    let mut gov = v.clone();
+    gov["credentials"]["main"]["scope"] = json!("https://cognitiveservices.azure.us/.default");
+    assert!(parse(gov).is_ok());
+    // The key is read from the VM's environment at load.
+    let mut keyed = base();
+    keyed["guardrails"] = json!({"content_safety": {"cluster": "c", "host": "h.cognitiveservices.azure.com",
+                                                     "api_key_env": "CS_KEY"},
+                                 "default": {"answer": {"protected_material": "log"}}});
+    let g = parse(keyed).unwrap().guardrails.unwrap();
+    assert_eq!(
+        g.resolve_key(|_| Some(" k ".into())).unwrap(),
+        Some("k".into())
+    );
+    let e = g.resolve_key(|_| None).unwrap_err();
+    assert_eq!(e.field, "guardrails.content_safety.api_key_env");
+    assert!(g.resolve_key(|_| Some("a\nb".into())).is_err());
+}

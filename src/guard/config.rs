@@ -209,7 +209,7 @@ pub struct RawAnswerChecks {
     #[serde(default)]
     pub protected_material: Option<Action>,
     /// Streams are checked in windows of this many characters of answer text (default 1000,
-    /// 110 to 10000).
+    /// 20 to 10000; at least 110 with protected_material).
     #[serde(default)]
     pub stream_window_chars: Option<u64>,
 }
@@ -522,10 +522,16 @@ fn policy(raw: &RawPolicy, field: &str) -> Result<Option<Policy>, ConfigError> {
     let window = answer
         .stream_window_chars
         .unwrap_or(DEFAULT_STREAM_WINDOW_CHARS);
+    // Protected material needs 110 characters per call (Content Safety's minimum).
+    let min_window = if answer.protected_material.is_some() {
+        110
+    } else {
+        20
+    };
     check_range(
         &format!("{field}.answer.stream_window_chars"),
         window,
-        110,
+        min_window,
         10_000,
     )?;
     let mut pii = Vec::new();
@@ -691,6 +697,10 @@ mod tests {
             ),
             (
                 serde_json::json!({"content_safety": cs, "default": {"answer": {"stream_window_chars": 50, "protected_material": "block"}}}),
+                "guardrails.default.answer.stream_window_chars",
+            ),
+            (
+                serde_json::json!({"content_safety": cs, "default": {"answer": {"stream_window_chars": 19, "categories": {"Hate": 2}}}}),
                 "guardrails.default.answer.stream_window_chars",
             ),
         ] {

@@ -321,6 +321,13 @@ impl Metrics {
         }
     }
 
+    /// Records `value` in the histogram `name` (defined on first use).
+    pub fn histogram(&mut self, name: String, value: u64) {
+        if let Some(id) = self.id(MetricType::Histogram, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+
     pub fn gauge(&mut self, name: String, value: u64) {
         if let Some(id) = self.id(MetricType::Gauge, name) {
             let _ = hostcalls::record_metric(id, value);

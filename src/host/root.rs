@@ -133,8 +133,19 @@ impl RootContext for FilterRoot {
         for key in &state.slot_keys {
             tokens::ensure_slot(key);
         }
+        // Content Safety's credential is fetched at once: a guarded request does not wait for
+        // a token (src/host/http/guard.rs), so it should be there before traffic comes.
+        let guard_credential = state.config.guardrails.as_ref().and_then(|g| {
+            match g.content_safety.as_ref().map(|cs| &cs.auth) {
+                Some(crate::guard::config::ServiceAuth::Credential(i)) => Some(*i),
+                _ => None,
+            }
+        });
+        if let Some(w) = guard_credential.and_then(|i| state.fetch_wanted.get_mut(i)) {
+            *w = true;
+        }
         // With remote JWT providers, tick at once to fetch their keys before traffic comes.
-        let first_tick = if state.auth.is_some() {
+        let first_tick = if state.auth.is_some() || guard_credential.is_some() {
             1
         } else {
             TICK_IDLE_MS

@@ -26,7 +26,18 @@ const UPSTREAM_TIMEOUT_DETAILS: [&[u8]; 3] = [
 impl HttpFilter {
     /// Charges the request. Once per request.
     pub(super) fn charge(&mut self) {
-        if self.charged || self.routed.is_none() {
+        if self.charged {
+            return;
+        }
+        if self.routed.is_none() {
+            // Admitted, never forwarded: a guardrail refused it after admission, or the
+            // caller left while it was checked. Nothing went to Azure: its tokens go back.
+            if !self.taken.is_empty() {
+                self.charged = true;
+                limits::release(&self.taken, now_ms() / 1000);
+                self.count(Family::RateLimit, "charge_released");
+                self.property("azure_llm_charge", b"released");
+            }
             return;
         }
         self.charged = true;

@@ -52,9 +52,11 @@ impl HttpFilter {
 
     /// One chunk of the answer. With `Continue` the buffer holds just this chunk: it is read
     /// as it passes.
-    pub(super) fn meter_response_body(&mut self, body_size: usize) {
+    /// The buffered body's bytes from `from` on are new (0 unless the body is held:
+    /// `src/host/http/guard.rs` holds a JSON answer until it is checked).
+    pub(super) fn meter_response_body(&mut self, from: usize, body_size: usize) {
         let _phase = phase::enter(Phase::Meter);
-        if body_size == 0 {
+        if body_size <= from {
             return;
         }
         if !self.meter.reads_body() && !self.observes_answer_text() {
@@ -63,7 +65,7 @@ impl HttpFilter {
             return;
         }
         let chunk = self
-            .get_http_response_body(0, body_size)
+            .get_http_response_body(from, body_size - from)
             .unwrap_or_default();
         if self.meter.reads_body() {
             self.meter.feed(&chunk);

@@ -5,7 +5,7 @@
 //! |--------------|-------------------|----------------------------------|
 //! | authenticate | `authenticate`    | request headers                  |
 //! | route        | `route`           | request headers, or request body |
-//! | guard        | `guard`           | request body (local rules)       |
+//! | guard        | `guard`           | request body (local rules); after admission (Content Safety callouts, answered in `on_http_call_response`) |
 //! | admit        | `admit`, `global` | after routing (global: gRPC answer) |
 //! | forward      | `forward`         | after admission                  |
 //! | pool         | `pool`            | routing, forward and the answer of a failover pool |
@@ -24,6 +24,7 @@ mod credential;
 mod forward;
 mod global;
 mod guard;
+mod guard_answer;
 mod meter;
 mod observe;
 mod pool;
@@ -188,6 +189,22 @@ impl HttpFilter {
         estimate: &Estimate,
     ) -> Result<Action, FilterError> {
         self.admit(config, plan, estimate)?;
+        // The guardrails' service checks: the request pauses for Content Safety, then goes on
+        // in `proceed` (src/host/http/guard.rs).
+        if let Some(paused) = self.check_prompt_with_service(config, plan, estimate)? {
+            return Ok(paused);
+        }
+        self.proceed(config, plan, estimate)
+    }
+
+    /// The rest of the spine after admission (and the guardrails' service checks): forward,
+    /// the global limit if configured, the credential.
+    fn proceed(
+        &mut self,
+        config: &Config,
+        plan: &RoutePlan,
+        estimate: &Estimate,
+    ) -> Result<Action, FilterError> {
         self.forward(config, plan);
         let credential = plan.backend.credential;
         if let Some(global) = &config.rate_limits.global {
@@ -220,6 +237,29 @@ impl Context for HttpFilter {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let _phase = phase::enter(Phase::Global);
         self.global_answered(token_id, status_code, response_size);
+    }
+
+    /// Content Safety's answer to one of this request's guardrail checks.
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        self.guard_answered(token_id, body_size);
+    }
+}
+
+impl HttpFilter {
+    /// The answer's end, seen in its bytes or as the end of its body, settles it at once: a
+    /// client may close as soon as it has read the terminal event, before the end of the body
+    /// reaches Envoy (the OpenAI SDKs stop at `data: [DONE]`), and that is no cut stream.
+    fn answer_settled(&mut self, end_of_stream: bool) {
+        if end_of_stream || self.meter.ended() {
+            self.answer_complete = true;
+            self.charge();
+        }
     }
 }
 
@@ -290,19 +330,22 @@ impl HttpContext for HttpFilter {
         }
         self.strip_response_headers();
         self.answer_complete = end_of_stream;
+        if !end_of_stream && self.guard_answer_start() {
+            // A JSON answer is held until the guardrails checked it.
+            return Action::Pause;
+        }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.meter_response_body(body_size);
-        self.strip_response_body(body_size, end_of_stream);
-        // The answer's end, seen in its bytes or as the end of its body, settles it at once:
-        // a client may close as soon as it has read the terminal event, before the end of
-        // the body reaches Envoy (the OpenAI SDKs stop at `data: [DONE]`), and that is no
-        // cut stream.
-        if end_of_stream || self.meter.ended() {
-            self.answer_complete = true;
-            self.charge();
+        if self.guard_holds_answer() {
+            return self.guard_held_body(body_size, end_of_stream);
+        }
+        self.meter_response_body(0, body_size);
+        let size = self.strip_response_body(body_size, end_of_stream);
+        self.answer_settled(end_of_stream);
+        if self.guard_watches_stream() {
+            return self.guard_stream_body(size, end_of_stream);
         }
         Action::Continue
     }

@@ -25,10 +25,11 @@ impl HttpFilter {
 
     /// One chunk of the answer, after the meter read it: sent on without the usage-only event
     /// (an incomplete trailing event is held until its end arrives).
-    pub(super) fn strip_response_body(&mut self, body_size: usize, end_of_stream: bool) {
+    /// Returns the chunk's length after it (`body_size` when nothing changed).
+    pub(super) fn strip_response_body(&mut self, body_size: usize, end_of_stream: bool) -> usize {
         let _phase = phase::enter(Phase::Strip);
         if self.strip_usage_chunk.is_none() {
-            return;
+            return body_size;
         }
         let chunk = if body_size > 0 {
             self.get_http_response_body(0, body_size)
@@ -37,7 +38,7 @@ impl HttpFilter {
             Vec::new()
         };
         let Some(stripper) = self.strip_usage_chunk.as_mut() else {
-            return;
+            return body_size;
         };
         let mut out = stripper.feed(&chunk);
         if end_of_stream {
@@ -46,5 +47,6 @@ impl HttpFilter {
         if out != chunk {
             self.set_http_response_body(0, body_size, &out);
         }
+        out.len()
     }
 }

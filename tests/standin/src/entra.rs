@@ -22,6 +22,7 @@ pub fn handle(shared: &Shared, kind: EndpointKind, ctx: &Ctx) -> Reply {
         EndpointKind::Imds => imds(shared, ctx),
         EndpointKind::AppServiceIdentity => app_service(shared, ctx),
         EndpointKind::DataPlane => crate::dataplane::handle(shared, ctx),
+        EndpointKind::ContentSafety => crate::contentsafety::handle(shared, ctx),
     }
 }
 

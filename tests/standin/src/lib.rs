@@ -10,6 +10,7 @@
 //! The server runs on its own thread and Tokio runtime, so it keeps answering whatever the
 //! calling test does with its own runtime (blocking included). Dropping [`StandIn`] stops it.
 
+mod contentsafety;
 mod crypto;
 mod dataplane;
 mod details;
@@ -35,6 +36,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::contentsafety::ContentSafetyConfig;
 pub use crate::kubernetes::{
     service_account_subject, ExternalIssuer, KubernetesIssuer, DEFAULT_KUBERNETES_ISSUER,
 };
@@ -100,6 +102,8 @@ pub struct StandInConfig {
     pub deployments: Vec<Deployment>,
     /// `api-key` values the data plane accepts besides bearer tokens. Default empty.
     pub api_keys: Vec<String>,
+    /// The Azure AI Content Safety resource under `/contentsafety/` (keys and verdicts).
+    pub content_safety: ContentSafetyConfig,
     /// The identity IMDS and the App Service endpoint issue tokens for (None: "Identity not
     /// found"). Default `Some(ManagedIdentityRegistration::default())`.
     pub managed_identity: Option<ManagedIdentityRegistration>,
@@ -142,6 +146,7 @@ impl Default for StandInConfig {
                 Deployment::new("claude-opus-4-5", "claude-opus-4-5", "Anthropic"),
             ],
             api_keys: Vec::new(),
+            content_safety: ContentSafetyConfig::default(),
             managed_identity: Some(ManagedIdentityRegistration::default()),
             chunk_delay_ms: 0,
             first_chunk_delay_ms: 0,
@@ -277,6 +282,8 @@ pub enum EndpointKind {
     Imds,
     /// `/msi/token` (App Service / Container Apps identity endpoint).
     AppServiceIdentity,
+    /// `/contentsafety/...` (Azure AI Content Safety).
+    ContentSafety,
     /// Everything else (Azure OpenAI / Foundry paths and unknown paths).
     DataPlane,
 }
@@ -587,6 +594,7 @@ fn classify(path: &str) -> EndpointKind {
     match segs.as_slice() {
         ["metadata", ..] => EndpointKind::Imds,
         ["msi", "token"] => EndpointKind::AppServiceIdentity,
+        ["contentsafety", ..] => EndpointKind::ContentSafety,
         [_, "oauth2", "v2.0", "token"] | [_, "oauth2", "token"] => EndpointKind::Token,
         [_, "discovery", "v2.0", "keys"]
         | [_, "discovery", "keys"]
@@ -599,6 +607,7 @@ fn classify(path: &str) -> EndpointKind {
 fn route(shared: &Shared, kind: EndpointKind, ctx: &Ctx) -> Reply {
     match kind {
         EndpointKind::DataPlane => dataplane::handle(shared, ctx),
+        EndpointKind::ContentSafety => contentsafety::handle(shared, ctx),
         _ => entra::handle(shared, kind, ctx),
     }
 }
@@ -613,7 +622,7 @@ fn garbage() -> Reply {
 
 fn rate_limited(shared: &Shared, kind: EndpointKind, ctx: &Ctx, secs: u64) -> Reply {
     match kind {
-        EndpointKind::DataPlane => dataplane::rate_limited(ctx, secs),
+        EndpointKind::DataPlane | EndpointKind::ContentSafety => dataplane::rate_limited(ctx, secs),
         _ => entra::rate_limited(shared, kind, ctx, secs),
     }
 }
