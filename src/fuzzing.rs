@@ -183,6 +183,28 @@ pub fn request_body(data: &[u8]) {
     if routing::read_body(body).is_err() {
         return;
     }
+    // A pool attempt's rewrite changes only the model value's bytes: what precedes and
+    // follows it is the caller's body as it came.
+    let model = "gpt-4o-prod\u{e9}\"";
+    if let Ok(Some(patched)) = routing::set_body_model(body, model) {
+        let v: Value = serde_json::from_slice(&patched).unwrap_or(Value::Null);
+        let mut want: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        want["model"] = Value::from(model);
+        assert_eq!(
+            v, want,
+            "the patched body is the caller's with its model set"
+        );
+        let same = |a: &[u8], b: &[u8]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        let prefix = same(body, &patched);
+        let rev = |x: &[u8]| x.iter().rev().copied().collect::<Vec<u8>>();
+        let suffix = same(&rev(body), &rev(&patched));
+        let written = serde_json::to_string(model).unwrap_or_default().len() + 10;
+        assert!(
+            prefix + suffix + written >= patched.len(),
+            "one contiguous change: {prefix} + {suffix} of {}",
+            patched.len()
+        );
+    }
     if let Ok(Some(rewritten)) = routing::rewrite_body(body, Some("gpt-4o-prod"), true) {
         let v: Value = serde_json::from_slice(&rewritten).unwrap_or(Value::Null);
         assert_eq!(

@@ -138,7 +138,9 @@ pub fn ratelimit(decision: &str) -> String {
 }
 
 /// Attempts of failover pools by target backend and outcome (`answered`, `throttled`,
-/// `failed`), counted by the upstream filter once per attempt.
+/// `failed`, `unreachable`: no answer, a refused or timed-out connection or a reset), once
+/// per attempt: the upstream filter counts what it sees fail, the listener filter the answer
+/// the caller gets.
 pub fn target_attempts(backend: &str, outcome: &str) -> String {
     name(
         "azure_llm.target_attempts",

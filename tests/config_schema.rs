@@ -254,8 +254,12 @@ fn schema_rejects_what_the_filter_rejects() {
     cases.push(("model without backend or targets", c));
     let mut c = base();
     c["models"]["gpt-4o"] =
-        json!({"targets": [{"backend": "aoai", "deployment": "d", "weight": 1}]});
+        json!({"targets": [{"backend": "aoai", "deployment": "d", "share": 1}]});
     cases.push(("unknown target field", c));
+    let mut c = base();
+    c["models"]["gpt-4o"] =
+        json!({"targets": [{"backend": "aoai", "deployment": "d", "weight": 0}]});
+    cases.push(("target weight 0", c));
     let mut c = base();
     c["failover"] = json!({"eject_for_ms": 0});
     cases.push(("failover out of range", c));

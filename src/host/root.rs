@@ -144,8 +144,10 @@ impl RootContext for FilterRoot {
         if let Some(w) = guard_credential.and_then(|i| state.fetch_wanted.get_mut(i)) {
             *w = true;
         }
+        // The listener's filter fetches the tokens of failover pools' targets at once.
+        let pool_tokens = state.config.role == Role::Downstream && state.want_pool_tokens();
         // With remote JWT providers, tick at once to fetch their keys before traffic comes.
-        let first_tick = if state.auth.is_some() || guard_credential.is_some() {
+        let first_tick = if state.auth.is_some() || guard_credential.is_some() || pool_tokens {
             1
         } else {
             TICK_IDLE_MS

@@ -87,6 +87,33 @@ pub fn token_for_request(state: &mut WorkerState, credential: usize, now_ms: u64
     TokenLookup::Wait
 }
 
+/// Whether a request sent now with `credential` gets a token, now or from a fetch that has
+/// not failed yet: false while the credential's fetches fail and no usable token is left (a
+/// failover pool then leaves its target out). Reads the shared slot only when this worker
+/// has no usable copy, and asks for a fetch when one is due.
+pub fn credential_ok(state: &mut WorkerState, credential: usize, now_ms: u64) -> bool {
+    let Some(local) = state.local_tokens.get(credential) else {
+        return false;
+    };
+    if !local.token.is_empty() && now_ms < local.usable_until_ms {
+        return true;
+    }
+    let Some(key) = state.slot_keys.get(credential) else {
+        return false;
+    };
+    let (slot, _) = read_slot(key);
+    if slot.usable_token(now_ms).is_some() {
+        if let Some(l) = state.local_tokens.get_mut(credential) {
+            *l = LocalToken::from_slot(&slot);
+        }
+        return true;
+    }
+    if slot.needs_fetch(now_ms) {
+        want_fetch(state, credential);
+    }
+    slot.failures == 0
+}
+
 /// Asks the root context to start a fetch on its next tick, and makes that tick come now.
 /// (A callout must be dispatched from the root context: one made by an HTTP context dies with
 /// the request that made it, and would strand every other request waiting for the token.)

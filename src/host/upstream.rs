@@ -1,22 +1,26 @@
 //! The upstream HTTP filter of a failover pool (`"role": "upstream"`): Envoy runs one per
-//! attempt, on the aggregate cluster of the pool, after it picked the attempt's host. It
-//! rewrites the attempt for the target that host belongs to (`:authority`, `:path`, the
-//! backend's headers, the body's `model`, the target's Entra token) and records what the
-//! target answered in shared data.
+//! attempt, on the aggregate cluster of the pool, after it picked the attempt's host. The
+//! listener filter already rewrote the request for the first target it tries; an attempt
+//! Envoy sends to another target (a retry, or the first attempt when Envoy's outlier
+//! detection skipped an ejected one) is rewritten here for that target (`:authority`,
+//! `:path`, the backend's headers, the target's Entra token). The body's `model` is set for
+//! every attempt whose target reads it from the body. What the target answered, or that it
+//! never answered, is recorded in shared data as the target's health.
 //!
 //! It never decides whether a request may go (the listener filter did) and never charges
-//! usage (the listener filter charges the answer the caller gets, once). The request headers
-//! it sees are the ones the previous attempt left (Envoy shares them between attempts), so
-//! it rewrites from the listener filter's hand-over, never from the headers.
+//! usage (the listener filter charges the answer the caller gets, once, and the attempts
+//! listed in `LOST_PROPERTY`). The request headers it sees are the ones the previous attempt
+//! left (Envoy shares them between attempts), so it rewrites from the listener filter's
+//! hand-over, never from the headers.
 
 use super::metrics::Family;
 use super::now_ms;
-use super::pool::{self, Handover, HANDOVER_PROPERTY, TARGET_PROPERTY};
+use super::pool::{self, Handover, HANDOVER_PROPERTY, LOST_PROPERTY, TARGET_PROPERTY};
 use super::tokens::{self, TokenLookup};
 use super::worker::{Waiter, WorkerState};
 use crate::config::Config;
 use crate::errors::FilterError;
-use crate::failover::{self, Outcome};
+use crate::failover::{self, Outcome, TargetHealth};
 use crate::metrics;
 use crate::routing::{self, RoutePlan};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -37,8 +41,14 @@ const TARGET_METADATA: [&str; 5] = [
 /// The attempt's target, once known.
 struct Attempt {
     backend: String,
-    deployment: String,
+    /// Shared-data key of the target's health.
+    health_key: String,
     credential: usize,
+    /// The listener filter rewrote the request for another target: headers and token are
+    /// this target's to set.
+    rewrite: bool,
+    /// A healthy answer has nothing to clear in the target's health.
+    clean: bool,
     /// The body's `model` must become this.
     body_model: Option<String>,
 }
@@ -51,6 +61,11 @@ pub struct UpstreamFilter {
     body_pending: bool,
     /// Paused until the target's token is here (the root context resumes the attempt).
     token_pending: bool,
+    /// The whole request went on to the target (headers and body let through, token
+    /// attached): an attempt that ends without an answer then says something about it.
+    released: bool,
+    /// Response headers came.
+    answered: bool,
 }
 
 impl UpstreamFilter {
@@ -61,6 +76,8 @@ impl UpstreamFilter {
             attempt: None,
             body_pending: false,
             token_pending: false,
+            released: false,
+            answered: false,
         }
     }
 
@@ -78,8 +95,12 @@ impl UpstreamFilter {
         Action::Pause
     }
 
-    /// The plan of this attempt: the hand-over's model on the target of the picked host.
-    fn plan<'c>(&self, config: &'c Config) -> Result<(RoutePlan<'c>, bool), FilterError> {
+    /// The plan of this attempt: the hand-over's model on the target of the picked host, and
+    /// the hand-over.
+    fn plan<'c>(
+        &self,
+        config: &'c Config,
+    ) -> Result<(RoutePlan<'c>, usize, Handover), FilterError> {
         let misconfigured = |message: String| FilterError::internal("pool_misconfigured", message);
         let handover = self
             .get_property(vec![HANDOVER_PROPERTY])
@@ -114,7 +135,7 @@ impl UpstreamFilter {
                 ))
             })?;
         let plan = routing::plan_target(config, handover.op, &handover.model, index)?;
-        Ok((plan, handover.op.is_multipart()))
+        Ok((plan, index, handover))
     }
 
     /// Sets the attempt's headers; returns what the body needs.
@@ -179,31 +200,107 @@ impl UpstreamFilter {
         }
     }
 
-    fn count_attempt(&self, outcome: &str) {
+    fn count_attempt(&self, outcome: Outcome) {
         let Some(a) = &self.attempt else { return };
         if let Ok(mut s) = self.state.try_borrow_mut() {
+            let label = TargetHealth::outcome_label(outcome);
             s.metrics
-                .count(metrics::target_attempts(&a.backend, outcome), 1);
+                .count(metrics::target_attempts(&a.backend, label), 1);
+        }
+    }
+
+    /// The request may leave: the target's token is attached (or awaited: the root context
+    /// resumes the attempt with it).
+    fn release(&mut self, config: &Config) -> Action {
+        if self.attempt.as_ref().is_some_and(|a| a.rewrite) {
+            if let Err(e) = self.attach_token(config) {
+                return self.fail(&e);
+            }
+        }
+        if self.token_pending {
+            return Action::Pause;
+        }
+        self.released = true;
+        Action::Continue
+    }
+
+    /// The attempt ended without an answer: the connection was refused or timed out, or the
+    /// request was sent and reset or timed out before its answer. Either way the target
+    /// failed (unless the caller left); one that was sent may be billed by Azure, so the
+    /// listener filter charges it (`LOST_PROPERTY`).
+    fn unanswered(&mut self) {
+        let Some(a) = &self.attempt else { return };
+        let caller_left = self
+            .get_property(vec!["response", "code_details"])
+            .is_some_and(|d| d.starts_with(b"downstream"));
+        if caller_left {
+            return;
+        }
+        let config = self.state.borrow().config.clone();
+        pool::record(
+            &a.health_key,
+            Outcome::Unreachable,
+            now_ms(),
+            &config.failover,
+        );
+        self.count_attempt(Outcome::Unreachable);
+        // `upstream.local_address` exists once the connection to the target was made.
+        if self
+            .get_property(vec!["upstream", "local_address"])
+            .is_none()
+        {
+            return;
+        }
+        let attempt = self
+            .get_property(vec!["upstream", "request_attempt_count"])
+            .and_then(|b| b.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()))
+            .map(u64::from_le_bytes);
+        if let Some(n) = attempt {
+            let mut lost = self.get_property(vec![LOST_PROPERTY]).unwrap_or_default();
+            if !lost.is_empty() {
+                lost.push(b',');
+            }
+            lost.extend_from_slice(n.to_string().as_bytes());
+            self.set_property(vec![LOST_PROPERTY], Some(&lost));
         }
     }
 }
 
-impl Context for UpstreamFilter {}
+impl Context for UpstreamFilter {
+    fn on_done(&mut self) -> bool {
+        // (An attempt the root context resumed with its token and that then got no answer is
+        // not recorded: this filter cannot tell it from one the root context refused.)
+        if self.released && !self.answered {
+            self.unanswered();
+        }
+        true
+    }
+}
 
 impl HttpContext for UpstreamFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = self.state.borrow().config.clone();
-        let (plan, multipart) = match self.plan(&config) {
+        let (plan, index, handover) = match self.plan(&config) {
             Ok(p) => p,
             Err(e) => return self.fail(&e),
         };
-        self.rewrite_headers(&config, &plan);
+        // The listener filter rewrote the request for the first target it tries: an attempt
+        // there needs no header of its own (the common case: nothing fails over).
+        let rewrite = handover.rewritten_for != Some(index);
+        if rewrite {
+            self.rewrite_headers(&config, &plan);
+        }
         self.attempt = Some(Attempt {
             backend: plan.backend.name.clone(),
-            deployment: plan.deployment.to_string(),
+            health_key: failover::health_key(&plan.backend.name, plan.deployment),
             credential: plan.backend.credential,
+            rewrite,
+            clean: handover.is_clean(index),
             // A multipart form (audio) is passed on as it is, like the listener filter does.
-            body_model: plan.body_model.filter(|_| !multipart).map(str::to_string),
+            body_model: plan
+                .body_model
+                .filter(|_| !handover.op.is_multipart())
+                .map(str::to_string),
         });
         if self
             .attempt
@@ -217,14 +314,7 @@ impl HttpContext for UpstreamFilter {
             self.body_pending = true;
             return Action::Pause;
         }
-        if let Err(e) = self.attach_token(&config) {
-            return self.fail(&e);
-        }
-        if self.token_pending {
-            Action::Pause
-        } else {
-            Action::Continue
-        }
+        self.release(&config)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -245,12 +335,7 @@ impl HttpContext for UpstreamFilter {
         let model = self.attempt.as_ref().and_then(|a| a.body_model.clone());
         if let Some(model) = model {
             let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-            let info = match routing::read_body(&body) {
-                Ok(i) => i,
-                Err(e) => return self.fail(&e),
-            };
-            let set_model = (info.model.as_deref() != Some(model.as_str())).then_some(model);
-            match routing::rewrite_body(&body, set_model.as_deref(), false) {
+            match routing::set_body_model(&body, &model) {
                 Ok(Some(new_body)) => {
                     self.set_http_request_body(0, body_size, &new_body);
                     self.set_http_request_header(
@@ -264,17 +349,22 @@ impl HttpContext for UpstreamFilter {
                 Err(e) => return self.fail(&e),
             }
         }
-        if let Err(e) = self.attach_token(&config) {
-            return self.fail(&e);
-        }
-        if self.token_pending {
-            Action::Pause
-        } else {
-            Action::Continue
-        }
+        self.release(&config)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.answered = true;
+        if !self.released {
+            // This filter's own answer (a refusal, a token that never came), or an attempt
+            // the root context resumed with its token: only the latter is the target's.
+            let from_target = self
+                .get_property(vec!["response", "code_details"])
+                .is_some_and(|d| d == b"via_upstream");
+            if !from_target {
+                return Action::Continue;
+            }
+            self.released = true;
+        }
         let Some(attempt) = &self.attempt else {
             return Action::Continue;
         };
@@ -282,24 +372,25 @@ impl HttpContext for UpstreamFilter {
             .get_http_response_header(":status")
             .and_then(|s| s.parse::<u32>().ok())
             .unwrap_or(0);
-        let wait = failover::retry_after_ms(
-            self.get_http_response_header("retry-after-ms").as_deref(),
-            self.get_http_response_header("retry-after").as_deref(),
-        );
+        let wait = if status == 429 {
+            failover::retry_after_ms(
+                self.get_http_response_header("retry-after-ms").as_deref(),
+                self.get_http_response_header("retry-after").as_deref(),
+            )
+        } else {
+            None
+        };
         let outcome = Outcome::of_status(status, wait);
+        // A healthy answer of a healthy target changes nothing; an answer is final, so the
+        // listener filter counts it.
+        if outcome == Outcome::Answered && attempt.clean {
+            return Action::Continue;
+        }
         let config = self.state.borrow().config.clone();
-        pool::record(
-            &attempt.backend,
-            &attempt.deployment,
-            outcome,
-            now_ms(),
-            &config.failover,
-        );
-        self.count_attempt(match outcome {
-            Outcome::Answered => "answered",
-            Outcome::Throttled { .. } => "throttled",
-            Outcome::Failed => "failed",
-        });
+        pool::record(&attempt.health_key, outcome, now_ms(), &config.failover);
+        if outcome != Outcome::Answered {
+            self.count_attempt(outcome);
+        }
         Action::Continue
     }
 }

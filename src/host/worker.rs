@@ -89,6 +89,8 @@ pub struct WorkerState {
     pub rls_charges_in_flight: std::collections::HashSet<u32>,
     /// The Content Safety key (`guardrails.content_safety.api_key_env`), if one is used.
     pub guard_key: Option<String>,
+    /// Where requests start among equal-priority targets, per pool model (`failover::order`).
+    pub pool_rotations: HashMap<String, crate::failover::order::Rotation>,
 }
 
 impl WorkerState {
@@ -120,7 +122,25 @@ impl WorkerState {
             rls_charges: Vec::new(),
             rls_charges_in_flight: std::collections::HashSet::new(),
             guard_key: None,
+            pool_rotations: HashMap::new(),
         }
+    }
+
+    /// Asks for a token of every credential a failover pool's targets use, so that the first
+    /// spill to a target does not wait for a fetch, and a credential that cannot get a token
+    /// is known (and its target left out) before a request needs it.
+    pub fn want_pool_tokens(&mut self) -> bool {
+        let mut wanted = false;
+        for route in self.config.models.values().filter(|m| m.is_pool()) {
+            for t in &route.targets {
+                let credential = self.config.backends.get(t.backend).map(|b| b.credential);
+                if let Some(w) = credential.and_then(|c| self.fetch_wanted.get_mut(c)) {
+                    *w = true;
+                    wanted = true;
+                }
+            }
+        }
+        wanted
     }
 
     pub fn fetch_in_flight(&self, credential: usize) -> bool {

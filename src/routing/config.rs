@@ -3,8 +3,8 @@
 //! credentials already validated, so a backend can name one.
 
 use crate::config::error::{
-    check_bytes, check_host, check_name, is_header_name, is_name_byte, is_safe_path_byte,
-    ConfigError,
+    check_bytes, check_host, check_name, check_range, is_header_name, is_name_byte,
+    is_safe_path_byte, ConfigError,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -131,6 +131,16 @@ pub struct RawTarget {
     )]
     #[serde(default)]
     priority: Option<u32>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            description = "Share of the requests that start at this target among the open \
+                           targets of its priority (default 1).",
+            range(min = 1, max = 1000)
+        )
+    )]
+    #[serde(default)]
+    weight: Option<u32>,
 }
 
 /// Most targets a pool may have (each is one more attempt at most).
@@ -200,6 +210,13 @@ impl ModelRoute {
     pub fn is_pool(&self) -> bool {
         self.targets.len() > 1
     }
+
+    /// Some targets share a priority, so requests are spread among them by weight.
+    pub fn has_weights(&self) -> bool {
+        self.targets
+            .windows(2)
+            .any(|w| w.first().map(|t| t.priority) == w.get(1).map(|t| t.priority))
+    }
 }
 
 /// A backend and the deployment a model has on it.
@@ -208,6 +225,9 @@ pub struct Target {
     /// Index into `Config::backends`.
     pub backend: usize,
     pub deployment: String,
+    /// Lower is tried first; targets of equal priority share the requests by `weight`.
+    pub priority: u32,
+    pub weight: u32,
 }
 
 /// A model as discovery endpoints list it (aliases are not listed).
@@ -402,6 +422,8 @@ fn validate_targets(
         return Ok(vec![Target {
             backend,
             deployment: deployment.clone(),
+            priority: 0,
+            weight: 1,
         }]);
     };
     if model.backend.is_some() || model.deployment.is_some() {
@@ -421,12 +443,12 @@ fn validate_targets(
             format!("a pool has 1 to {MAX_TARGETS} targets"),
         ));
     }
-    let mut ordered: Vec<(u32, Target)> = Vec::with_capacity(raw_targets.len());
+    let mut ordered: Vec<Target> = Vec::with_capacity(raw_targets.len());
     for (i, t) in raw_targets.iter().enumerate() {
         let tfield = format!("{field}.targets[{i}]");
         let backend = backend_index(format!("{tfield}.backend"), &t.backend)?;
         check_deployment(&format!("{tfield}.deployment"), &t.deployment)?;
-        if ordered.iter().any(|(_, o)| o.backend == backend) {
+        if ordered.iter().any(|o| o.backend == backend) {
             return Err(ConfigError::new(
                 format!("{tfield}.backend"),
                 format!(
@@ -436,7 +458,7 @@ fn validate_targets(
                 ),
             ));
         }
-        if let Some((_, first)) = ordered.first() {
+        if let Some(first) = ordered.first() {
             let family = |b: usize| backends.get(b).map(|b| api_family(&b.kind));
             if family(first.backend) != family(backend) {
                 return Err(ConfigError::new(
@@ -448,17 +470,18 @@ fn validate_targets(
             }
         }
         let priority = t.priority.unwrap_or(u32::try_from(i).unwrap_or(u32::MAX));
-        ordered.push((
+        let weight = t.weight.unwrap_or(1);
+        check_range(&format!("{tfield}.weight"), u64::from(weight), 1, 1000)?;
+        ordered.push(Target {
+            backend,
+            deployment: t.deployment.clone(),
             priority,
-            Target {
-                backend,
-                deployment: t.deployment.clone(),
-            },
-        ));
+            weight,
+        });
     }
     // Stable: equal priorities keep their order in the list.
-    ordered.sort_by_key(|(p, _)| *p);
-    Ok(ordered.into_iter().map(|(_, t)| t).collect())
+    ordered.sort_by_key(|t| t.priority);
+    Ok(ordered)
 }
 
 /// Backends serving the same operations can be targets of one pool (Azure OpenAI's dated and
@@ -578,6 +601,26 @@ mod tests {
         let c = parse(v).unwrap();
         let first = &c.models["gpt-4o"].targets[0];
         assert_eq!(c.backends[first.backend].name, "payg");
+        assert_eq!((first.priority, first.weight), (1, 1));
+    }
+
+    #[test]
+    fn weights_within_a_priority() {
+        let mut v = pool();
+        v["models"]["gpt-4o"]["targets"] = json!([
+            {"backend": "payg", "deployment": "gpt-4o-global", "priority": 1},
+            {"backend": "aoai", "deployment": "gpt-4o-ptu", "priority": 0, "weight": 3},
+            {"backend": "models", "deployment": "x", "priority": 0}
+        ]);
+        v["models"]["gpt-4o"]["targets"][2]["backend"] = json!("aoai2");
+        v["backends"]["aoai2"] = v["backends"]["aoai"].clone();
+        let c = parse(v).unwrap();
+        let t: Vec<(&str, u32, u32)> = c.models["gpt-4o"]
+            .targets
+            .iter()
+            .map(|t| (c.backends[t.backend].name.as_str(), t.priority, t.weight))
+            .collect();
+        assert_eq!(t, [("aoai", 0, 3), ("aoai2", 0, 1), ("payg", 1, 1)]);
     }
 
     #[test]
@@ -619,7 +662,15 @@ mod tests {
                 "models.gpt-4o.targets[1].backend",
             ),
             (
-                json!({"targets": [{"backend": "aoai", "deployment": "a", "weight": 2}]}),
+                json!({"targets": [{"backend": "aoai", "deployment": "a", "weight": 0}]}),
+                "models.gpt-4o.targets[0].weight",
+            ),
+            (
+                json!({"targets": [{"backend": "aoai", "deployment": "a", "weight": 1001}]}),
+                "models.gpt-4o.targets[0].weight",
+            ),
+            (
+                json!({"targets": [{"backend": "aoai", "deployment": "a", "share": 2}]}),
                 "models.gpt-4o.targets[0]",
             ),
         ];

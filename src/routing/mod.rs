@@ -2,7 +2,10 @@
 //! the changes the request body needs on the way. Its configuration (backends, models):
 //! `routing::config`.
 
+mod body;
 pub mod config;
+
+pub use body::{rewrite_body, set_body_model};
 
 use crate::config::Config;
 use crate::errors::{Dialect, FilterError};
@@ -420,47 +423,6 @@ pub fn wants_include_usage(op: Operation, backend: &Backend, info: &BodyInfo) ->
         && !info.include_usage
         && matches!(op, Operation::ChatCompletions | Operation::Completions)
         && accepted
-}
-
-/// Rewrites a JSON body: sets `model` and/or turns on `stream_options.include_usage`.
-/// `Ok(None)` when nothing needs to change.
-pub fn rewrite_body(
-    body: &[u8],
-    set_model: Option<&str>,
-    include_usage: bool,
-) -> Result<Option<Vec<u8>>, FilterError> {
-    if set_model.is_none() && !include_usage {
-        // The common case (Azure OpenAI, no streaming): spare the whole-document parse.
-        return Ok(None);
-    }
-    let bad = || FilterError::bad_request("invalid_json", "request body is not a JSON object");
-    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad())?;
-    let obj = value.as_object_mut().ok_or_else(bad)?;
-    let mut changed = false;
-    if let Some(model) = set_model {
-        if obj.get("model").and_then(|m| m.as_str()) != Some(model) {
-            obj.insert("model".into(), serde_json::Value::from(model));
-            changed = true;
-        }
-    }
-    if include_usage {
-        let options = obj
-            .entry("stream_options")
-            .or_insert_with(|| serde_json::json!({}));
-        if !options.is_object() {
-            *options = serde_json::json!({});
-        }
-        if let Some(o) = options.as_object_mut() {
-            o.insert("include_usage".into(), serde_json::Value::Bool(true));
-            changed = true;
-        }
-    }
-    if !changed {
-        return Ok(None);
-    }
-    serde_json::to_vec(&value)
-        .map(Some)
-        .map_err(|_| FilterError::internal("rewrite_failed", "could not rewrite the request body"))
 }
 
 /// A caller-supplied name, cut short and stripped of control characters, for error messages.

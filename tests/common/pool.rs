@@ -171,15 +171,28 @@ pub fn failover_pool_yaml(
 }
 
 /// Every routing-header value for more than one target the filter can send for the pools of
-/// `plugin`, restricted to `targets`.
-fn route_keys(_plugin: &Value, targets: &[(&str, u16)]) -> Vec<String> {
-    (0..targets.len().saturating_sub(1))
-        .map(|from| {
-            targets[from..]
+/// `plugin` (`azure_llm_filter::failover::order::route_keys`), whose backends are all among
+/// `targets`.
+fn route_keys(plugin: &Value, targets: &[(&str, u16)]) -> Vec<String> {
+    use azure_llm_filter::failover::order;
+    let config = azure_llm_filter::config::Config::parse(plugin.to_string().as_bytes())
+        .expect("the plugin configuration is valid");
+    let mut keys: Vec<String> = Vec::new();
+    for route in config.models.values().filter(|m| m.is_pool()) {
+        let priorities: Vec<u32> = route.targets.iter().map(|t| t.priority).collect();
+        for o in order::route_keys(&priorities) {
+            let names: Vec<&str> = o
                 .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join("+")
-        })
-        .collect()
+                .filter_map(|&i| route.targets.get(i))
+                .filter_map(|t| config.backends.get(t.backend))
+                .map(|b| b.name.as_str())
+                .collect();
+            if names.iter().all(|n| targets.iter().any(|(t, _)| t == n)) {
+                keys.push(order::route_key(names));
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
 }

@@ -56,18 +56,36 @@ impl HttpFilter {
             );
         }
         let seen_cost = self.usage_cost(usage);
+        // Attempts of a failover pool that reached a target and were never answered (a
+        // reset, a timeout) before the one the caller got: Azure may bill each.
+        let lost = self.lost_attempts();
+        if lost > 0 {
+            log::debug!(
+                "azure-llm-filter: request of `{}` charged its estimate for {lost} unanswered attempt(s)",
+                self.workload
+            );
+        }
         if !self.taken.is_empty() {
             limits::settle(&self.taken, now_ms() / 1000, |t| {
-                match t.counter.limit.unit {
+                let charged = match t.counter.limit.unit {
                     Unit::Cost => settlement.cost(t.estimate, seen_cost),
                     _ => settlement.tokens(t.estimate),
-                }
+                };
+                // A lost attempt costs what the request was estimated to (tokens or money).
+                charged.saturating_add(lost.saturating_mul(t.estimate))
             });
         }
-        let global_cost = self
-            .global_cost_estimate
-            .map(|e| settlement.cost(e, seen_cost));
-        self.charge_global(settlement.tokens(self.global_estimate), global_cost);
+        let global_cost = self.global_cost_estimate.map(|e| {
+            settlement
+                .cost(e, seen_cost)
+                .saturating_add(lost.saturating_mul(e))
+        });
+        self.charge_global(
+            settlement
+                .tokens(self.global_estimate)
+                .saturating_add(lost.saturating_mul(self.global_estimate)),
+            global_cost,
+        );
         if !self.taken.is_empty() || self.global_estimate > 0 {
             // How often the fail-safe rules decide a charge is worth watching.
             self.count(

@@ -22,10 +22,6 @@ impl HttpFilter {
     ) -> Result<Action, FilterError> {
         let _phase = phase::enter(Phase::Credential);
         self.count(Family::Requests, "routed");
-        if self.via_pool_cluster() {
-            // Each attempt gets its own target's token from the pool's upstream filter.
-            return Ok(Action::Continue);
-        }
         let now = now_ms();
         let mut state = self.state.borrow_mut();
         match tokens::token_for_request(&mut state, credential, now) {

@@ -17,10 +17,8 @@ impl HttpFilter {
         let _phase = phase::enter(Phase::Forward);
         // Every attempt (pool targets too) inherits this.
         self.set_http_request_header("accept-encoding", None);
-        if self.via_pool_cluster() {
-            let _phase = phase::enter(Phase::Pool);
-            return self.forward_to_pool(config, plan);
-        }
+        // A failover pool's request is rewritten here for the first target it tries, like a
+        // plain model's; the upstream filter rewrites the attempts Envoy sends elsewhere.
         self.routed = Some((plan.model.to_string(), plan.backend.name.clone()));
         {
             let _phase = phase::enter(Phase::Observe);
@@ -36,7 +34,14 @@ impl HttpFilter {
         }
         self.set_http_request_header(":authority", Some(&plan.backend.host));
         self.set_http_request_header(":path", Some(&plan.path));
-        self.set_http_request_header(&config.routing_header, Some(&plan.backend.name));
+        match self.pool_key() {
+            Some(key) => {
+                let _phase = phase::enter(Phase::Pool);
+                self.set_http_request_header(&config.routing_header, Some(&key));
+                self.hand_over(plan);
+            }
+            None => self.set_http_request_header(&config.routing_header, Some(&plan.backend.name)),
+        }
         for (name, value) in &plan.backend.headers {
             self.set_http_request_header(name, Some(value));
         }

@@ -1,14 +1,17 @@
 //! Failover across the targets of a model's pool (plain Rust, no host calls).
 //!
 //! A target (a backend plus its deployment) that answered 429 is *throttled* until its
-//! `retry-after-ms` / `retry-after` has passed; a target that failed (5xx) several times in a
-//! row is *ejected* for a while. Either way it is *closed*: requests start at the first open
-//! target instead, and when every target is closed the caller gets 429 at once with the
-//! smallest time left, instead of a request that would only be throttled again.
+//! `retry-after-ms` / `retry-after` has passed; a target that failed several times in a row
+//! (a 5xx, or no answer at all: a refused or timed-out connection, a reset) is *ejected* for a
+//! while. Either way it is *closed*: requests leave it out of the targets they try
+//! ([`order`]), and when every target is closed the caller gets 429 at once with the smallest
+//! time left, instead of a request that would only be throttled again.
 //!
 //! The state of every target lives in Envoy shared data (one small value per target), so
 //! what one worker learnt holds for all of them; this module only computes it. Envoy's router
 //! does the retry itself (see README "Failover between Azure resources").
+
+pub mod order;
 
 use crate::config::error::{check_range, ConfigError};
 use serde::Deserialize;
@@ -35,7 +38,9 @@ pub struct RawFailover {
     #[cfg_attr(
         feature = "schema",
         schemars(
-            description = "5xx answers in a row after which a target is ejected (default 3; 0: never).",
+            description = "Failures in a row (5xx answers, or no answer: refused, timed-out or \
+                           reset connections) after which a target is ejected (default 3; 0: \
+                           never). After an ejection one more failure ejects it again.",
             range(max = 1000)
         )
     )]
@@ -110,7 +115,7 @@ impl FailoverPolicy {
 /// How long throttled or failing targets are kept out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailoverPolicy {
-    /// Consecutive failures (5xx) after which a target is ejected.
+    /// Consecutive failures (5xx, or no answer) after which a target is ejected.
     pub eject_after_failures: u32,
     /// How long an ejected target is skipped.
     pub eject_for_ms: u64,
@@ -141,6 +146,9 @@ pub enum Outcome {
     Throttled { retry_after_ms: Option<u64> },
     /// 5xx: the target failed.
     Failed,
+    /// No answer: the connection was refused or timed out, or it was reset (or timed out)
+    /// before the answer started. Counted like a failure; only the upstream filter sees it.
+    Unreachable,
 }
 
 impl Outcome {
@@ -208,11 +216,14 @@ impl TargetHealth {
                     ..self
                 }
             }
-            Outcome::Failed => {
+            Outcome::Failed | Outcome::Unreachable => {
                 let failures = self.failures.saturating_add(1);
                 if policy.eject_after_failures > 0 && failures >= policy.eject_after_failures {
                     TargetHealth {
-                        failures: 0,
+                        // On probation: when the ejection ends, the first request that fails
+                        // ejects it again (a dead resource costs one request per ejection,
+                        // not `eject_after_failures`); an answer clears it.
+                        failures: policy.eject_after_failures - 1,
                         ejected_until_ms: self
                             .ejected_until_ms
                             .max(now_ms.saturating_add(policy.eject_for_ms)),
@@ -222,6 +233,22 @@ impl TargetHealth {
                     TargetHealth { failures, ..self }
                 }
             }
+        }
+    }
+
+    /// Recording a healthy answer would change nothing (no failure to clear): the upstream
+    /// filter spares the shared-data write, and the read, when the listener saw this.
+    pub fn is_clean(&self) -> bool {
+        self.failures == 0
+    }
+
+    /// Label of an outcome for the `target_attempts` metric.
+    pub fn outcome_label(outcome: Outcome) -> &'static str {
+        match outcome {
+            Outcome::Answered => "answered",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Failed => "failed",
+            Outcome::Unreachable => "unreachable",
         }
     }
 
@@ -252,51 +279,9 @@ pub fn retry_after_ms(retry_after_ms: Option<&str>, retry_after: Option<&str>) -
     })
 }
 
-/// Where a request starts in its pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// At target `index` (the first open one); the later ones stay as fallbacks.
-    At(usize),
-    /// Every target is closed; the first opens again in this many ms (at least 1).
-    AllClosed { retry_after_ms: u64 },
-}
-
-/// The start of a pool whose targets (in priority order) are closed until the given times.
-pub fn choose_start(closed_until: &[Option<u64>], now_ms: u64) -> Start {
-    if let Some(index) = closed_until
-        .iter()
-        .position(|c| c.is_none_or(|until| until <= now_ms))
-    {
-        return Start::At(index);
-    }
-    let soonest = closed_until
-        .iter()
-        .flatten()
-        .min()
-        .copied()
-        .unwrap_or(now_ms);
-    Start::AllClosed {
-        retry_after_ms: soonest.saturating_sub(now_ms).max(1),
-    }
-}
-
 /// Seconds for a `Retry-After` header: rounded up, so a caller never comes back too early.
 pub fn retry_after_secs(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
-}
-
-/// The routing-header value of a request that may try `backends` in this order: the names
-/// joined by `+`. One backend is just its name, the route of a plain backend, so the last
-/// target of a pool needs no route of its own.
-pub fn route_key<'a>(backends: impl IntoIterator<Item = &'a str>) -> String {
-    let mut key = String::new();
-    for (i, b) in backends.into_iter().enumerate() {
-        if i > 0 {
-            key.push('+');
-        }
-        key.push_str(b);
-    }
-    key
 }
 
 /// The shared-data key of a target's health (backend and deployment: Azure throttles per
@@ -377,12 +362,44 @@ mod tests {
         assert_eq!(h.closed_until(NOW), None, "two failures do not eject");
         h = h.record(Outcome::Answered, NOW, &p);
         assert_eq!(h.failures, 0);
-        for _ in 0..3 {
-            h = h.record(Outcome::Failed, NOW, &p);
+        for outcome in [Outcome::Failed, Outcome::Unreachable, Outcome::Unreachable] {
+            h = h.record(outcome, NOW, &p);
         }
         assert_eq!(h.closed_until(NOW), Some(NOW + p.eject_for_ms));
-        assert_eq!(h.failures, 0, "the count starts over after an ejection");
-        assert_eq!(h.closed_until(NOW + p.eject_for_ms), None);
+        let reopened = NOW + p.eject_for_ms;
+        assert_eq!(h.closed_until(reopened), None);
+        // On probation: one more failure once it is open again ejects it at once.
+        let again = h.record(Outcome::Unreachable, reopened, &p);
+        assert_eq!(
+            again.closed_until(reopened),
+            Some(reopened + p.eject_for_ms)
+        );
+        // An answer clears the probation.
+        let healed = h.record(Outcome::Answered, reopened, &p);
+        assert!(healed.is_clean());
+        let once = healed.record(Outcome::Failed, reopened, &p);
+        assert_eq!(once.closed_until(reopened), None);
+    }
+
+    #[test]
+    fn throttles_are_not_failures() {
+        let p = FailoverPolicy::default();
+        let mut h = TargetHealth::default();
+        for _ in 0..10 {
+            h = h.record(
+                Outcome::Throttled {
+                    retry_after_ms: Some(1),
+                },
+                NOW,
+                &p,
+            );
+        }
+        assert!(h.is_clean());
+        assert_eq!(h.ejected_until_ms, 0);
+        assert_eq!(
+            TargetHealth::outcome_label(Outcome::Unreachable),
+            "unreachable"
+        );
     }
 
     #[test]
@@ -460,43 +477,11 @@ mod tests {
     }
 
     #[test]
-    fn start_at_the_first_open_target() {
-        assert_eq!(choose_start(&[None, None], NOW), Start::At(0));
-        assert_eq!(choose_start(&[Some(NOW + 10), None], NOW), Start::At(1));
-        assert_eq!(
-            choose_start(&[Some(NOW), Some(NOW + 10)], NOW),
-            Start::At(0),
-            "a horizon that has passed is open"
-        );
-        assert_eq!(
-            choose_start(&[Some(NOW + 10), None, Some(NOW + 1)], NOW),
-            Start::At(1)
-        );
-    }
-
-    #[test]
-    fn all_closed_gives_the_smallest_wait() {
-        assert_eq!(
-            choose_start(&[Some(NOW + 9000), Some(NOW + 1200)], NOW),
-            Start::AllClosed {
-                retry_after_ms: 1200
-            }
-        );
-        assert_eq!(
-            choose_start(&[], NOW),
-            Start::AllClosed { retry_after_ms: 1 }
-        );
+    fn health_keys_and_retry_after_secs() {
+        assert_eq!(health_key("ptu", "gpt-4o"), "azure_llm.target.ptu/gpt-4o");
         assert_eq!(retry_after_secs(1200), 2);
         assert_eq!(retry_after_secs(1000), 1);
         assert_eq!(retry_after_secs(1), 1);
         assert_eq!(retry_after_secs(0), 1);
-    }
-
-    #[test]
-    fn route_keys() {
-        assert_eq!(route_key(["ptu", "payg"]), "ptu+payg");
-        assert_eq!(route_key(["payg"]), "payg");
-        assert_eq!(route_key(Vec::<&str>::new()), "");
-        assert_eq!(health_key("ptu", "gpt-4o"), "azure_llm.target.ptu/gpt-4o");
     }
 }
