@@ -13,7 +13,8 @@ use crate::auth::{AuthConfig, Authenticator, RawAuthConfig};
 use crate::config::Config;
 use crate::entra::credential::{AssertionResponse, ManagedIdentityEndpoint};
 use crate::{
-    capture, entra, first_output, multipart, rls, routing, usage, usage_chunk, usage_json,
+    capture, entra, first_output, header_map, multipart, rls, routing, usage, usage_chunk,
+    usage_json,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -47,6 +48,7 @@ pub const TARGETS: &[Target] = &[
     ("multipart_form", multipart_form),
     ("sse_usage", sse_usage),
     ("usage_chunk", usage_chunk),
+    ("header_map", header_map_bytes),
     ("rls_response", rls_response),
     ("target_answer", target_answer),
     ("capture", capture_text),
@@ -334,6 +336,22 @@ pub fn usage_chunk(data: &[u8]) {
     );
 }
 
+/// A header map as the host serialises it (values are the caller's, any bytes): read without
+/// panicking, every name found again, and a map made only of UTF-8 read back as written.
+pub fn header_map_bytes(data: &[u8]) {
+    let m = header_map::HeaderMap::parse(data.to_vec());
+    assert!(m.len() <= data.len() / 8);
+    for name in m.names().filter(|n| *n != header_map::NOT_UTF8) {
+        assert!(m.get(name).is_some(), "{name:?} not found again");
+    }
+    let pairs: Vec<(&str, &[u8])> = m.iter().map(|(n, v)| (n, v.as_bytes())).collect();
+    let again = header_map::HeaderMap::parse(header_map::serialize(&pairs));
+    assert_eq!(
+        again.iter().collect::<Vec<_>>(),
+        m.iter().collect::<Vec<_>>()
+    );
+}
+
 /// Prompt and answer capture of any request body or answer: within the cap, redacted, and a
 /// stream's text independent of how it is cut into chunks.
 pub fn capture_text(data: &[u8]) {
@@ -496,6 +514,17 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "data:{\"choices\":[],\r\ndata:\"usage\":{\"total_tokens\":1}}\r\n\r\ndata: [DONE]\r\n\r\n".into(),
             "event: x\rdata: {\"usage\":{},\"choices\":[]}\r\r: comment\n\n".into(),
         ],
+        "header_map" => {
+            return vec![
+                header_map::serialize(&[
+                    (":path", b"/v1/chat/completions"),
+                    (":method", b"POST"),
+                    ("authorization", b"Bearer a.b.c"),
+                    ("x-odd", b"caf\xe9"),
+                ]),
+                header_map::serialize(&[("", b""), ("x", b"")]),
+            ]
+        }
         "target_answer" => vec![
             "1500\n2\n0,0,0\ngpt-4o\nchat/completions".into(),
             "\n7\n1760000001000,2,0\n\u{a7}".into(),

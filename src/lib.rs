@@ -24,6 +24,7 @@ pub mod first_output;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+pub mod header_map;
 pub mod host;
 /// Production hazards in Envoy bootstraps and Istio manifests (native only: check-config and
 /// the shipped-files test).

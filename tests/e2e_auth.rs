@@ -287,6 +287,26 @@ async fn hostile_and_wrong_tokens_get_401_and_reach_nothing() {
     assert_eq!(status, 401, "no credential");
     let (status, _) = chat(&envoy, &[("api-key", "wrong-key".to_string())]).await;
     assert_eq!(status, 401, "wrong api key");
+    // Credentials that are not UTF-8 (Envoy passes obs-text bytes): refused, not a VM abort
+    // (the worker serves the good caller at the end).
+    for (name, value) in [
+        ("authorization", format!("Bearer {h}.").into_bytes()),
+        ("api-key", b"\xff\xfe".to_vec()),
+    ] {
+        let mut value = value;
+        value.extend_from_slice(b"caf\xe9");
+        let resp = client()
+            .post(envoy.url("/v1/chat/completions"))
+            .header(
+                name,
+                reqwest::header::HeaderValue::from_bytes(&value).unwrap(),
+            )
+            .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{name} not UTF-8");
+    }
     // Authentic but without the required role: 403.
     let no_role = caller_token(&standin, "app-a", json!({"roles": ["Other.Role"]}));
     let (status, _) = chat(&envoy, &[("authorization", format!("Bearer {no_role}"))]).await;

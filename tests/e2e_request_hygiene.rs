@@ -382,3 +382,71 @@ async fn root_context_errors_keep_the_callers_dialect() {
     );
     assert_eq!(standin.count(EndpointKind::DataPlane), 0);
 }
+
+/// Sends a raw HTTP/1.1 request (head bytes as given, then `body`) and returns the answer's
+/// status (0 when the connection closed without one).
+fn raw_status(port: u16, head: &[u8], body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(head).unwrap();
+    s.write_all(body).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Envoy passes header values with any byte but NUL, CR and LF (obs-text). The proxy-wasm SDK's
+/// string readers panic on a value that is not UTF-8, which aborts the VM: every later request
+/// on that worker failed (503). The filter reads header maps as bytes (src/header_map.rs).
+#[tokio::test]
+async fn a_header_value_that_is_not_utf8_stops_nothing() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let envoy = start_shipped(&standin, &[]).await;
+    let body = chat_body();
+    let request = |extra: &[u8]| -> Vec<u8> {
+        let mut head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        head.extend_from_slice(extra);
+        head.extend_from_slice(b"connection: close\r\n\r\n");
+        head
+    };
+    // Latin-1 in a header the filter does not read, in the caller's credential (removed) and
+    // in one it reads for every request (the content type).
+    for extra in [
+        &b"x-caller-note: caf\xe9\r\n"[..],
+        b"authorization: Bearer caf\xe9.\xff.x\r\n",
+        b"api-key: \xff\xfe\r\n",
+    ] {
+        assert_eq!(
+            raw_status(envoy.port, &request(extra), body.as_bytes()),
+            200,
+            "{}",
+            String::from_utf8_lossy(extra)
+        );
+    }
+    // The worker still serves.
+    for _ in 0..3 {
+        assert_eq!(raw_status(envoy.port, &request(b""), body.as_bytes()), 200);
+    }
+    let log = std::fs::read_to_string(&envoy.log).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+    let seen = standin.requests_of(EndpointKind::DataPlane);
+    assert_eq!(seen.len(), 6);
+    assert!(seen.iter().all(|r| r.header_count("api-key") == 0));
+}

@@ -1,6 +1,7 @@
 //! The thin proxy-wasm layer: root and HTTP contexts and the host calls they make. Everything
 //! that decides lives in the plain modules beside this one and is unit-tested natively.
 
+pub mod headers;
 pub mod http;
 pub mod keys;
 pub mod limits;

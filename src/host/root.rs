@@ -54,7 +54,7 @@ impl Context for FilterRoot {
         };
         let mut state = state.borrow_mut();
         let status = self
-            .get_http_call_response_header(":status")
+            .call_response_header(":status")
             .and_then(|s| s.parse::<u32>().ok());
         if let Some(fetch) = state.jwks_in_flight.remove(&token_id) {
             let body = self
@@ -71,10 +71,10 @@ impl Context for FilterRoot {
         else {
             return;
         };
-        let retry_after = self.get_http_call_response_header("retry-after");
+        let retry_after = self.call_response_header("retry-after");
         let wanted = fetch
             .wanted_header()
-            .and_then(|h| self.get_http_call_response_header(h));
+            .and_then(|h| self.call_response_header(h));
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
@@ -254,6 +254,13 @@ impl RootContext for FilterRoot {
 }
 
 impl FilterRoot {
+    /// A header of a callout's answer; one that is not UTF-8 reads as absent (the SDK's
+    /// string reader would panic on it).
+    fn call_response_header(&self, name: &str) -> Option<String> {
+        self.get_http_call_response_header_bytes(name)
+            .and_then(|b| String::from_utf8(b).ok())
+    }
+
     pub fn new(id: u32) -> FilterRoot {
         FilterRoot { id, state: None }
     }

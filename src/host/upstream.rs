@@ -159,7 +159,8 @@ impl UpstreamFilter {
             self.set_http_request_header(name, Some(value));
         }
         for (name, value) in &plan.default_headers {
-            if self.get_http_request_header(name).is_none() {
+            // As bytes: the SDK's string reader panics on a value that is not UTF-8.
+            if self.get_http_request_header_bytes(name).is_none() {
                 self.set_http_request_header(name, Some(value));
             }
         }
@@ -368,14 +369,18 @@ impl HttpContext for UpstreamFilter {
         let Some(attempt) = &self.attempt else {
             return Action::Continue;
         };
-        let status = self
-            .get_http_response_header(":status")
+        // As bytes: the SDK's string readers panic on a value that is not UTF-8 (a VM abort).
+        let header = |name: &str| {
+            self.get_http_response_header_bytes(name)
+                .and_then(|v| String::from_utf8(v).ok())
+        };
+        let status = header(":status")
             .and_then(|s| s.parse::<u32>().ok())
             .unwrap_or(0);
         let wait = if status == 429 {
             failover::retry_after_ms(
-                self.get_http_response_header("retry-after-ms").as_deref(),
-                self.get_http_response_header("retry-after").as_deref(),
+                header("retry-after-ms").as_deref(),
+                header("retry-after").as_deref(),
             )
         } else {
             None

@@ -1,10 +1,11 @@
 //! Phase authenticate: who is calling (JWT, API key or mTLS peer → workload), and the
 //! removal of the caller's credentials, which never reach Azure.
 
-use super::{first_header, HttpFilter};
+use super::HttpFilter;
 use crate::auth::AuthError;
 use crate::config::{is_envoy_header, Config};
 use crate::errors::FilterError;
+use crate::header_map::HeaderMap;
 use crate::host::{keys, now_ms, tokens};
 use crate::metrics;
 use proxy_wasm::traits::Context;
@@ -17,15 +18,9 @@ impl HttpFilter {
     /// Checks the caller's credential. `Ok(None)`: anonymous (authentication optional).
     pub(super) fn authenticate(
         &mut self,
-        headers: &[(String, String)],
+        headers: &HeaderMap,
     ) -> Result<Option<String>, FilterError> {
-        let values = |name: &str| -> Vec<&str> {
-            headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-                .collect()
-        };
+        let values = |name: &'static str| -> Vec<&str> { headers.get_all(name).collect() };
         let authorization = values("authorization");
         let mut api_keys = values("api-key");
         api_keys.extend(values("x-api-key"));
@@ -80,23 +75,35 @@ impl HttpFilter {
     /// (`request_headers_to_remove`: cookies, proxy credentials, APIM keys by default), nor
     /// directions to Envoy (`x-envoy-*`: retries, timeouts; `config::is_envoy_header`).
     /// Removing removes every value of a name.
-    pub(super) fn strip_caller_headers(&self, config: &Config, headers: &[(String, String)]) {
-        for name in CALLER_CREDENTIAL_HEADERS
-            .iter()
-            .copied()
-            .chain([config.routing_header.as_str()])
-            .chain(config.request_headers_to_remove.iter().map(String::as_str))
-        {
-            if first_header(headers, name).is_some() {
+    pub(super) fn strip_caller_headers(&self, config: &Config, headers: &HeaderMap) {
+        for name in stripped_names(config) {
+            if headers.contains(name) {
                 self.set_http_request_header(name, None);
             }
         }
         let mut removed: Vec<&str> = Vec::new();
-        for (name, _) in headers {
-            if is_envoy_header(name) && !removed.contains(&name.as_str()) {
+        for name in headers.names() {
+            if is_envoy_header(name) && !removed.contains(&name) {
                 self.set_http_request_header(name, None);
                 removed.push(name);
             }
         }
     }
+
+    /// Whether the request, as it leaves, has header `name`: the caller sent it and the
+    /// filter did not take it out.
+    pub(super) fn request_keeps_header(&self, config: &Config, name: &str) -> bool {
+        self.request_headers.contains(name)
+            && !is_envoy_header(name)
+            && !stripped_names(config).any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The request headers removed by name before anything else happens.
+fn stripped_names(config: &Config) -> impl Iterator<Item = &str> {
+    CALLER_CREDENTIAL_HEADERS
+        .iter()
+        .copied()
+        .chain([config.routing_header.as_str()])
+        .chain(config.request_headers_to_remove.iter().map(String::as_str))
 }

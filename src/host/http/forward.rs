@@ -46,7 +46,12 @@ impl HttpFilter {
             self.set_http_request_header(name, Some(value));
         }
         for (name, value) in &plan.default_headers {
-            if self.get_http_request_header(name).is_none() {
+            let set_above = plan
+                .backend
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name));
+            if !set_above && !self.request_keeps_header(config, name) {
                 self.set_http_request_header(name, Some(value));
             }
         }

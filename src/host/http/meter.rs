@@ -3,12 +3,14 @@
 //! Azure's own 429) and its body is followed by a `crate::meter::Meter` for the usage it
 //! reports.
 
-use super::{first_header, HttpFilter};
+use super::HttpFilter;
+use crate::host::headers;
 use crate::host::now_ms;
 use crate::host::phase::{self, Phase};
 use crate::meter::Meter;
 use crate::ratelimit;
 use proxy_wasm::traits::HttpContext;
+use std::rc::Rc;
 
 impl HttpFilter {
     /// Response headers of a routed request.
@@ -16,11 +18,15 @@ impl HttpFilter {
         let _phase = phase::enter(Phase::Meter);
         let config = self.state.borrow().config.clone();
         // One host call for every header this phase reads.
-        let headers = self.get_http_response_headers();
-        self.response_status =
-            first_header(&headers, ":status").and_then(|s| s.trim().parse::<u32>().ok());
+        let headers = Rc::new(headers::response());
+        self.response_headers = headers.clone();
+        self.response_status = headers
+            .get(":status")
+            .and_then(|s| s.trim().parse::<u32>().ok());
         for name in &config.response_headers_to_remove {
-            self.set_http_response_header(name, None);
+            if headers.contains(name) {
+                self.set_http_response_header(name, None);
+            }
         }
         // Azure's own 429 tells the caller when Azure takes requests again (retry-after,
         // retry-after-ms, x-ratelimit-*): it passes untouched. Otherwise, where local limits
@@ -28,9 +34,13 @@ impl HttpFilter {
         // go, all of them, requests too, and the workload's replace them.
         if !self.standings.is_empty() && self.response_status != Some(429) {
             let mut azure_names: Vec<&str> = headers
-                .iter()
-                .map(|(k, _)| k.as_str())
-                .filter(|k| k.len() > 12 && k[..12].eq_ignore_ascii_case("x-ratelimit-"))
+                .names()
+                .filter(|k| {
+                    k.len() > 12
+                        && k.as_bytes()
+                            .get(..12)
+                            .is_some_and(|p| p.eq_ignore_ascii_case(b"x-ratelimit-"))
+                })
                 .collect();
             azure_names.dedup();
             for name in azure_names {
@@ -40,8 +50,8 @@ impl HttpFilter {
                 self.set_http_response_header(name, Some(&value));
             }
         }
-        let content_type = first_header(&headers, "content-type").unwrap_or_default();
-        let encoding = first_header(&headers, "content-encoding");
+        let content_type = headers.get("content-type").unwrap_or_default();
+        let encoding = headers.get("content-encoding");
         if encoding.is_some() {
             log::debug!("azure-llm-filter: encoded answer ({encoding:?}): its usage is not read");
         }

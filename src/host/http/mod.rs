@@ -31,6 +31,7 @@ mod pool;
 mod route;
 mod strip;
 
+use super::headers;
 use super::limits::Taken;
 use super::metrics::Family;
 use super::phase::{self, Phase};
@@ -39,6 +40,7 @@ use super::worker::WorkerState;
 use crate::config::Config;
 use crate::errors::{Dialect, FilterError};
 use crate::estimate::Estimate;
+use crate::header_map::HeaderMap;
 use crate::meter::Meter;
 use crate::ratelimit::Standing;
 use crate::routing::config::RoutingMode;
@@ -48,14 +50,6 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
 use std::rc::Rc;
-
-/// The first value of header `name` (names compared case-insensitively).
-fn first_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
 
 /// A request waiting for its body.
 struct PendingBody {
@@ -71,6 +65,9 @@ const ANONYMOUS_WORKLOAD: &str = "anonymous";
 pub struct HttpFilter {
     context_id: u32,
     state: Rc<RefCell<WorkerState>>,
+    /// The request headers as the caller sent them (read once, in the header phase; the
+    /// later phases look here instead of asking the host again).
+    request_headers: Rc<HeaderMap>,
     /// route: the request waits for its body.
     pending: Option<PendingBody>,
     /// Set once the filter answered the request itself.
@@ -87,7 +84,9 @@ pub struct HttpFilter {
     /// admit: the completion limit the request set, when its answer teaches the workload's
     /// learned allowance (src/allowance.rs); learned from at the charge.
     teaches: Option<Option<u64>>,
-    /// meter: how the answer's usage is read; its status; whether its body reached its end.
+    /// meter: the answer's headers (read once), how the answer's usage is read; its status;
+    /// whether its body reached its end.
+    response_headers: Rc<HeaderMap>,
     meter: Meter,
     response_status: Option<u32>,
     answer_complete: bool,
@@ -124,6 +123,8 @@ impl HttpFilter {
             access_log_properties,
             context_id,
             state,
+            request_headers: Rc::default(),
+            response_headers: Rc::default(),
             pending: None,
             answered: false,
             workload: ANONYMOUS_WORKLOAD.to_string(),
@@ -268,11 +269,12 @@ impl HttpContext for HttpFilter {
         // The headers are read once, for every phase: counted as authenticate's.
         let _phase = phase::enter(Phase::Authenticate);
         let config = self.state.borrow().config.clone();
-        // One host call for every header this phase reads: each call that returns data has
+        // One host call for every header the phases read: each call that returns data has
         // Envoy call back into the VM to allocate it.
-        let headers = self.get_http_request_headers();
-        let method = first_header(&headers, ":method").unwrap_or_default();
-        let path = first_header(&headers, ":path").unwrap_or_default();
+        let headers = Rc::new(headers::request());
+        self.request_headers = headers.clone();
+        let method = headers.get(":method").unwrap_or_default();
+        let path = headers.get(":path").unwrap_or_default();
         let classified = routing::classify(method, path);
         if let Ok(Some(Inbound::Api { op, .. })) = &classified {
             self.dialect = op.dialect();

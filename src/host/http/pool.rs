@@ -90,6 +90,8 @@ impl HttpFilter {
     pub(super) fn pool_answered(&mut self) {
         let Some(p) = &self.pool else { return };
         let config = self.state.borrow().config.clone();
+        // The answer's headers as the meter read them (one host call for all).
+        let headers = self.response_headers.clone();
         let status = self.response_status.unwrap_or(0);
         let now = now_ms();
         let (first_backend, first_deployment) = p.direct.clone();
@@ -101,10 +103,8 @@ impl HttpFilter {
             let changed = target.as_deref().is_some_and(|t| t != first_backend);
             (target.unwrap_or(first_backend), changed)
         } else {
-            let wait = failover::retry_after_ms(
-                self.get_http_response_header("retry-after-ms").as_deref(),
-                self.get_http_response_header("retry-after").as_deref(),
-            );
+            let wait =
+                failover::retry_after_ms(headers.get("retry-after-ms"), headers.get("retry-after"));
             let outcome = Outcome::of_status(status, wait);
             let key = failover::health_key(&first_backend, &first_deployment);
             if outcome != Outcome::Answered || !p.is_clean_first() {

@@ -2,11 +2,12 @@
 //! body) → backend, deployment and upstream path; the body is rewritten where the backend
 //! needs it. Ends by handing the plan to `dispatch` (admit → forward → credential).
 
-use super::{first_header, HttpFilter, PendingBody};
+use super::{HttpFilter, PendingBody};
 use crate::config::Config;
 use crate::discovery;
 use crate::errors::FilterError;
 use crate::estimate::Estimate;
+use crate::header_map::HeaderMap;
 use crate::host::metrics::Family;
 use crate::host::now_ms;
 use crate::host::phase::{self, Phase};
@@ -16,9 +17,10 @@ use proxy_wasm::traits::HttpContext;
 use proxy_wasm::types::Action;
 
 /// The model named by the configured model header, if any.
-pub(super) fn header_model(config: &Config, headers: &[(String, String)]) -> Option<String> {
+pub(super) fn header_model(config: &Config, headers: &HeaderMap) -> Option<String> {
     let name = config.model_header.as_deref()?;
-    first_header(headers, name)
+    headers
+        .get(name)
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
 }
@@ -72,7 +74,8 @@ impl HttpFilter {
                 let len = if config.rate_limits.is_empty() && config.rate_limits.global.is_none() {
                     0
                 } else {
-                    self.get_http_request_header("content-length")
+                    self.request_headers
+                        .get("content-length")
                         .and_then(|v| v.trim().parse::<usize>().ok())
                         .unwrap_or(0)
                 };
@@ -96,14 +99,15 @@ impl HttpFilter {
     pub(super) fn wait_for_body(
         &mut self,
         config: &Config,
-        headers: &[(String, String)],
+        headers: &HeaderMap,
         op: Operation,
         known_model: Option<String>,
     ) -> Action {
         let _phase = phase::enter(Phase::Route);
         let limit = config.max_body_bytes;
-        let declared =
-            first_header(headers, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        let declared = headers
+            .get("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
             return self.reply_error(&FilterError::too_large(limit));
         }
@@ -231,10 +235,9 @@ impl HttpFilter {
         body: &[u8],
     ) -> Result<Action, FilterError> {
         let op = pending.op;
-        let content_type = self
-            .get_http_request_header("content-type")
-            .unwrap_or_default();
-        let form_model = routing::multipart_model(&content_type, body)?;
+        let headers = self.request_headers.clone();
+        let content_type = headers.get("content-type").unwrap_or_default();
+        let form_model = routing::multipart_model(content_type, body)?;
         let model = pending
             .known_model
             .clone()
