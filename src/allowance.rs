@@ -38,7 +38,7 @@ pub const FLOOR: u64 = 16;
 
 /// Shared-data key of the completions of `workload` with `model`.
 pub fn key(workload: &str, model: &str) -> String {
-    format!("azure_llm_filter.allowance.{model}.{workload}")
+    ["azure_llm_filter.allowance.", model, ".", workload].concat()
 }
 
 /// The last completions of one workload and model, oldest first.
@@ -59,9 +59,18 @@ impl Completions {
         Completions { samples }
     }
 
+    /// The shared-data value: the numbers in decimal, space-separated (written digit by
+    /// digit: this runs for every answer that teaches, and formatting each number as a
+    /// `String` cost more than the rest of the charge).
     pub fn encode(&self) -> Vec<u8> {
-        let parts: Vec<String> = self.samples.iter().map(u64::to_string).collect();
-        parts.join(" ").into_bytes()
+        let mut out = Vec::with_capacity(self.samples.len() * 6);
+        for (i, n) in self.samples.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            push_decimal(&mut out, *n);
+        }
+        out
     }
 
     /// Adds one answer's completion tokens, forgetting the oldest beyond [`WINDOW`].
@@ -93,6 +102,21 @@ impl Completions {
         let rank = (sorted.len() * QUANTILE_PERCENT).div_ceil(100).max(1);
         let quantile = sorted.get(rank - 1).copied().unwrap_or(configured);
         quantile.max(FLOOR).min(configured)
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let start = out.len();
+    loop {
+        out.push(b'0' + (n % 10) as u8);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if let Some(digits) = out.get_mut(start..) {
+        digits.reverse();
     }
 }
 
@@ -160,6 +184,10 @@ mod tests {
     fn shared_data_round_trip_and_damage() {
         let c = of(&[1, 22, 333]);
         assert_eq!(Completions::decode(&c.encode()), c);
+        assert_eq!(
+            of(&[0, 7, 1234, u64::MAX]).encode(),
+            b"0 7 1234 18446744073709551615"
+        );
         assert_eq!(Completions::decode(b""), Completions::default());
         assert_eq!(Completions::decode(b"7 x -3 8").len(), 2);
         assert_eq!(Completions::decode(&[0xff, 0xfe]).len(), 0);

@@ -84,17 +84,14 @@ impl VerifiedCache {
     }
 
     /// The caller of a cached token, unless it has expired (`now_ms >= exp`), in which case
-    /// the entry is dropped.
-    pub fn get(&mut self, key: &str, now_ms: u64) -> Option<&Caller> {
-        let expired = match self.map.get(key) {
-            None => return None,
-            Some(e) => now_ms >= e.exp_ms,
-        };
-        if expired {
-            self.remove(key);
-            return None;
+    /// the entry is dropped. One lookup: hashing the token is most of the cached path's cost.
+    pub fn get(&mut self, key: &str, now_ms: u64) -> Option<Caller> {
+        let e = self.map.get(key)?;
+        if now_ms < e.exp_ms {
+            return Some(e.caller.clone());
         }
-        self.map.get(key).map(|e| &e.caller)
+        self.remove(key);
+        None
     }
 
     /// Stores a verified token. Already expired tokens (accepted within the clock skew) are
@@ -177,7 +174,7 @@ mod tests {
         let mut c = VerifiedCache::new(8);
         let k = "t1";
         c.insert(k, caller("a"), 100, 0, "kid".into(), 50_000);
-        assert_eq!(c.get(k, 99_999).map(|c| c.workload.as_str()), Some("a"));
+        assert_eq!(c.get(k, 99_999).map(|c| c.workload), Some("a".to_string()));
         assert!(c.get(k, 100_000).is_none());
         assert!(c.is_empty(), "expired entry is dropped");
         c.insert(k, caller("a"), 100, 0, "kid".into(), 100_000);

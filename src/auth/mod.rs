@@ -95,8 +95,8 @@ pub fn extract_credentials<'a>(
     let mut key: Option<&'a str> = None;
     let mut credentials = 0usize;
     for value in authorization_values {
-        let token = parse_bearer(value)?;
-        if token.contains('.') {
+        let (token, has_dot) = parse_bearer(value)?;
+        if has_dot {
             jwt = Some(token);
             credentials += 1;
         } else {
@@ -141,14 +141,38 @@ fn checked_api_key(value: &str) -> Result<&str, AuthError> {
     Ok(key)
 }
 
-fn parse_bearer(value: &str) -> Result<&str, AuthError> {
+/// The bytes of an RFC 6750 b64token (a JWS uses only the base64url alphabet and dots).
+const B64TOKEN: [bool; 256] = {
+    // Evaluated at compile time.
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+        b += 1;
+    }
+    t
+};
+
+/// The token of a `Bearer` value, and whether it has a `.` (a JWT). One pass over the token
+/// (this runs for every request): a comma anywhere makes any malformed value
+/// `multiple_credentials` (two values a proxy joined), and a well-formed one has none.
+fn parse_bearer(value: &str) -> Result<(&str, bool), AuthError> {
     // Room for the scheme and some spaces on top of the largest token.
     if value.len() > jwt::MAX_TOKEN_BYTES + 64 {
         return Err(AuthError::TooLarge);
     }
-    if value.contains(',') {
-        return Err(AuthError::MultipleCredentials);
-    }
+    bearer_token(value).map_err(|e| {
+        if value.contains(',') {
+            AuthError::MultipleCredentials
+        } else {
+            e
+        }
+    })
+}
+
+fn bearer_token(value: &str) -> Result<(&str, bool), AuthError> {
     let value = value.trim_matches(|c| c == ' ' || c == '\t');
     let (scheme, rest) = match value.find([' ', '\t']) {
         Some(i) => (value.get(..i).unwrap_or(""), value.get(i..).unwrap_or("")),
@@ -166,18 +190,19 @@ fn parse_bearer(value: &str) -> Result<&str, AuthError> {
             "The Authorization header has no token.",
         ));
     }
-    // RFC 6750 b64token; a JWS uses only the base64url alphabet and dots.
-    if !token.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
-    }) {
-        return Err(AuthError::Malformed(
-            "The bearer token contains characters a token cannot have.",
-        ));
+    let mut has_dot = false;
+    for &b in token.as_bytes() {
+        has_dot |= b == b'.';
+        if !B64TOKEN.get(usize::from(b)).copied().unwrap_or(false) {
+            return Err(AuthError::Malformed(
+                "The bearer token contains characters a token cannot have.",
+            ));
+        }
     }
     if token.len() > jwt::MAX_TOKEN_BYTES {
         return Err(AuthError::TooLarge);
     }
-    Ok(token)
+    Ok((token, has_dot))
 }
 
 /// A JWKS or discovery callout to make.
@@ -363,7 +388,7 @@ impl Authenticator {
             return Err(AuthError::TooLarge);
         }
         if let Some(caller) = self.cache.get(token, now_ms) {
-            return Ok(caller.clone());
+            return Ok(caller);
         }
         let v = jwt::verify_token(&self.config.providers, &self.keys, token, now_ms / 1000)?;
         self.cache

@@ -367,10 +367,15 @@ pub fn plan_target<'c>(
                 Some(deployment),
             ),
             _ => (
-                format!(
-                    "/openai/deployments/{deployment}/{}?api-version={api_version}",
-                    op.suffix()
-                ),
+                [
+                    "/openai/deployments/",
+                    deployment,
+                    "/",
+                    op.suffix(),
+                    "?api-version=",
+                    api_version,
+                ]
+                .concat(),
                 None,
             ),
         },

@@ -60,27 +60,51 @@ impl HttpFilter {
         self.observe_answer_start(&config, content_type, encoding.is_some());
     }
 
-    /// One chunk of the answer. With `Continue` the buffer holds just this chunk: it is read
-    /// as it passes.
-    /// The buffered body's bytes from `from` on are new (0 unless the body is held:
-    /// `src/host/http/guard.rs` holds a JSON answer until it is checked).
+    /// One chunk of a held answer (`src/host/http/guard.rs` holds a JSON answer until it is
+    /// checked): the buffered body's bytes from `from` on are new.
     pub(super) fn meter_response_body(&mut self, from: usize, body_size: usize) {
         let _phase = phase::enter(Phase::Meter);
         if body_size <= from {
             return;
         }
-        if !self.meter.reads_body() && !self.observes_answer_text() {
-            let _phase = phase::enter(Phase::Observe);
-            self.observe_chunk(None);
+        let chunk = self
+            .wants_answer_bytes()
+            .then(|| self.get_http_response_body(from, body_size - from))
+            .flatten()
+            .unwrap_or_default();
+        self.meter_chunk(&chunk);
+    }
+
+    /// Whether anything reads the answer's bytes as they pass: the meter, the observer (time
+    /// to first output, the answer's text) or the usage-chunk strip.
+    pub(super) fn wants_answer_bytes(&self) -> bool {
+        self.meter.reads_body() || self.observes_answer_text() || self.strip_usage_chunk.is_some()
+    }
+
+    /// One chunk of the answer as it passes (with `Continue` the buffer holds just this
+    /// chunk), read once for the meter, the observer and the strip (`None`: none of them
+    /// needs its bytes).
+    pub(super) fn answer_chunk(&self, body_size: usize) -> Option<Vec<u8>> {
+        let _phase = phase::enter(Phase::Meter);
+        if body_size == 0 || !self.wants_answer_bytes() {
+            return None;
+        }
+        Some(
+            self.get_http_response_body(0, body_size)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The meter and the observer see one chunk of the answer (empty: none to see).
+    pub(super) fn meter_chunk(&mut self, chunk: &[u8]) {
+        let _phase = phase::enter(Phase::Meter);
+        if chunk.is_empty() {
             return;
         }
-        let chunk = self
-            .get_http_response_body(from, body_size - from)
-            .unwrap_or_default();
         if self.meter.reads_body() {
-            self.meter.feed(&chunk);
+            self.meter.feed(chunk);
         }
         let _phase = phase::enter(Phase::Observe);
-        self.observe_chunk(Some(&chunk));
+        self.observe_chunk(self.observes_answer_text().then_some(chunk));
     }
 }

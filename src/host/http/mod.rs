@@ -343,8 +343,10 @@ impl HttpContext for HttpFilter {
         if self.guard_holds_answer() {
             return self.guard_held_body(body_size, end_of_stream);
         }
-        self.meter_response_body(0, body_size);
-        let size = self.strip_response_body(body_size, end_of_stream);
+        // One read of the chunk for every phase that looks at its bytes.
+        let chunk = self.answer_chunk(body_size).unwrap_or_default();
+        self.meter_chunk(&chunk);
+        let size = self.strip_response_body(&chunk, body_size, end_of_stream);
         self.answer_settled(end_of_stream);
         if self.guard_watches_stream() {
             return self.guard_stream_body(size, end_of_stream);

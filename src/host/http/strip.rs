@@ -23,24 +23,21 @@ impl HttpFilter {
         }
     }
 
-    /// One chunk of the answer, after the meter read it: sent on without the usage-only event
-    /// (an incomplete trailing event is held until its end arrives).
-    /// Returns the chunk's length after it (`body_size` when nothing changed).
-    pub(super) fn strip_response_body(&mut self, body_size: usize, end_of_stream: bool) -> usize {
+    /// One chunk of the answer (`chunk`: its bytes, as the meter read them), after the meter
+    /// read it: sent on without the usage-only event (an incomplete trailing event is held
+    /// until its end arrives). Returns the chunk's length after it (`body_size` when nothing
+    /// changed).
+    pub(super) fn strip_response_body(
+        &mut self,
+        chunk: &[u8],
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> usize {
         let _phase = phase::enter(Phase::Strip);
-        if self.strip_usage_chunk.is_none() {
-            return body_size;
-        }
-        let chunk = if body_size > 0 {
-            self.get_http_response_body(0, body_size)
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
         let Some(stripper) = self.strip_usage_chunk.as_mut() else {
             return body_size;
         };
-        let mut out = stripper.feed(&chunk);
+        let mut out = stripper.feed(chunk);
         if end_of_stream {
             out.extend(stripper.finish());
         }
