@@ -5,21 +5,27 @@
 //!
 //! - Throughput: `wrk` (Debian package, `make bench` installs it), 1 thread, a fixed number of
 //!   connections, a fixed duration after a warm-up; every answer must be the expected status.
-//!   Bare Envoy runs first and last, and ratios are taken against the mean of the two, since
-//!   the machine drifts over a run. A Wasm filter that does nothing (written in WebAssembly
-//!   text) shows what any proxy-wasm filter costs before it does anything.
+//! - Rounds: the scenarios issue 27 sets goals for (bare Envoy, the full path, routing + Entra
+//!   token, a failover pool, streaming) run `ROUNDS` times, each round against its own bare
+//!   Envoy run, so each goal's figure comes with its run-to-run spread (median, min-max). The
+//!   other scenarios run once, between the first round and the second, against the mean of the
+//!   bare runs. A Wasm filter that does nothing (written in WebAssembly text) shows what any
+//!   proxy-wasm filter costs before it does anything.
 //! - Latency added: one connection, requests one after another, p50/p99 minus bare Envoy's.
 //! - Streaming: time to first byte and per-event delay of an SSE answer whose events carry the
 //!   upstream's send time, so holding chunks back would show.
 //! - Memory: Envoy's `server.memory_allocated` with 10,000 distinct workloads in the
-//!   rate-limit table.
+//!   rate-limit table; RSS and `server.memory_allocated` with 1 and with 4 workers, bare and
+//!   with the filter (what each added worker costs: its own Wasm VM).
 //!
-//! Nothing here asserts a timing: the figures are printed. The cold-path figures (signature
-//! check of a new token, forged tokens) are in bench_auth.rs; forged tokens/s is also measured
-//! here under load.
+//! Nothing here asserts a timing: the figures are printed, the goals' as `goal:` lines that
+//! `make bench` repeats at its end. The cold-path figures (signature check of a new token,
+//! forged tokens) are in bench_auth.rs; forged tokens/s is also measured here under load.
 
 mod bench_support;
 mod common;
+#[path = "bench_filter/report.rs"]
+mod report;
 
 use azure_standin::{StandIn, StandInConfig};
 use bench_support::*;
@@ -34,20 +40,23 @@ use std::time::{Duration, Instant};
 const CONNECTIONS: u32 = 16;
 const WRK_SECS: u32 = 5;
 const SEQUENTIAL_REQUESTS: usize = 1500;
-const STREAMS: usize = 100;
+/// Streamed answers per round (each `STREAM_EVENTS` events `STREAM_GAP` apart: ~0.2 s).
+const STREAMS: usize = 40;
 const WORKLOADS: usize = 10_000;
+/// Rounds of the goal scenarios (their spread is the run-to-run noise).
+const ROUNDS: usize = 3;
 
 // ---------------------------------------------------------------------------------------------
 // wrk
 
 /// What one wrk run reports.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct WrkResult {
-    requests: u64,
-    requests_per_s: f64,
-    non_2xx: u64,
-    p50_us: f64,
-    p99_us: f64,
+pub struct WrkResult {
+    pub requests: u64,
+    pub requests_per_s: f64,
+    pub non_2xx: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 fn wrk_binary() -> PathBuf {
@@ -148,7 +157,7 @@ async fn latency_and_throughput(envoy: &Envoy, token: &str) -> ((f64, f64), WrkR
 // ---------------------------------------------------------------------------------------------
 // Sequential latency and streaming
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -156,7 +165,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+pub fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v
 }
@@ -188,9 +197,6 @@ async fn sequential_latency(envoy: &Envoy, token: &str) -> (f64, f64) {
     let s = sorted(samples);
     (percentile(&s, 0.50), percentile(&s, 0.99))
 }
-
-/// A scenario's name, its wrk figures and its one-connection (p50, p99) latency.
-type Row = (String, WrkResult, Option<(f64, f64)>);
 
 struct StreamTimes {
     ttfb_us: Vec<f64>,
@@ -336,9 +342,237 @@ Transfer/sec:      6.02MB
     assert_eq!(parse_wrk("garbage"), None);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Memory per worker
+
+/// Envoy's RSS and `server.memory_allocated` (bytes) with `workers` workers, after traffic
+/// on 16 connections (Envoy spreads them over its workers, each with its own Wasm VM).
+async fn memory_with_workers(opts: &common::EnvoyOptions, workers: u32, token: &str) -> (u64, u64) {
+    let mut o = opts.clone();
+    o.concurrency = workers;
+    let envoy = Envoy::start(o).await;
+    wait_serving(&envoy, token).await;
+    let url = envoy.url(CHAT_PATH);
+    let headers = [("Authorization", format!("Bearer {token}"))];
+    wrk(&url, &headers, CHAT_BODY, 1);
+    let allocated = memory_allocated(&envoy).await;
+    let rss = report::rss_bytes(envoy.pid()).unwrap_or(0);
+    (rss, allocated)
+}
+
+/// (RSS, memory_allocated) added per worker from 1 to 4 workers, in bytes.
+async fn memory_per_added_worker(opts: &common::EnvoyOptions, token: &str) -> (f64, f64) {
+    let (rss1, alloc1) = memory_with_workers(opts, 1, token).await;
+    let (rss4, alloc4) = memory_with_workers(opts, 4, token).await;
+    (
+        (rss4 as f64 - rss1 as f64) / 3.0,
+        (alloc4 as f64 - alloc1 as f64) / 3.0,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+const BARE: &str = "bare Envoy";
+const FULL: &str = "azure-llm-filter, full path";
+const ROUTING: &str = "azure-llm-filter: routing + Entra token only";
+const POOL: &str = "azure-llm-filter, full path, failover pool of 2 (no failover)";
+
+/// What a round measured besides its rows: (bare, filter) stream times.
+type Streams = (StreamTimes, StreamTimes);
+
+/// One round of the goal scenarios: bare Envoy, the full path (and its stream), routing +
+/// Entra token, the full path through a pool. The first round also measures what is measured
+/// once on these Envoys (memory, forged tokens).
+async fn goal_round(fx: &Fixture, round: usize, rows: &mut Vec<report::Row>) -> Streams {
+    let token = fx.caller_token.clone();
+    let mut push = |name: &str, wrk: WrkResult, latency: Option<(f64, f64)>, ok: bool| {
+        check(name, &wrk, ok);
+        rows.push(report::Row {
+            name: name.to_string(),
+            round: Some(round),
+            wrk,
+            latency,
+        });
+    };
+    let envoy = Envoy::start(bare_options(fx)).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    push(BARE, r, Some(lat), true);
+    let bare_stream = stream_times(&envoy, &token).await;
+    drop(envoy);
+
+    let envoy = Envoy::start(filter_options(fx, jwt_auth(fx))).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    push(FULL, r, Some(lat), true);
+    let filter_stream = stream_times(&envoy, &token).await;
+    drop(envoy);
+
+    let envoy = Envoy::start(filter_options_with(fx, None, false)).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    push(ROUTING, r, Some(lat), true);
+    drop(envoy);
+
+    let envoy = Envoy::start(pool_options(fx)).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    push(POOL, r, Some(lat), true);
+    drop(envoy);
+    (bare_stream, filter_stream)
+}
+
+/// Every answer is the expected one: 200, or a refusal for forged tokens.
+fn check(name: &str, r: &WrkResult, expect_2xx: bool) {
+    if expect_2xx {
+        assert_eq!(r.non_2xx, 0, "{name}: every answer must be 200: {r:?}");
+    } else {
+        assert_eq!(
+            r.non_2xx, r.requests,
+            "{name}: every answer must be refused: {r:?}"
+        );
+    }
+}
+
+/// The scenarios measured once: parts of the full path left out, the floors, native filters,
+/// forged tokens.
+async fn single_scenarios(fx: &Fixture, rows: &mut Vec<report::Row>) {
+    let token = fx.caller_token.clone();
+    let forged =
+        fx.standin
+            .sign_token_with_foreign_key(caller_claims(&fx.standin, "bench-app", "forged"));
+    let mut push = |name: &str, wrk: WrkResult, latency: Option<(f64, f64)>, ok: bool| {
+        check(name, &wrk, ok);
+        rows.push(report::Row {
+            name: name.to_string(),
+            round: None,
+            wrk,
+            latency,
+        });
+    };
+    let full = filter_options(fx, jwt_auth(fx));
+    let envoy = Envoy::start(full.clone()).await;
+    wait_serving(&envoy, &token).await;
+    let r = throughput(&envoy, CHAT_PATH, &forged);
+    push(
+        "azure-llm-filter, forged RS256 tokens (401)",
+        r,
+        None,
+        false,
+    );
+    drop(envoy);
+
+    for (name, key, value) in [
+        (
+            "azure-llm-filter, full path, access_log_properties off",
+            "access_log_properties",
+            json!(false),
+        ),
+        (
+            "azure-llm-filter, full path, gen_ai_histograms off",
+            "gen_ai_histograms",
+            json!(false),
+        ),
+    ] {
+        let mut o = full.clone();
+        o.plugin_config[key] = value;
+        let envoy = Envoy::start(o).await;
+        let (lat, r) = latency_and_throughput(&envoy, &token).await;
+        push(name, r, Some(lat), true);
+    }
+    // The old "charge after" budgets: what reserving the estimate at admission costs.
+    let mut o = full.clone();
+    o.plugin_config["rate_limits"]["reserve"] = json!(false);
+    let envoy = Envoy::start(o).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    push(
+        "azure-llm-filter, full path, rate_limits.reserve false",
+        r,
+        Some(lat),
+        true,
+    );
+    drop(envoy);
+
+    // The floor: the filter loaded with the full config, on a path it does not handle (it
+    // only looks at the method and path), which Envoy routes to the same upstream.
+    let mut o = full.clone();
+    o.extra_routes_yaml = Some(
+        "- match: { prefix: \"/passthrough\" }\n  route: { cluster: aoai, timeout: 30s }\n"
+            .to_string(),
+    );
+    let envoy = Envoy::start(o).await;
+    let r = throughput(&envoy, "/passthrough", &token);
+    push(
+        "azure-llm-filter loaded, path not handled (Wasm floor)",
+        r,
+        None,
+        true,
+    );
+    drop(envoy);
+
+    // What any Wasm filter costs: one that does nothing at all.
+    let envoy = Envoy::start(trivial_wasm_options(fx)).await;
+    let r = throughput(&envoy, CHAT_PATH, &token);
+    push(
+        "a Wasm filter that does nothing (any filter's floor)",
+        r,
+        None,
+        true,
+    );
+    drop(envoy);
+
+    let envoy = Envoy::start(filter_options_with(fx, Some(jwt_auth(fx)), false)).await;
+    let (lat, r) = latency_and_throughput(&envoy, &token).await;
+    push(
+        "azure-llm-filter: + JWT auth (no limits)",
+        r,
+        Some(lat),
+        true,
+    );
+    drop(envoy);
+
+    // Native jwt_authn + header_mutation, without and with its JWT cache.
+    for (cache, name) in [
+        (false, "native jwt_authn (no cache) + header_mutation"),
+        (true, "native jwt_authn (cache) + header_mutation"),
+    ] {
+        let envoy = Envoy::start(native_options(fx, cache)).await;
+        let (lat, r) = latency_and_throughput(&envoy, &token).await;
+        push(name, r, Some(lat), true);
+        if !cache {
+            let r = throughput(&envoy, CHAT_PATH, &forged);
+            push(
+                "native jwt_authn, forged RS256 tokens (401)",
+                r,
+                None,
+                false,
+            );
+        }
+    }
+}
+
+/// (TTFB p50 added, event delay p50 added, p99s) of one round's streams, µs.
+fn stream_added(s: &Streams) -> [f64; 4] {
+    let (b, f) = (
+        (
+            sorted(s.0.ttfb_us.clone()),
+            sorted(s.0.event_delay_us.clone()),
+        ),
+        (
+            sorted(s.1.ttfb_us.clone()),
+            sorted(s.1.event_delay_us.clone()),
+        ),
+    );
+    [
+        percentile(&f.0, 0.5) - percentile(&b.0, 0.5),
+        percentile(&f.0, 0.99) - percentile(&b.0, 0.99),
+        percentile(&f.1, 0.5) - percentile(&b.1, 0.5),
+        percentile(&f.1, 0.99) - percentile(&b.1, 0.99),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with make bench"]
 async fn filter_cost_next_to_bare_envoy_and_native_filters() {
+    let started = Instant::now();
+    let load_before = report::machine_load();
     let _ = micros_since_epoch();
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
     let upstream_port = start_upstream();
@@ -349,235 +583,70 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
         caller_token,
     };
     let token = fx.caller_token.clone();
-    let forged =
-        fx.standin
-            .sign_token_with_foreign_key(caller_claims(&fx.standin, "bench-app", "forged"));
 
-    let mut rows: Vec<Row> = Vec::new();
-    let mut measure = |name: &str, r: WrkResult, lat: Option<(f64, f64)>, expect_2xx: bool| {
-        if expect_2xx {
-            assert_eq!(r.non_2xx, 0, "{name}: every answer must be 200: {r:?}");
-        } else {
-            assert_eq!(
-                r.non_2xx, r.requests,
-                "{name}: every answer must be refused: {r:?}"
-            );
-        }
-        rows.push((name.to_string(), r, lat));
-    };
-
-    // Bare Envoy.
-    let envoy = Envoy::start(bare_options(&fx)).await;
-    let (bare_lat, r) = latency_and_throughput(&envoy, &token).await;
-    measure("bare Envoy", r, Some(bare_lat), true);
-    let bare_stream = stream_times(&envoy, &token).await;
-    let bare_mem = memory_allocated(&envoy).await;
-    drop(envoy);
-
-    // The filter, full path; then forged tokens against it.
-    let envoy = Envoy::start(filter_options(&fx, jwt_auth(&fx))).await;
-    let (lat, r) = latency_and_throughput(&envoy, &token).await;
-    measure("azure-llm-filter, full path", r, Some(lat), true);
-    let filter_stream = stream_times(&envoy, &token).await;
-    let filter_mem = memory_allocated(&envoy).await;
-    let r = throughput(&envoy, CHAT_PATH, &forged);
-    measure(
-        "azure-llm-filter, forged RS256 tokens (401)",
-        r,
-        None,
-        false,
-    );
-    drop(envoy);
-
-    // The same without the access-log properties (`access_log_properties: false`).
-    let mut o = filter_options(&fx, jwt_auth(&fx));
-    o.plugin_config["access_log_properties"] = json!(false);
-    let envoy = Envoy::start(o).await;
-    let (lat, r) = latency_and_throughput(&envoy, &token).await;
-    measure(
-        "azure-llm-filter, full path, access_log_properties off",
-        r,
-        Some(lat),
-        true,
-    );
-    drop(envoy);
-
-    // The same without the GenAI histograms (`gen_ai_histograms: false`): their cost.
-    let mut o = filter_options(&fx, jwt_auth(&fx));
-    o.plugin_config["gen_ai_histograms"] = json!(false);
-    let envoy = Envoy::start(o).await;
-    let (lat, r) = latency_and_throughput(&envoy, &token).await;
-    measure(
-        "azure-llm-filter, full path, gen_ai_histograms off",
-        r,
-        Some(lat),
-        true,
-    );
-    drop(envoy);
-
-    // The same with the old "charge after" budgets (`rate_limits.reserve: false`): what
-    // reserving the estimate at admission costs.
-    let mut o = filter_options(&fx, jwt_auth(&fx));
-    o.plugin_config["rate_limits"]["reserve"] = json!(false);
-    let envoy = Envoy::start(o).await;
-    let (lat, r) = latency_and_throughput(&envoy, &token).await;
-    measure(
-        "azure-llm-filter, full path, rate_limits.reserve false",
-        r,
-        Some(lat),
-        true,
-    );
-    drop(envoy);
-
-    // The full path through a failover pool, nothing failing over.
-    let envoy = Envoy::start(pool_options(&fx)).await;
-    let (lat, r) = latency_and_throughput(&envoy, &token).await;
-    measure(
-        "azure-llm-filter, full path, failover pool of 2 (no failover)",
-        r,
-        Some(lat),
-        true,
-    );
-    drop(envoy);
-
-    // The floor: the filter loaded with the full config, on a path it does not handle (it
-    // only looks at the method and path), which Envoy routes to the same upstream.
-    let mut o = filter_options(&fx, jwt_auth(&fx));
-    o.extra_routes_yaml = Some(
-        "- match: { prefix: \"/passthrough\" }\n  route: { cluster: aoai, timeout: 30s }\n"
-            .to_string(),
-    );
-    let envoy = Envoy::start(o).await;
-    let r = throughput(&envoy, "/passthrough", &token);
-    measure(
-        "azure-llm-filter loaded, path not handled (Wasm floor)",
-        r,
-        None,
-        true,
-    );
-    drop(envoy);
-
-    // What any Wasm filter costs: one that does nothing at all.
-    let envoy = Envoy::start(trivial_wasm_options(&fx)).await;
-    let r = throughput(&envoy, CHAT_PATH, &token);
-    measure(
-        "a Wasm filter that does nothing (any filter's floor)",
-        r,
-        None,
-        true,
-    );
-    drop(envoy);
-
-    // Where the filter's cost goes: routing and token injection only, then with JWT auth.
-    for (auth, name) in [
-        (None, "azure-llm-filter: routing + Entra token only"),
-        (
-            Some(jwt_auth(&fx)),
-            "azure-llm-filter: + JWT auth (no limits)",
-        ),
-    ] {
-        let envoy = Envoy::start(filter_options_with(&fx, auth, false)).await;
-        let (lat, r) = latency_and_throughput(&envoy, &token).await;
-        measure(name, r, Some(lat), true);
-    }
-
-    // Native jwt_authn + header_mutation, without and with its JWT cache.
-    for (cache, name) in [
-        (false, "native jwt_authn (no cache) + header_mutation"),
-        (true, "native jwt_authn (cache) + header_mutation"),
-    ] {
-        let envoy = Envoy::start(native_options(&fx, cache)).await;
-        let (lat, r) = latency_and_throughput(&envoy, &token).await;
-        measure(name, r, Some(lat), true);
-        if !cache {
-            let r = throughput(&envoy, CHAT_PATH, &forged);
-            measure(
-                "native jwt_authn, forged RS256 tokens (401)",
-                r,
-                None,
-                false,
-            );
+    let mut rows = Vec::new();
+    let mut streams = Vec::new();
+    for round in 0..ROUNDS {
+        streams.push(goal_round(&fx, round, &mut rows).await);
+        if round == 0 {
+            single_scenarios(&fx, &mut rows).await;
         }
     }
-
-    // Bare Envoy once more: the machine drifts over a run; the ratios use both bare runs.
-    let envoy = Envoy::start(bare_options(&fx)).await;
-    let r = throughput(&envoy, CHAT_PATH, &token);
-    measure("bare Envoy (again, last)", r, None, true);
-    drop(envoy);
-
+    // Memory: bare and filter Envoys after traffic; 10,000 workloads; per added worker.
+    let bare_envoy = Envoy::start(bare_options(&fx)).await;
+    wait_serving(&bare_envoy, &token).await;
+    let bare_mem = memory_allocated(&bare_envoy).await;
+    drop(bare_envoy);
+    let filter_envoy = Envoy::start(filter_options(&fx, jwt_auth(&fx))).await;
+    wait_serving(&filter_envoy, &token).await;
+    let filter_mem = memory_allocated(&filter_envoy).await;
+    drop(filter_envoy);
     let (mem_before, mem_after) = memory_with_many_workloads(&fx).await;
+    let (bare_rss_worker, bare_alloc_worker) =
+        memory_per_added_worker(&bare_options(&fx), &token).await;
+    let (rss_worker, alloc_worker) =
+        memory_per_added_worker(&filter_options(&fx, jwt_auth(&fx)), &token).await;
     let wasm_bytes = std::fs::metadata(common::wasm_path())
         .map(|m| m.len())
         .unwrap_or(0);
 
     // Report.
-    let rps = |name: &str| {
-        rows.iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, r, _)| r.requests_per_s)
-            .unwrap_or(f64::NAN)
+    let report = report::Report {
+        bare: BARE.to_string(),
+        rows,
     };
-    let bare = (rps("bare Envoy") + rps("bare Envoy (again, last)")) / 2.0;
-    let filter = rps("azure-llm-filter, full path");
-    let native_nocache = rps("native jwt_authn (no cache) + header_mutation");
-    let native_cache = rps("native jwt_authn (cache) + header_mutation");
+    let rps = |name: &str| {
+        report::spread(
+            &report
+                .rows
+                .iter()
+                .filter(|r| r.name == name)
+                .map(|r| r.wrk.requests_per_s)
+                .collect::<Vec<_>>(),
+        )
+        .0
+    };
     println!();
     println!(
-        "Envoy 1 worker, wrk 1 thread x {CONNECTIONS} connections x {WRK_SECS} s, POST chat completion, fast local upstream; x bare: against the mean of the two bare runs ({bare:.0} req/s)"
+        "Envoy 1 worker, wrk 1 thread x {CONNECTIONS} connections x {WRK_SECS} s, POST chat completion, fast local upstream; {ROUNDS} rounds of the goal scenarios (x bare: against the same round's bare run; scenarios run once: against the mean of the bare runs, {:.0} req/s); medians",
+        report.bare_mean()
     );
-    println!(
-        "| scenario | req/s | x bare | wrk p50 | wrk p99 | 1-conn p50 | 1-conn p99 | p50 added | p99 added |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, r, lat) in &rows {
-        let (l50, l99, a50, a99) = match lat {
-            Some((p50, p99)) => (
-                format!("{p50:.0} us"),
-                format!("{p99:.0} us"),
-                format!("{:+.0} us", p50 - bare_lat.0),
-                format!("{:+.0} us", p99 - bare_lat.1),
-            ),
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
-        };
-        println!(
-            "| {name} | {:.0} | {:.2} | {:.0} us | {:.0} us | {l50} | {l99} | {a50} | {a99} |",
-            r.requests_per_s,
-            r.requests_per_s / bare,
-            r.p50_us,
-            r.p99_us
-        );
-    }
-    let bs = (
-        sorted(bare_stream.ttfb_us),
-        sorted(bare_stream.event_delay_us),
-    );
-    let fs = (
-        sorted(filter_stream.ttfb_us),
-        sorted(filter_stream.event_delay_us),
-    );
+    print!("{}", report.table());
+    let added: Vec<[f64; 4]> = streams.iter().map(stream_added).collect();
+    let column = |i: usize| added.iter().map(|a| a[i]).collect::<Vec<f64>>();
     println!();
     println!(
-        "Streaming ({STREAMS} SSE answers of {STREAM_EVENTS} events {} ms apart, one connection)",
+        "Streaming ({STREAMS} SSE answers of {STREAM_EVENTS} events {} ms apart per round, one connection): added by the filter, median of {ROUNDS} rounds (min-max)",
         STREAM_GAP.as_millis()
     );
-    println!("| | TTFB p50 | TTFB p99 | event delay p50 | event delay p99 |");
-    println!("|---|---:|---:|---:|---:|");
-    for (name, (ttfb, delay)) in [("bare Envoy", &bs), ("azure-llm-filter", &fs)] {
-        println!(
-            "| {name} | {:.0} us | {:.0} us | {:.0} us | {:.0} us |",
-            percentile(ttfb, 0.5),
-            percentile(ttfb, 0.99),
-            percentile(delay, 0.5),
-            percentile(delay, 0.99)
-        );
-    }
+    println!("| TTFB p50 | TTFB p99 | event delay p50 | event delay p99 |");
+    println!("|---:|---:|---:|---:|");
     println!(
-        "| added by the filter | {:+.0} us | {:+.0} us | {:+.0} us | {:+.0} us |",
-        percentile(&fs.0, 0.5) - percentile(&bs.0, 0.5),
-        percentile(&fs.0, 0.99) - percentile(&bs.0, 0.99),
-        percentile(&fs.1, 0.5) - percentile(&bs.1, 0.5),
-        percentile(&fs.1, 0.99) - percentile(&bs.1, 0.99)
+        "| {} us | {} us | {} us | {} us |",
+        report::with_spread(&column(0), 0),
+        report::with_spread(&column(1), 0),
+        report::with_spread(&column(2), 0),
+        report::with_spread(&column(3), 0)
     );
     println!();
     println!(
@@ -592,14 +661,50 @@ async fn filter_cost_next_to_bare_envoy_and_native_filters() {
         mem_after as f64 / 1e6,
         (mem_after as f64 - mem_before as f64) / WORKLOADS as f64
     );
+    println!(
+        "Per added worker (--concurrency 1 vs 4, after traffic on {CONNECTIONS} connections): RSS +{:.2} MB with the filter, +{:.2} MB bare; server.memory_allocated +{:.2} MB with the filter, +{:.2} MB bare",
+        rss_worker / 1e6,
+        bare_rss_worker / 1e6,
+        alloc_worker / 1e6,
+        bare_alloc_worker / 1e6
+    );
     println!();
     println!(
+        "bench_filter: {:.0} s; machine: {load_before} at the start, {} at the end",
+        started.elapsed().as_secs_f64(),
+        report::machine_load()
+    );
+    println!(
+        "goal: full path (JWT RS256 + Entra token + tokens/minute + usage record + histograms) x bare Envoy: {}; goal >= 0.60",
+        report::with_spread(&report.ratios(FULL), 2)
+    );
+    println!(
+        "goal: routing + Entra token x bare Envoy: {}; goal >= 0.70",
+        report::with_spread(&report.ratios(ROUTING), 2)
+    );
+    println!(
+        "goal: failover pool of 2 without failover, added per request to the same model unpooled (1/req/s): {} us; goal <= 10 us",
+        report::with_spread(&report.added_us(POOL, FULL), 1)
+    );
+    println!(
+        "goal: streamed answer, first byte added at p50: {} us; goal < 300 us",
+        report::with_spread(&column(0), 0)
+    );
+    println!(
+        "goal: Envoy + filter RSS per added worker: {:.2} MB (bare Envoy {:.2} MB); goal < 1 MB",
+        rss_worker / 1e6,
+        bare_rss_worker / 1e6
+    );
+    println!(
         "filter/native (no cache) throughput ratio: {:.2}",
-        filter / native_nocache
+        rps(FULL) / rps("native jwt_authn (no cache) + header_mutation")
     );
     println!(
         "filter/native (cache) throughput ratio: {:.2}",
-        filter / native_cache
+        rps(FULL) / rps("native jwt_authn (cache) + header_mutation")
     );
-    println!("filter/bare throughput ratio: {:.2}", filter / bare);
+    println!(
+        "filter/bare throughput ratio: {:.2}",
+        report::spread(&report.ratios(FULL)).0
+    );
 }

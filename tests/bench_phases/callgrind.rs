@@ -31,14 +31,21 @@ pub fn listener_block(config: &str, name: &str) -> String {
     out
 }
 
-/// One bootstrap with a listener for each of `listeners`, and the clusters of the one with the
-/// most (the pool scenario's: a superset of the others').
+/// One bootstrap with a listener for each of `listeners`, and the clusters of all of them
+/// (the extra clusters, one per line, merged: the pool variants' aggregate clusters have
+/// names of their own, their targets are the same).
 pub fn bootstrap(listeners: &[&EnvoyOptions], ports: &[u16], admin_port: u16) -> String {
-    let with_most_clusters = listeners
-        .iter()
-        .max_by_key(|o| o.extra_clusters_yaml.as_ref().map_or(0, |y| y.len()))
-        .expect("a listener");
-    let base = common::render_config(with_most_clusters, ports[0], admin_port);
+    let mut with_all_clusters = (*listeners.first().expect("a listener")).clone();
+    let mut extra: Vec<&str> = Vec::new();
+    for o in listeners {
+        for line in o.extra_clusters_yaml.as_deref().unwrap_or_default().lines() {
+            if !extra.contains(&line) {
+                extra.push(line);
+            }
+        }
+    }
+    with_all_clusters.extra_clusters_yaml = Some(extra.join("\n") + "\n");
+    let base = common::render_config(&with_all_clusters, ports[0], admin_port);
     let mut rendered = String::from("  listeners:\n");
     for (i, (o, port)) in listeners.iter().zip(ports).enumerate() {
         rendered.push_str(&listener_block(

@@ -204,6 +204,104 @@ pub fn pool_options(fx: &Fixture) -> EnvoyOptions {
     o
 }
 
+/// What runs as the pool's upstream filter in [`pool_options_upstream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolUpstream {
+    /// No upstream filter (the listener filter rewrote the request for the first target, so
+    /// an attempt there needs nothing): Envoy's own cost of the aggregate cluster and its
+    /// retry policy.
+    None,
+    /// A Wasm filter that does nothing: what any upstream Wasm filter costs per attempt.
+    Nothing,
+}
+
+/// [`pool_options`] with another upstream filter, on aggregate clusters of their own name
+/// (suffix `~<variant>`), so that the variants can share one Envoy (bench_phases).
+pub fn pool_options_upstream(fx: &Fixture, upstream: PoolUpstream) -> EnvoyOptions {
+    let mut o = pool_options(fx);
+    let suffix = match upstream {
+        PoolUpstream::None => "~none",
+        PoolUpstream::Nothing => "~nothing",
+    };
+    let trivial = std::env::temp_dir().join(format!(
+        "azure-llm-bench-trivial-upstream-{}.wasm",
+        std::process::id()
+    ));
+    std::fs::write(
+        &trivial,
+        wat::parse_str(TRIVIAL_FILTER_WAT).expect("valid WAT"),
+    )
+    .unwrap();
+    let mut clusters = String::new();
+    for line in o.extra_clusters_yaml.as_deref().unwrap_or_default().lines() {
+        let Some(mut c) = line
+            .strip_prefix("- ")
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+            .filter(|c| c["cluster_type"]["name"] == "envoy.clusters.aggregate")
+        else {
+            clusters.push_str(line);
+            clusters.push('\n');
+            continue;
+        };
+        c["name"] = json!(format!(
+            "{}{suffix}",
+            c["name"].as_str().unwrap_or_default()
+        ));
+        let filters = &mut c["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"];
+        if let Some(list) = filters.as_array_mut() {
+            match upstream {
+                PoolUpstream::None => list.retain(|f| f["name"] != "envoy.filters.http.wasm"),
+                PoolUpstream::Nothing => {
+                    for f in list
+                        .iter_mut()
+                        .filter(|f| f["name"] == "envoy.filters.http.wasm")
+                    {
+                        let config = &mut f["typed_config"]["config"];
+                        config["name"] = json!("trivial");
+                        config["root_id"] = json!("trivial");
+                        config["vm_config"]["vm_id"] = json!("trivial_upstream");
+                        config["vm_config"]["code"] =
+                            json!({"local": {"filename": trivial.to_string_lossy()}});
+                        if let Some(m) = config.as_object_mut() {
+                            m.remove("configuration");
+                        }
+                    }
+                }
+            }
+        }
+        clusters.push_str(&format!("- {c}\n"));
+    }
+    o.extra_clusters_yaml = Some(clusters);
+    let mut routes = String::new();
+    for line in o.extra_routes_yaml.as_deref().unwrap_or_default().lines() {
+        let renamed = line
+            .strip_prefix("- ")
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+            .filter(|r| {
+                r["route"]["cluster"]
+                    .as_str()
+                    .is_some_and(|c| c.contains('+'))
+            });
+        match renamed {
+            Some(mut r) => {
+                let name = format!(
+                    "{}{suffix}",
+                    r["route"]["cluster"].as_str().unwrap_or_default()
+                );
+                r["route"]["cluster"] = json!(name);
+                routes.push_str(&format!("- {r}\n"));
+            }
+            None => {
+                routes.push_str(line);
+                routes.push('\n');
+            }
+        }
+    }
+    o.extra_routes_yaml = Some(routes);
+    o
+}
+
 pub fn jwt_auth(fx: &Fixture) -> Value {
     let tenant = fx.standin.tenant_id();
     json!({"jwt_providers": {"entra": {

@@ -512,6 +512,11 @@ impl Envoy {
         &self.log_path
     }
 
+    /// Envoy's process id (the real binary, not a wrapper): for /proc figures such as RSS.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn config_yaml(&self) -> String {
         self.config.clone()
     }
