@@ -1055,16 +1055,16 @@ mod health {
             PoolYaml::default(),
         )
         .await;
-        // The start-up fetch of the broken credential has failed.
+        // The start-up fetch of the broken credential has failed, and the filter knows it:
+        // the stand-in's record of its 401 comes before Envoy has read the answer, and a
+        // request sent in between finds the fetch still in flight (its attempt then waits
+        // for the token and is refused with it: CI once failed so).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !payg
-            .requests_of(EndpointKind::Token)
-            .iter()
-            .any(|r| r.outcome_status == 401)
-        {
+        while fetches_failed(&envoy, "broken").await == 0 {
             assert!(
                 Instant::now() < deadline,
-                "no token request: {}",
+                "no failed token fetch counted ({} token requests): {}",
+                payg.requests_of(EndpointKind::Token).len(),
                 envoy.logs()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1083,6 +1083,30 @@ mod health {
         let g = data_plane(&payg);
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].header("host"), Some(PAYG_HOST));
+    }
+
+    /// The failed Entra token fetches the filter has counted for `credential` (any failure
+    /// code).
+    async fn fetches_failed(envoy: &Envoy, credential: &str) -> u64 {
+        let prefix = format!(
+            "wasmcustom.{}",
+            azure_llm_filter::metrics::token_fetches(credential, "")
+        );
+        // The name ends with the result's value and its end mark: cut both.
+        let prefix = prefix.trim_end().to_string();
+        let Ok(resp) = client()
+            .get(envoy.admin_url("/stats?filter=token_fetches"))
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        let body = resp.text().await.unwrap_or_default();
+        body.lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(k, _)| k.starts_with(&prefix) && !k.ends_with(".ok "))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum()
     }
 
     /// An attempt that reached the PTU and was never answered (the connection dropped after

@@ -456,9 +456,6 @@ fn finish_fetch(
                 failure.summary()
             );
             let summary = failure.code.clone();
-            state
-                .metrics
-                .count(metrics::token_fetches(&name, &failure.code), 1);
             let slot = tokens::update_slot(&key, |s| {
                 Some(s.on_failure(
                     now,
@@ -467,6 +464,11 @@ fn finish_fetch(
                     RetryPolicy::default(),
                 ))
             });
+            // Counted once the slot says so: whoever reads the count (an operator, a test)
+            // may rely on every worker leaving the credential's targets out by then.
+            state
+                .metrics
+                .count(metrics::token_fetches(&name, &failure.code), 1);
             let Some(slot) = slot else { return };
             if let Some(token) = slot.usable_token(now) {
                 let token = token.to_string();
