@@ -1165,6 +1165,137 @@ mod health {
         );
     }
 
+    /// The pool `targets` (of ptu, payg-east, payg) where payg-east's credential gets no
+    /// token, slowly: its Entra (a stand-in of its own, so that only its token requests are
+    /// slow) answers after 3 s and knows no such client. Envoy starts while that fetch is in
+    /// flight.
+    async fn slow_broken_pool(targets: Value) -> (StandIn, StandIn, StandIn, Envoy) {
+        let (ptu, payg) = resources().await;
+        let slow_entra = StandIn::start(StandInConfig {
+            tenant_id: super::pools::PAYG_TENANT.into(),
+            ..StandInConfig::default()
+        })
+        .await
+        .unwrap();
+        slow_entra.push_fault(
+            EndpointKind::Token,
+            Fault::Delay(Duration::from_millis(3_000)),
+            10,
+        );
+        let mut plugin = plugin_config(&ptu);
+        plugin["credentials"]["broken"] = json!({"kind": "client_secret",
+            "tenant_id": super::pools::PAYG_TENANT, "client_id": super::pools::PAYG_CLIENT,
+            "client_secret": "partner-secret", "token_cluster": "entra-slow"});
+        plugin["backends"]["payg-east"] = json!({"kind": "azure_openai_v1",
+            "host": "partner-payg-east.openai.azure.com", "credential": "broken"});
+        plugin["models"]["gpt-4o"]["targets"] = targets;
+        let mut token_clusters = entra(&ptu, &payg);
+        token_clusters.push(Cluster::new("entra-slow", slow_entra.port()));
+        let envoy = pool_envoy(
+            &plugin,
+            token_clusters,
+            &[
+                ("ptu", ptu.port()),
+                ("payg-east", payg.port()),
+                ("payg", payg.port()),
+            ],
+            PoolYaml::default(),
+        )
+        .await;
+        (ptu, payg, slow_entra, envoy)
+    }
+
+    /// A target whose token fetch is still in flight when a spill reaches it, and then fails:
+    /// the attempt that waited for the token goes on to the next target, and the caller gets
+    /// PAYG's 200 (it got the waiting attempt's 503 `backend_token_unavailable` before:
+    /// Envoy's router never retries an upstream filter's own answer). The attempt went to its
+    /// target without any token: not the PTU's, which the request carried from its first
+    /// attempt.
+    #[tokio::test]
+    async fn a_token_fetch_in_flight_that_fails_moves_the_spill_on_to_the_next_target() {
+        let (ptu, payg, slow_entra, envoy) = slow_broken_pool(json!([
+            {"backend": "ptu", "deployment": "gpt-4o-ptu"},
+            {"backend": "payg-east", "deployment": "gpt-4o-global"},
+            {"backend": "payg", "deployment": "gpt-4o-global"}]))
+        .await;
+        ptu.push_fault(
+            EndpointKind::DataPlane,
+            Fault::RateLimitedMs {
+                retry_after_ms: 30_000,
+            },
+            1,
+        );
+        let sent = Instant::now();
+        let resp = chat(&envoy).await;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{body} {}", envoy.logs());
+        // The broken credential's fetch was in flight when the spill reached its target, and
+        // the attempt waited for its answer (the PTU's 429 and PAYG's answer are immediate):
+        // else this test shows nothing.
+        let took = sent.elapsed();
+        assert!(took >= Duration::from_millis(1_000), "took {took:?}");
+        assert!(!slow_entra.requests_of(EndpointKind::Token).is_empty());
+        let g = data_plane(&payg);
+        assert_eq!(g.len(), 2, "payg-east's attempt, then PAYG's");
+        assert_eq!(
+            g[0].header("host"),
+            Some("partner-payg-east.openai.azure.com")
+        );
+        assert_eq!(
+            g[0].header("authorization"),
+            None,
+            "an attempt without its token carries no other target's"
+        );
+        assert_eq!(g[0].outcome_status, 401);
+        assert_eq!(g[1].header("host"), Some(PAYG_HOST));
+        assert_eq!(g[1].outcome_status, 200);
+        let no_token = format!(
+            "wasmcustom.{}",
+            azure_llm_filter::metrics::target_attempts("payg-east", "no_token")
+        );
+        assert_eq!(stat(&envoy, &no_token).await, 1);
+        // The credential's failure leaves its target out of the next request (the PTU is
+        // throttled now: it starts at PAYG).
+        let resp = client()
+            .post(envoy.url("/v1/chat/completions"))
+            .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "again"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(data_plane(&payg).len(), 3);
+        assert_eq!(data_plane(&payg)[2].header("host"), Some(PAYG_HOST));
+    }
+
+    /// The same when the target without a token is the last one left: the caller gets the
+    /// filter's 503 `backend_token_unavailable` with Retry-After, in OpenAI's shape, not the
+    /// target's refusal of a request without a token.
+    #[tokio::test]
+    async fn a_token_fetch_that_fails_on_the_last_target_gives_the_filters_503() {
+        let (ptu, payg, _slow_entra, envoy) = slow_broken_pool(json!([
+            {"backend": "ptu", "deployment": "gpt-4o-ptu"},
+            {"backend": "payg-east", "deployment": "gpt-4o-global"}]))
+        .await;
+        ptu.push_fault(
+            EndpointKind::DataPlane,
+            Fault::RateLimitedMs {
+                retry_after_ms: 30_000,
+            },
+            1,
+        );
+        let resp = chat(&envoy).await;
+        let status = resp.status();
+        let retry_after = resp.headers().get("retry-after").cloned();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 503, "{body} {}", envoy.logs());
+        assert_eq!(body["error"]["code"], "backend_token_unavailable", "{body}");
+        assert!(retry_after.is_some());
+        let g = data_plane(&payg);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].header("authorization"), None);
+    }
+
     /// The replayed body is the caller's bytes with only the `model` value changed (it was
     /// re-serialized for v1 targets: keys sorted, escapes decoded).
     #[tokio::test]

@@ -199,7 +199,7 @@ impl RootContext for FilterRoot {
             )
             .with_retry_after(1);
             for w in &timed_out {
-                tokens::fail_waiter(w, &err);
+                tokens::fail_waiter(&mut state, w, &err);
             }
         }
         let timeout_ms = state.config.body_wait_timeout_ms;
@@ -291,7 +291,7 @@ impl FilterRoot {
         } else if let Some(wait_ms) = slot.cold_backoff_remaining_ms(now) {
             let err = tokens::token_unavailable(wait_ms);
             for w in state.take_waiters(credential) {
-                tokens::fail_waiter(&w, &err);
+                tokens::fail_waiter(state, &w, &err);
             }
         }
         if state.fetch_in_flight(credential) || !slot.needs_fetch(now) {
@@ -479,7 +479,7 @@ fn finish_fetch(
                 let wait_ms = slot.cold_backoff_remaining_ms(now).unwrap_or(0);
                 let err = tokens::token_unavailable(wait_ms);
                 for w in state.take_waiters(credential) {
-                    tokens::fail_waiter(&w, &err);
+                    tokens::fail_waiter(state, &w, &err);
                 }
             }
         }

@@ -161,9 +161,26 @@ pub fn resume_with_token(waiter: &Waiter, token: &str) {
     );
 }
 
-/// Answers a paused request with an error, in its API's shape.
-pub fn fail_waiter(waiter: &Waiter, error: &FilterError) {
+/// Answers a paused request with an error, in its API's shape; an upstream attempt of a
+/// failover pool goes on without a token instead (see [`Waiter::moves_on`]).
+pub fn fail_waiter(state: &mut WorkerState, waiter: &Waiter, error: &FilterError) {
     if hostcalls::set_effective_context(waiter.context_id).is_err() {
+        return;
+    }
+    if waiter.moves_on {
+        // Its own answer would reach the caller as it is: Envoy's router sends an upstream
+        // filter's local reply downstream and never retries it, nor a reset. Sent without a
+        // token (the `authorization` the attempt carries is another target's), the target
+        // refuses it, and the upstream filter turns that refusal into this 503, which the
+        // router retries on the pool's next target (`retry_on: 5xx`).
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None);
+        state.tokenless.push((waiter.context_id, error.clone()));
+        let resumed = hostcalls::resume_http_request();
+        log::debug!(
+            "azure-llm-filter: attempt {} goes on without its token ({}, {resumed:?})",
+            waiter.context_id,
+            error.code
+        );
         return;
     }
     send_error(&error.clone().in_dialect(waiter.dialect));

@@ -66,6 +66,12 @@ pub struct UpstreamFilter {
     released: bool,
     /// Response headers came.
     answered: bool,
+    /// The attempt went on without its target's token (the fetch failed, or the wait for it
+    /// timed out): the target's refusal becomes this error, a 5xx Envoy's router retries on
+    /// the pool's next target.
+    tokenless: Option<FilterError>,
+    /// The answer's body is replaced by this (the error of a tokenless attempt).
+    replace_body: Option<String>,
 }
 
 impl UpstreamFilter {
@@ -78,6 +84,8 @@ impl UpstreamFilter {
             token_pending: false,
             released: false,
             answered: false,
+            tokenless: None,
+            replace_body: None,
         }
     }
 
@@ -193,6 +201,7 @@ impl UpstreamFilter {
                     deadline_ms: now + config.token_wait_timeout_ms,
                     // The upstream filter does not track the caller's API: OpenAI's shape.
                     dialect: Default::default(),
+                    moves_on: true,
                 });
                 self.token_pending = true;
                 Ok(())
@@ -202,20 +211,29 @@ impl UpstreamFilter {
     }
 
     fn count_attempt(&self, outcome: Outcome) {
+        self.count_attempt_as(TargetHealth::outcome_label(outcome));
+    }
+
+    fn count_attempt_as(&self, label: &str) {
         let Some(a) = &self.attempt else { return };
         if let Ok(mut s) = self.state.try_borrow_mut() {
-            let label = TargetHealth::outcome_label(outcome);
             s.metrics
                 .count(metrics::target_attempts(&a.backend, label), 1);
         }
     }
 
     /// The request may leave: the target's token is attached (or awaited: the root context
-    /// resumes the attempt with it).
+    /// resumes the attempt with it, or without it: `WorkerState::tokenless`).
     fn release(&mut self, config: &Config) -> Action {
         if self.attempt.as_ref().is_some_and(|a| a.rewrite) {
             if let Err(e) = self.attach_token(config) {
-                return self.fail(&e);
+                // Answering it here would end the request with this 503 (Envoy's router
+                // never retries an upstream filter's own answer) while another target of
+                // the pool could serve it: it goes on without a token, and the target's
+                // refusal becomes the retriable 503 (`tokenless_answer`). The
+                // `authorization` it carries is another target's: it must not leave.
+                self.set_http_request_header("authorization", None);
+                self.tokenless = Some(e);
             }
         }
         if self.token_pending {
@@ -245,6 +263,10 @@ impl UpstreamFilter {
             &config.failover,
         );
         self.count_attempt(Outcome::Unreachable);
+        // A request without its token is refused, not billed.
+        if self.tokenless.is_some() {
+            return;
+        }
         // `upstream.local_address` exists once the connection to the target was made.
         if self
             .get_property(vec!["upstream", "local_address"])
@@ -265,7 +287,40 @@ impl UpstreamFilter {
             self.set_property(vec![LOST_PROPERTY], Some(&lost));
         }
     }
+
+    /// The answer to an attempt sent without its target's token: unless the target served
+    /// it anyway, it becomes the error the missing token stands for (503 with Retry-After),
+    /// which Envoy's router retries on the pool's next target, and which the caller gets
+    /// (in the filter's shape, not the target's 401) when no target is left. The target's
+    /// health is not touched: its credential failed, not the target (the token slot records
+    /// that, and the listener filter leaves the target out while it lasts).
+    fn tokenless_answer(&mut self, error: &FilterError) -> Action {
+        let served = self
+            .get_http_response_header_bytes(":status")
+            .is_some_and(|s| s.first() == Some(&b'2'));
+        if served {
+            self.released = true;
+            return Action::Continue;
+        }
+        self.set_http_response_header(":status", Some(&error.status.to_string()));
+        self.set_http_response_header("content-length", None);
+        for (name, value) in error.headers() {
+            self.set_http_response_header(name, Some(&value));
+        }
+        self.replace_body = Some(error.body());
+        self.count_attempt_as(TOKENLESS_LABEL);
+        log::warn!(
+            "azure-llm-filter (upstream): attempt on `{}` had no token ({}): answered {} for the router to retry",
+            self.attempt.as_ref().map_or("?", |a| a.backend.as_str()),
+            error.code,
+            error.status
+        );
+        Action::Continue
+    }
 }
+
+/// `azure_llm_target_attempts` outcome of an attempt that went without its target's token.
+pub const TOKENLESS_LABEL: &str = "no_token";
 
 impl Context for UpstreamFilter {
     fn on_done(&mut self) -> bool {
@@ -321,12 +376,18 @@ impl HttpContext for UpstreamFilter {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.body_pending {
             // Body callbacks come while the headers wait for a token: hold them too, or the
-            // attempt would leave without its token.
-            return if self.token_pending {
-                Action::Pause
-            } else {
-                Action::Continue
-            };
+            // attempt would leave without its token (until the root context resumed it).
+            if self.token_pending {
+                let waiting = self
+                    .state
+                    .try_borrow()
+                    .map_or(true, |s| s.is_waiting(self.context_id));
+                if waiting {
+                    return Action::Pause;
+                }
+                self.token_pending = false;
+            }
+            return Action::Continue;
         }
         if !end_of_stream {
             return Action::Pause;
@@ -355,6 +416,17 @@ impl HttpContext for UpstreamFilter {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.answered = true;
+        if self.tokenless.is_none() && self.token_pending {
+            // Resumed by the root context: with its token, or without (`fail_waiter`).
+            self.tokenless = self
+                .state
+                .try_borrow_mut()
+                .ok()
+                .and_then(|mut s| s.take_tokenless(self.context_id));
+        }
+        if let Some(error) = self.tokenless.clone() {
+            return self.tokenless_answer(&error);
+        }
         if !self.released {
             // This filter's own answer (a refusal, a token that never came), or an attempt
             // the root context resumed with its token: only the latter is the target's.
@@ -396,6 +468,18 @@ impl HttpContext for UpstreamFilter {
         if outcome != Outcome::Answered {
             self.count_attempt(outcome);
         }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(body) = &self.replace_body else {
+            return Action::Continue;
+        };
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = body.clone();
+        self.set_http_response_body(0, body_size, body.as_bytes());
         Action::Continue
     }
 }

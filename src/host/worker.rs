@@ -58,6 +58,10 @@ pub struct Waiter {
     pub deadline_ms: u64,
     /// The error shape of the request's API, for an answer from the root context.
     pub dialect: crate::errors::Dialect,
+    /// An upstream attempt of a failover pool: a token that does not come lets it go on
+    /// without one (`WorkerState::tokenless`) instead of answering it, so that Envoy's
+    /// router can try the next target (it never retries an upstream filter's own answer).
+    pub moves_on: bool,
 }
 
 pub struct WorkerState {
@@ -91,6 +95,10 @@ pub struct WorkerState {
     pub guard_key: Option<String>,
     /// Where requests start among equal-priority targets, per pool model (`failover::order`).
     pub pool_rotations: HashMap<String, crate::failover::order::Rotation>,
+    /// Upstream attempts the root context let go on without their target's token (its
+    /// fetch failed or the wait timed out), with the error they stand for: the upstream
+    /// filter turns the target's refusal into it (`host::upstream`).
+    pub tokenless: Vec<(u32, crate::errors::FilterError)>,
 }
 
 impl WorkerState {
@@ -123,6 +131,7 @@ impl WorkerState {
             rls_charges_in_flight: std::collections::HashSet::new(),
             guard_key: None,
             pool_rotations: HashMap::new(),
+            tokenless: Vec::new(),
         }
     }
 
@@ -173,8 +182,23 @@ impl WorkerState {
         expired
     }
 
+    /// The request still waits for a token (the root context has not resumed it).
+    pub fn is_waiting(&self, context_id: u32) -> bool {
+        self.waiters.iter().any(|w| w.context_id == context_id)
+    }
+
+    /// The error an upstream attempt stands for if the root context let it go on without
+    /// its token.
+    pub fn take_tokenless(&mut self, context_id: u32) -> Option<crate::errors::FilterError> {
+        let i = self.tokenless.iter().position(|(c, _)| *c == context_id)?;
+        Some(self.tokenless.swap_remove(i).1)
+    }
+
     pub fn forget_context(&mut self, context_id: u32) {
         self.waiters.retain(|w| w.context_id != context_id);
+        if !self.tokenless.is_empty() {
+            self.tokenless.retain(|(c, _)| *c != context_id);
+        }
         self.body_watch.done(context_id);
     }
 }
@@ -204,18 +228,21 @@ mod tests {
             credential: 0,
             deadline_ms: 100,
             dialect: Default::default(),
+            moves_on: false,
         });
         s.waiters.push(Waiter {
             context_id: 2,
             credential: 1,
             deadline_ms: 50,
             dialect: Default::default(),
+            moves_on: false,
         });
         s.waiters.push(Waiter {
             context_id: 3,
             credential: 0,
             deadline_ms: 200,
             dialect: Default::default(),
+            moves_on: false,
         });
         assert_eq!(s.take_expired_waiters(60).len(), 1);
         assert!(s.has_waiters(0));

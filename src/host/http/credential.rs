@@ -40,6 +40,7 @@ impl HttpFilter {
                     credential,
                     deadline_ms: now + config.token_wait_timeout_ms,
                     dialect: self.dialect,
+                    moves_on: false,
                 });
                 Ok(Action::Pause)
             }
