@@ -251,6 +251,20 @@ pub fn multipart_form(data: &[u8]) {
             "the model is a whole field value"
         );
     }
+    // The guardrails' prompt field: its range holds exactly its text, on a field value.
+    if let Ok(fields) = multipart::text_fields("multipart/form-data; boundary=XyZ", data, "prompt")
+    {
+        for f in fields {
+            let value = data.get(f.range.clone());
+            assert!(value.is_some(), "the range is in the body");
+            if let (Some(text), Some(value)) = (&f.text, value) {
+                assert_eq!(text.as_bytes(), value);
+            }
+            assert!(data
+                .get(..f.range.start)
+                .is_some_and(|b| b.ends_with(b"\r\n")));
+        }
+    }
 }
 
 /// Chunks of `data` cut at points derived from the data itself.
@@ -497,6 +511,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "multipart_form" => vec![
             "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n".into(),
             "pre\r\n--XyZ \r\ncontent-disposition: form-data; name=model\r\n\r\ngpt-4o-transcribe\r\n--XyZ\r\nContent-Disposition: form-data; name=language\r\n\r\nen\r\n--XyZ--".into(),
+            "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nnames: a@b.io\r\n--XyZ\r\nContent-Disposition: form-data; name=Prompt\r\nContent-Transfer-Encoding: base64\r\n\r\neA==\r\n--XyZ--\r\n".into(),
         ],
         "guard_scanners" => crate::guard::fuzz::scanner_seeds(),
         "capture" => vec![

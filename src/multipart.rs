@@ -224,8 +224,28 @@ fn at_line_start(body: &[u8], at: usize) -> bool {
     at >= 2 && body.get(at - 2..at) == Some(b"\r\n")
 }
 
-/// The value of a part if it is the model field, after checking its headers.
-fn model_of_part(part: &[u8]) -> Result<Option<String>, FormError> {
+/// One part, its headers checked.
+struct Part<'b> {
+    name: String,
+    filename: bool,
+    content_type: Option<String>,
+    transfer_encoding: bool,
+    content: &'b [u8],
+}
+
+impl Part<'_> {
+    /// A plain text field: no file name, no transfer encoding, text/plain (or no type).
+    fn is_plain_text(&self) -> bool {
+        let plain = self.content_type.as_deref().is_none_or(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/plain"))
+        });
+        plain && !self.filename && !self.transfer_encoding
+    }
+}
+
+fn read_part(part: &[u8]) -> Result<Part<'_>, FormError> {
     let (head, content) = if let Some(content) = part.strip_prefix(b"\r\n") {
         (&part[..0], content)
     } else {
@@ -251,7 +271,7 @@ fn model_of_part(part: &[u8]) -> Result<Option<String>, FormError> {
                 return Err(FormError::BadDisposition);
             }
         } else if name.eq_ignore_ascii_case("content-type") {
-            content_type = Some(value);
+            content_type = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
             transfer_encoding = true;
         }
@@ -272,23 +292,72 @@ fn model_of_part(part: &[u8]) -> Result<Option<String>, FormError> {
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| v.as_str())
     };
-    let name = param("name").ok_or(FormError::BadDisposition)?;
-    if !name.eq_ignore_ascii_case("model") {
+    let name = param("name").ok_or(FormError::BadDisposition)?.to_string();
+    Ok(Part {
+        name,
+        filename: param("filename").is_some(),
+        content_type,
+        transfer_encoding,
+        content,
+    })
+}
+
+/// The value of a part if it is the model field, after checking its headers.
+fn model_of_part(part: &[u8]) -> Result<Option<String>, FormError> {
+    let part = read_part(part)?;
+    if !part.name.eq_ignore_ascii_case("model") {
         return Ok(None);
     }
-    let plain_text = content_type.is_none_or(|t| {
-        t.split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/plain"))
-    });
-    if name != "model" || param("filename").is_some() || transfer_encoding || !plain_text {
+    if part.name != "model" || !part.is_plain_text() {
         return Err(FormError::BadModelField);
     }
-    let value = std::str::from_utf8(content).map_err(|_| FormError::BadModelField)?;
+    let value = std::str::from_utf8(part.content).map_err(|_| FormError::BadModelField)?;
     if value.is_empty() || value.trim() != value || value.chars().any(char::is_control) {
         return Err(FormError::BadModelField);
     }
     Ok(Some(value.to_string()))
+}
+
+/// A text field of a form, for the guardrails (the `prompt` of transcriptions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextField {
+    /// Where its value is in the body.
+    pub range: std::ops::Range<usize>,
+    /// Its value; `None` when it is not plain UTF-8 text (a file, a transfer encoding, another
+    /// content type), so its text cannot be read as the service would.
+    pub text: Option<String>,
+}
+
+/// The fields named `name` in any letter case (a parser may read `Prompt` as `prompt`), in
+/// body order, read as strictly as the model field.
+pub fn text_fields(
+    content_type: &str,
+    body: &[u8],
+    name: &str,
+) -> Result<Vec<TextField>, FormError> {
+    let boundary = boundary(content_type)?;
+    let mut dash = Vec::with_capacity(boundary.len() + 2);
+    dash.extend_from_slice(b"--");
+    dash.extend_from_slice(boundary.as_bytes());
+    let mut out = Vec::new();
+    for raw in parts(body, &dash)? {
+        let part = read_part(raw)?;
+        if !part.name.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        // The content is a subslice of the body: its offset.
+        let start = (part.content.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+        let text = if part.is_plain_text() && part.name == name {
+            std::str::from_utf8(part.content).ok().map(str::to_string)
+        } else {
+            None
+        };
+        out.push(TextField {
+            range: start..start + part.content.len(),
+            text,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -400,6 +469,27 @@ mod tests {
             model_field(CT, &form(&[b64])),
             Err(FormError::BadModelField)
         );
+    }
+
+    #[test]
+    fn text_fields_and_where_they_are() {
+        let prompt = "Content-Disposition: form-data; name=\"prompt\"\r\n\r\nsay hi";
+        let body = form(&[MODEL, prompt]);
+        let fields = text_fields(CT, &body, "prompt").unwrap();
+        assert_eq!(fields.len(), 1);
+        assert_eq!(fields[0].text.as_deref(), Some("say hi"));
+        assert_eq!(&body[fields[0].range.clone()], b"say hi");
+        let upper = "Content-Disposition: form-data; name=\"Prompt\"\r\n\r\nx";
+        let b64 = "Content-Disposition: form-data; name=prompt\r\nContent-Transfer-Encoding: base64\r\n\r\neA==";
+        let file = "Content-Disposition: form-data; name=prompt; filename=p.txt\r\n\r\nx";
+        for part in [upper, b64, file] {
+            let fields = text_fields(CT, &form(&[MODEL, part]), "prompt").unwrap();
+            assert_eq!(fields.len(), 1, "{part}");
+            assert_eq!(fields[0].text, None, "{part}");
+        }
+        assert!(text_fields(CT, &form(&[MODEL]), "prompt")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

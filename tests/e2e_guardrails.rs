@@ -7,124 +7,10 @@
 mod common;
 
 use azure_llm_filter::metrics;
-use azure_standin::{EndpointKind, Fault, RecordedRequest, StandIn, StandInConfig};
+use azure_standin::{EndpointKind, Fault, RecordedRequest, StandInConfig};
+use common::guardrails::*;
 use common::sdk::{ok, raised};
-use common::{Cluster, Envoy, EnvoyOptions};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-
-const KEY: &str = "guarded-key-0123456789";
-const EXEMPT_KEY: &str = "exempt-key-0123456789";
-const LENIENT_KEY: &str = "lenient-key-0123456789";
-const OPEN_KEY: &str = "open-key-0123456789";
-/// The stand-in's Content Safety resource key (`ContentSafetyConfig::default`).
-const CS_KEY: &str = "standin-content-safety-key";
-const EMAIL: &str = "jane.doe@example.com";
-const CARD: &str = "4111 1111 1111 1111";
-const SSN: &str = "123-45-6789";
-/// The stand-in's answer (12 words).
-const ANSWER: &str = "This is a deterministic answer from the Azure stand-in for your tests.";
-
-struct Gateway {
-    standin: StandIn,
-    envoy: Envoy,
-}
-
-fn api_key(key: &str, workload: &str) -> Value {
-    json!({"sha256": common::hex(&Sha256::digest(key.as_bytes())), "workload": workload})
-}
-
-fn plugin_config(standin: &StandIn, guardrails: Value) -> Value {
-    json!({
-        "credentials": common::standin_credentials(&standin.tenant_id()),
-        "backends": {
-            "aoai": {"kind": "azure_openai", "host": "eastus-res.openai.azure.com", "api_version": "2025-04-01-preview", "credential": "main"},
-            "claude": {"kind": "foundry_anthropic", "host": "contoso.services.ai.azure.com", "credential": "main"}
-        },
-        "models": {
-            "gpt-4o": {"backend": "aoai", "deployment": "gpt-4o-prod"},
-            "embeddings": {"backend": "aoai", "deployment": "text-embedding-3-small"},
-            "claude-opus-4-5": {"backend": "claude", "deployment": "claude-opus-4-5"}
-        },
-        "auth": {"api_keys": [api_key(KEY, "guarded"), api_key(EXEMPT_KEY, "exempt"),
-                              api_key(LENIENT_KEY, "lenient"), api_key(OPEN_KEY, "open")]},
-        "rate_limits": {"default": {"tokens_per_minute": 1_000_000}},
-        "guardrails": guardrails
-    })
-}
-
-async fn gateway(guardrails: Value) -> Gateway {
-    gateway_with(guardrails, Vec::new()).await
-}
-
-/// `host_env`: the Envoy process's environment passed to the VM (`host_env_keys`).
-async fn gateway_with(guardrails: Value, host_env: Vec<(String, String)>) -> Gateway {
-    gateway_of(StandInConfig::default(), guardrails, host_env).await
-}
-
-async fn gateway_of(
-    cfg: StandInConfig,
-    guardrails: Value,
-    host_env: Vec<(String, String)>,
-) -> Gateway {
-    let standin = StandIn::start(cfg).await.unwrap();
-    let mut o = EnvoyOptions::new(plugin_config(&standin, guardrails));
-    o.host_env = host_env;
-    o.clusters.push(Cluster::new("entra", standin.port()));
-    // The stand-in serves Content Safety too (under /contentsafety/).
-    o.clusters
-        .push(Cluster::new("content_safety", standin.port()));
-    for name in ["aoai", "claude"] {
-        o.clusters.push(Cluster::new(name, standin.port()));
-        o.backend_routes.push(name.into());
-    }
-    let envoy = Envoy::start(o).await;
-    Gateway { standin, envoy }
-}
-
-async fn run(gw: &Gateway, cases: &[&str]) -> HashMap<String, Value> {
-    let script = common::workspace_root().join("tests/sdk/guardrails.py");
-    let env = [
-        (
-            "GATEWAY",
-            gw.envoy.url("").trim_end_matches('/').to_string(),
-        ),
-        ("GATEWAY_API_KEY", KEY.to_string()),
-        ("GATEWAY_EXEMPT_KEY", EXEMPT_KEY.to_string()),
-        ("GATEWAY_LENIENT_KEY", LENIENT_KEY.to_string()),
-        ("GATEWAY_OPEN_KEY", OPEN_KEY.to_string()),
-    ];
-    common::sdk::run(&script, cases, &env).await
-}
-
-/// The data-plane requests whose body names the case (its prompt's first word).
-fn upstream_of(gw: &Gateway, case: &str) -> Vec<RecordedRequest> {
-    let needle = format!("{case} ");
-    gw.standin
-        .requests_of(EndpointKind::DataPlane)
-        .into_iter()
-        .filter(|r| String::from_utf8_lossy(&r.body).contains(&needle))
-        .collect()
-}
-
-fn one_upstream(gw: &Gateway, case: &str) -> String {
-    let found = upstream_of(gw, case);
-    assert_eq!(found.len(), 1, "{case}: upstream requests {found:#?}");
-    String::from_utf8_lossy(&found[0].body).into_owned()
-}
-
-/// A filter stat (a name of `azure_llm_filter::metrics`).
-async fn stat(gw: &Gateway, name: &str) -> u64 {
-    gw.envoy
-        .stat(&format!("wasmcustom.{name}"))
-        .await
-        .unwrap_or(0)
-}
-
-fn guardrail(check: &str, category: &str, action: &str) -> String {
-    metrics::guardrail("prompt", check, category, action)
-}
 
 fn local_rules() -> Value {
     json!({
@@ -266,15 +152,6 @@ async fn local_rules_mask_and_block_through_the_sdks() {
     );
 }
 
-fn content_safety(auth: Value) -> Value {
-    let mut cs =
-        json!({"cluster": "content_safety", "host": "contoso-safety.cognitiveservices.azure.com"});
-    for (k, v) in auth.as_object().unwrap() {
-        cs[k] = v.clone();
-    }
-    cs
-}
-
 fn service_policies(auth: Value) -> Value {
     json!({
         "content_safety": content_safety(auth),
@@ -289,28 +166,6 @@ fn service_policies(auth: Value) -> Value {
             "open": {"prompt": {"prompt_shields": "block"}, "failure_mode": "fail_open", "timeout_ms": 400}
         }
     })
-}
-
-/// The Content Safety requests that carried the case's text.
-fn safety_calls(gw: &Gateway, case: &str) -> Vec<RecordedRequest> {
-    gw.standin
-        .requests_of(EndpointKind::ContentSafety)
-        .into_iter()
-        .filter(|r| String::from_utf8_lossy(&r.body).contains(case))
-        .collect()
-}
-
-/// The Content Safety credential's token is fetched when Envoy starts; a guarded request
-/// does not wait for it, so the tests start once it is there.
-async fn token_ready(gw: &Gateway) {
-    let name = format!("wasmcustom.{}", metrics::token_expires_in("main"));
-    for _ in 0..200 {
-        if gw.envoy.stat(&name).await.is_some_and(|s| s > 0) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("no token for credential main");
 }
 
 fn content_filter_result(body: &Value) -> &Value {

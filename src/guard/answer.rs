@@ -52,6 +52,7 @@ pub fn json_text(body: &[u8]) -> String {
 pub struct SseText {
     line: Vec<u8>,
     skipping: bool,
+    ended: bool,
 }
 
 impl SseText {
@@ -65,7 +66,7 @@ impl SseText {
                 self.skipping = false;
             } else {
                 self.line.extend_from_slice(part);
-                event_text(&self.line, out);
+                self.ended |= event_text(&self.line, out);
             }
             self.line.clear();
         }
@@ -81,15 +82,31 @@ impl SseText {
     }
 }
 
-fn event_text(line: &[u8], out: &mut String) {
+impl SseText {
+    /// The stream's terminal event was seen (`data: [DONE]`, Anthropic's `message_stop`, the
+    /// Responses API's `response.completed` / `incomplete` / `failed`): a client stops reading
+    /// there, so whatever follows comes too late to stop anything.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+}
+
+/// Appends the text of one event line to `out`; true if it is the terminal event.
+fn event_text(line: &[u8], out: &mut String) -> bool {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(data) = line.strip_prefix(b"data:") else {
-        return;
+        return false;
     };
+    if data.trim_ascii() == b"[DONE]" {
+        return true;
+    }
     let Ok(event) = serde_json::from_slice::<Value>(data) else {
-        return;
+        return false;
     };
     let text = match event.get("type").and_then(Value::as_str) {
+        Some("message_stop" | "response.completed" | "response.incomplete" | "response.failed") => {
+            return true
+        }
         Some("response.output_text.delta") => event.get("delta").and_then(Value::as_str),
         Some("content_block_delta") => event.pointer("/delta/text").and_then(Value::as_str),
         _ => {
@@ -112,6 +129,7 @@ fn event_text(line: &[u8], out: &mut String) {
     if let Some(t) = text {
         out.push_str(t);
     }
+    false
 }
 
 /// A stream's text, cut into windows of `size` characters. Each window repeats the last
@@ -214,6 +232,27 @@ mod tests {
             }
             assert_eq!(out, "Hello you!", "chunks of {size}");
         }
+    }
+
+    #[test]
+    fn terminal_events_are_seen() {
+        for stream in [
+            "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{}}\r\n\r\n",
+        ] {
+            let mut s = SseText::default();
+            let mut out = String::new();
+            s.feed(stream.as_bytes(), &mut out);
+            assert!(s.ended(), "{stream}");
+        }
+        let mut s = SseText::default();
+        let mut out = String::new();
+        s.feed(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"[DONE]\"}}]}\n\ndata: [DO",
+            &mut out,
+        );
+        assert!(!s.ended(), "content spelling [DONE], an unfinished line");
     }
 
     #[test]

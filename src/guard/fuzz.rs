@@ -87,5 +87,9 @@ pub fn scanner_seeds() -> Vec<String> {
         "\u{1}\nmail jane@example.com, card 4111 1111 1111 1111, iban DE89 3704 0044 0532 0130 00, ssn 123-45-6789, ip 10.0.0.1 and ::1, +44 20 7946 0958".into(),
         "\u{2}\neyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLWJ5dGVz api-key: 0123456789abcdef0123456789abcdef".into(),
         "\u{3}\n{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"a@b.io 555-123-4567\"}],\"user\":\"x@y.org\"}".into(),
+        // Values split across parts, by invisible or look-alike characters, in payload slots.
+        "\u{3}\n{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"card 4111 1111\"},{\"type\":\"text\",\"text\":\" 1111 1111 Project\"},{\"type\":\"text\",\"text\":\" falcon\"}]}]}".into(),
+        "\u{7}\nproj\u{200B}ect fal\u{00AD}con, Prоject Fаlcon, ４１１１ １１１１ １１１１ １１１１ ａ@ｂ.ｉｏ".into(),
+        "\u{3}\n{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,MTIzNDU2Nzg5\"}},{\"type\":\"input_audio\",\"input_audio\":{\"data\":\"a@b.io\"}},{\"type\":\"document\",\"source\":{\"type\":\"text\",\"data\":\"x@y.org\"}}]}]}".into(),
     ]
 }

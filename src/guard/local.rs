@@ -3,8 +3,23 @@
 //! replaced by `[REDACTED:<rule>]` in the document itself, so the prompt that leaves for Azure
 //! (and for Content Safety, and the usage record's capture) never holds the value.
 //!
-//! Base64 payloads are not text and are skipped: `data:` URLs, and the values of `data`,
-//! `file_data` and `b64_json` (images, audio, files). So is `model`.
+//! What a caller could do to get text past the rules, and what closes it:
+//! - **Hide text where payloads go.** Only the places where the APIs carry binary payloads are
+//!   skipped, by their position in the document, not by a key name found anywhere: the
+//!   top-level `model`; `image_url.url` of an `image_url` part and `image_url` of an
+//!   `input_image` item (a `data:` URL); `input_audio.data`; `file.file_data` and
+//!   `file_data` of an `input_file`; `source.data` of an Anthropic `image` / `document` whose
+//!   source is `base64`; `result` of an `image_generation_call`. And even there a value is
+//!   skipped only when it is base64 (or a base64 `data:` URL): text put in a payload slot is
+//!   scanned like any other.
+//! - **Split a value across content parts** (`"proj"` + `"ect falcon"`, a card number over two
+//!   parts): the text parts of one content array (chat parts, Responses `input_text`,
+//!   Anthropic `text` blocks) are also scanned joined; a `mask` match across parts is masked
+//!   in each part it covers.
+//! - **Invisible or look-alike characters** (`proj\u{200B}ect`, Cyrillic `а` for `a`,
+//!   full-width digits): a text with any is also scanned folded (format characters removed,
+//!   common Latin look-alikes and full-width forms mapped to ASCII), the spans found mapped
+//!   back to the original.
 //!
 //! A masked text is scanned again: if a rule still matches (its pattern matches the
 //! replacement itself), the prompt is blocked instead, so what leaves never matches a `mask`
@@ -14,9 +29,6 @@ use super::config::{LocalAction, Policy};
 use super::pii::PiiKind;
 use super::verdict::{Check, Decision, Direction, Finding};
 use serde_json::{Map, Value};
-
-/// Keys whose string values are binary payloads or routing, not prompt text.
-const SKIPPED_KEYS: [&str; 4] = ["data", "file_data", "b64_json", "model"];
 
 /// What the local rules found in a body.
 #[derive(Debug, Default)]
@@ -69,7 +81,7 @@ pub fn apply(policy: &Policy, body: &mut Value) -> LocalOutcome {
         fired: vec![None; rules.len()],
         changed: false,
     };
-    scan.value(body, None);
+    scan.value(body, Place::Top);
     let mut out = LocalOutcome {
         changed: scan.changed,
         ..LocalOutcome::default()
@@ -84,6 +96,117 @@ pub fn apply(policy: &Policy, body: &mut Value) -> LocalOutcome {
         });
     }
     out
+}
+
+/// Where a value sits, as far as the payload slots need to know.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    /// The document itself.
+    Top,
+    /// The value of `key` in an object whose `type` is `parent_type`.
+    Field {
+        parent_type: Option<&'a str>,
+        key: &'a str,
+    },
+    /// Anything else (an array item, deeper values).
+    Inside,
+}
+
+/// What a payload slot holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    /// Skipped whatever it holds (the top-level `model`: routing, not prompt).
+    Routing,
+    /// A base64 `data:` URL (an `http(s)` URL is scanned).
+    DataUrl,
+    /// Base64, or a base64 `data:` URL.
+    Base64,
+}
+
+/// The key of `map` (at `place`) whose string value is a binary payload, by position.
+fn payload_slot(map: &Map<String, Value>, place: Place<'_>) -> Option<(&'static str, Payload)> {
+    let own_type = map.get("type").and_then(Value::as_str);
+    match (place, own_type) {
+        (Place::Top, _) => Some(("model", Payload::Routing)),
+        (_, Some("input_image")) => Some(("image_url", Payload::DataUrl)),
+        (_, Some("input_file")) => Some(("file_data", Payload::Base64)),
+        (_, Some("image_generation_call")) => Some(("result", Payload::Base64)),
+        (
+            Place::Field {
+                parent_type: Some("image" | "document"),
+                key: "source",
+            },
+            Some("base64"),
+        ) => Some(("data", Payload::Base64)),
+        (
+            Place::Field {
+                parent_type: Some("image_url"),
+                key: "image_url",
+            },
+            _,
+        ) => Some(("url", Payload::DataUrl)),
+        (
+            Place::Field {
+                parent_type: Some("input_audio"),
+                key: "input_audio",
+            },
+            _,
+        ) => Some(("data", Payload::Base64)),
+        (
+            Place::Field {
+                parent_type: Some("file"),
+                key: "file",
+            },
+            _,
+        ) => Some(("file_data", Payload::Base64)),
+        _ => None,
+    }
+}
+
+/// Whether `s` is what the slot carries (else it is text and scanned).
+fn is_payload(s: &str, kind: Payload) -> bool {
+    match kind {
+        Payload::Routing => true,
+        Payload::DataUrl => is_base64_data_url(s),
+        Payload::Base64 => is_base64_data_url(s) || is_base64(s),
+    }
+}
+
+/// `data:<type>;base64,<base64>`.
+fn is_base64_data_url(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("data:") else {
+        return false;
+    };
+    match rest.split_once(',') {
+        Some((meta, data)) => meta.ends_with(";base64") && is_base64(data),
+        None => false,
+    }
+}
+
+/// Standard base64, as these slots take it (line breaks allowed): no spaces, dashes or dots,
+/// so no prose, SSN, phone number or address fits.
+fn is_base64(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=\r\n".contains(&b))
+}
+
+/// The text of a content part / block, if it is one (`{"type": "text", "text": ...}`,
+/// `input_text`, `output_text`, or no type).
+fn text_part(v: &Value) -> Option<&str> {
+    let o = v.as_object()?;
+    let typed = o.get("type").and_then(Value::as_str);
+    if !matches!(typed, None | Some("text" | "input_text" | "output_text")) {
+        return None;
+    }
+    o.get("text").and_then(Value::as_str)
+}
+
+fn text_part_mut(v: &mut Value) -> Option<&mut String> {
+    match v.as_object_mut()?.get_mut("text")? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 struct Scan<'r, 'p> {
@@ -101,6 +224,9 @@ fn rank(d: Decision) -> u8 {
     }
 }
 
+/// A rule's match: (start, end, rule index).
+type Span = (usize, usize, usize);
+
 impl Scan<'_, '_> {
     fn fire(&mut self, rule: usize, decision: Decision) {
         if let Some(slot) = self.fired.get_mut(rule) {
@@ -110,74 +236,268 @@ impl Scan<'_, '_> {
         }
     }
 
-    fn value(&mut self, v: &mut Value, key: Option<&str>) {
+    fn value(&mut self, v: &mut Value, place: Place<'_>) {
         match v {
             Value::String(s) => {
-                let skipped =
-                    key.is_some_and(|k| SKIPPED_KEYS.contains(&k)) || s.starts_with("data:");
-                if !skipped {
-                    if let Some(masked) = self.text(s) {
-                        *s = masked;
-                    }
+                if let Some(masked) = self.text(s) {
+                    *s = masked;
                 }
             }
             Value::Array(items) => {
-                for item in items {
-                    self.value(item, None);
+                for item in items.iter_mut() {
+                    self.value(item, Place::Inside);
                 }
+                self.joined_parts(items);
             }
-            Value::Object(map) => self.object(map),
+            Value::Object(map) => self.object(map, place),
             _ => {}
         }
     }
 
-    fn object(&mut self, map: &mut Map<String, Value>) {
+    fn object(&mut self, map: &mut Map<String, Value>, place: Place<'_>) {
+        let slot = payload_slot(map, place);
+        let own_type = map.get("type").and_then(Value::as_str).map(str::to_owned);
         let keys: Vec<String> = map.keys().cloned().collect();
         for k in keys {
             let renamed = self.text(&k);
             let Some(mut v) = map.remove(&k) else {
                 continue;
             };
-            self.value(&mut v, Some(&k));
+            let skipped = match (slot, &v) {
+                (Some((key, kind)), Value::String(s)) => key == k && is_payload(s, kind),
+                _ => false,
+            };
+            if !skipped {
+                let field = Place::Field {
+                    parent_type: own_type.as_deref(),
+                    key: &k,
+                };
+                self.value(&mut v, field);
+            }
             map.insert(renamed.unwrap_or(k), v);
+        }
+    }
+
+    /// Every rule's spans in `text`, and in its folded view when it has one.
+    fn find(&self, text: &str) -> Vec<Vec<(usize, usize)>> {
+        let folded = Folded::of(text);
+        self.rules
+            .iter()
+            .map(|rule| {
+                let mut spans = (rule.find)(text);
+                if let Some(f) = &folded {
+                    spans.extend((rule.find)(&f.text).into_iter().map(|s| f.original(s)));
+                }
+                spans
+            })
+            .collect()
+    }
+
+    /// Records what the rules found; the spans of the `mask` rules.
+    fn record(&mut self, found: Vec<Vec<(usize, usize)>>) -> Vec<Span> {
+        let mut spans = Vec::new();
+        for (i, found) in found.into_iter().enumerate() {
+            if found.is_empty() {
+                continue;
+            }
+            match self.rules.get(i).map(|r| r.action) {
+                Some(LocalAction::Block) => self.fire(i, Decision::Blocked),
+                Some(LocalAction::Log) => self.fire(i, Decision::Logged),
+                Some(LocalAction::Mask) => {
+                    self.fire(i, Decision::Masked);
+                    spans.extend(found.into_iter().map(|(a, b)| (a, b, i)));
+                }
+                None => {}
+            }
+        }
+        spans
+    }
+
+    /// A masked text must not match a rule that masks or blocks (a pattern matching
+    /// `[REDACTED:...]` itself): then the prompt is blocked.
+    fn recheck(&mut self, masked: &str) {
+        let found = self.find(masked);
+        for (i, spans) in found.iter().enumerate() {
+            let enforced = self
+                .rules
+                .get(i)
+                .is_some_and(|r| r.action != LocalAction::Log);
+            if enforced && !spans.is_empty() {
+                self.fire(i, Decision::Blocked);
+            }
         }
     }
 
     /// Scans one text: `Some(masked)` when a `mask` rule changed it.
     fn text(&mut self, text: &str) -> Option<String> {
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
-        for (i, rule) in self.rules.iter().enumerate() {
-            let found = (rule.find)(text);
-            if found.is_empty() {
-                continue;
-            }
-            match rule.action {
-                LocalAction::Block => self.fire(i, Decision::Blocked),
-                LocalAction::Log => self.fire(i, Decision::Logged),
-                LocalAction::Mask => {
-                    self.fire(i, Decision::Masked);
-                    spans.extend(found.into_iter().map(|(a, b)| (a, b, i)));
-                }
-            }
-        }
+        let found = self.find(text);
+        let mut spans = self.record(found);
         if spans.is_empty() {
             return None;
         }
         let masked = mask(text, &mut spans, self.rules);
-        // The replacement must not match a rule that masks or blocks (a pattern matching
-        // `[REDACTED:...]` itself): then the prompt is blocked.
-        for (i, rule) in self.rules.iter().enumerate() {
-            if rule.action != LocalAction::Log && !(rule.find)(&masked).is_empty() {
-                self.fire(i, Decision::Blocked);
-            }
-        }
+        self.recheck(&masked);
         self.changed = true;
         Some(masked)
     }
+
+    /// The text parts of one content array, joined (what the model reads as one text): a
+    /// value split across parts is found there, and masked in each part it covers.
+    fn joined_parts(&mut self, items: &mut [Value]) {
+        let parts: Vec<usize> = (0..items.len())
+            .filter(|&i| items.get(i).and_then(text_part).is_some())
+            .collect();
+        if parts.len() < 2 {
+            return;
+        }
+        let (joined, bounds) = join(items, &parts);
+        let found = self.find(&joined);
+        let spans = self.record(found);
+        if spans.is_empty() {
+            return;
+        }
+        for (k, &(start, end)) in bounds.iter().enumerate() {
+            let mut own: Vec<Span> = spans
+                .iter()
+                .filter(|&&(a, b, _)| a < end && b > start)
+                .map(|&(a, b, r)| (a.max(start) - start, b.min(end) - start, r))
+                .filter(|&(a, b, _)| a < b)
+                .collect();
+            if own.is_empty() {
+                continue;
+            }
+            let Some(text) = parts
+                .get(k)
+                .and_then(|&i| items.get_mut(i))
+                .and_then(text_part_mut)
+            else {
+                continue;
+            };
+            *text = mask(text, &mut own, self.rules);
+        }
+        self.changed = true;
+        let (joined, _) = join(items, &parts);
+        self.recheck(&joined);
+    }
+}
+
+/// The texts of `parts` of `items` joined, with each one's byte range in the whole.
+fn join(items: &[Value], parts: &[usize]) -> (String, Vec<(usize, usize)>) {
+    let mut joined = String::new();
+    let mut bounds = Vec::with_capacity(parts.len());
+    for &i in parts {
+        let start = joined.len();
+        joined.push_str(items.get(i).and_then(text_part).unwrap_or_default());
+        bounds.push((start, joined.len()));
+    }
+    (joined, bounds)
+}
+
+/// A text with format characters removed and look-alikes mapped to ASCII, and where each of
+/// its bytes came from.
+struct Folded {
+    text: String,
+    /// For each byte of `text` (and its end), the byte of the original it came from.
+    from: Vec<usize>,
+}
+
+impl Folded {
+    /// `None` when folding changes nothing (every ASCII text: no cost on the common path).
+    fn of(text: &str) -> Option<Folded> {
+        if text.is_ascii() {
+            return None;
+        }
+        let mut out = Folded {
+            text: String::with_capacity(text.len()),
+            from: Vec::with_capacity(text.len() + 1),
+        };
+        let mut changed = false;
+        for (at, c) in text.char_indices() {
+            let folded = fold(c);
+            changed |= folded != Some(c);
+            if let Some(f) = folded {
+                out.text.push(f);
+                out.from.extend(std::iter::repeat_n(at, f.len_utf8()));
+            }
+        }
+        out.from.push(text.len());
+        changed.then_some(out)
+    }
+
+    /// A span of the folded text in the original's bytes.
+    fn original(&self, (a, b): (usize, usize)) -> (usize, usize) {
+        let at = |i: usize| self.from.get(i).copied().unwrap_or(usize::MAX);
+        let end = *self.from.last().unwrap_or(&0);
+        (at(a).min(end), at(b).min(end))
+    }
+}
+
+/// A character as the rules see it: `None` for the invisible ones.
+fn fold(c: char) -> Option<char> {
+    let folded = match c {
+        // Zero-width and other format characters a word can be split with.
+        '\u{00AD}'
+        | '\u{034F}'
+        | '\u{061C}'
+        | '\u{115F}'
+        | '\u{1160}'
+        | '\u{17B4}'
+        | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}'
+        | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FEFF}'
+        | '\u{FFA0}'
+        | '\u{E0000}'..='\u{E007F}' => return None,
+        // Full-width ASCII.
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+        // Other spaces.
+        '\u{00A0}'
+        | '\u{1680}'
+        | '\u{2000}'..='\u{200A}'
+        | '\u{202F}'
+        | '\u{205F}'
+        | '\u{3000}' => ' ',
+        // Hyphens and dashes.
+        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE63}' => '-',
+        // Cyrillic and Greek letters drawn like Latin ones.
+        'а' => 'a',
+        'А' | 'Α' => 'A',
+        'В' | 'Β' => 'B',
+        'с' | 'ϲ' => 'c',
+        'С' | 'Ϲ' => 'C',
+        'е' | 'ё' => 'e',
+        'Е' | 'Ε' => 'E',
+        'Н' | 'Η' => 'H',
+        'і' | 'ι' => 'i',
+        'І' | 'Ι' => 'I',
+        'ј' => 'j',
+        'Ј' => 'J',
+        'К' | 'Κ' => 'K',
+        'М' | 'Μ' => 'M',
+        'Ν' => 'N',
+        'о' | 'ο' => 'o',
+        'О' | 'Ο' => 'O',
+        'р' | 'ρ' => 'p',
+        'Р' | 'Ρ' => 'P',
+        'ѕ' => 's',
+        'Ѕ' => 'S',
+        'Т' | 'Τ' => 'T',
+        'х' | 'χ' => 'x',
+        'Х' | 'Χ' => 'X',
+        'у' => 'y',
+        'У' | 'Υ' => 'Y',
+        'Ζ' => 'Z',
+        other => other,
+    };
+    Some(folded)
 }
 
 /// Replaces the spans (merged where they overlap; the first rule names a merged span).
-fn mask(text: &str, spans: &mut [(usize, usize, usize)], rules: &[Rule<'_>]) -> String {
+fn mask(text: &str, spans: &mut [Span], rules: &[Rule<'_>]) -> String {
     spans.sort_unstable();
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
@@ -231,7 +551,7 @@ mod tests {
             "messages": [
                 {"role": "system", "content": "server 10.1.2.3"},
                 {"role": "user", "content": [{"type": "text", "text": "card 4111 1111 1111 1111 for Project Falcon"},
-                                              {"type": "image_url", "image_url": {"url": "data:image/png;base64,jane@example.com"}}]}
+                                              {"type": "image_url", "image_url": {"url": "data:image/png;base64,amFuZUBleGFtcGxlLmNvbQ=="}}]}
             ],
             "tools": [{"type": "function", "function": {"name": "f", "description": "mail bob@corp.io",
                        "parameters": {"type": "object", "properties": {"carol@x.org": {"type": "string"}}}}}]
@@ -249,8 +569,8 @@ mod tests {
             "log does not change"
         );
         assert!(
-            text.contains("data:image/png;base64,jane@example.com"),
-            "data URLs are skipped"
+            text.contains("data:image/png;base64,amFuZUBleGFtcGxlLmNvbQ=="),
+            "base64 data URLs are skipped"
         );
         assert!(
             !text.contains("bob@corp.io") && !text.contains("carol@x.org"),
@@ -292,6 +612,95 @@ mod tests {
         let out = apply(&p, &mut body);
         assert!(!out.changed && out.findings.is_empty());
         assert_eq!(body, before);
+    }
+
+    #[test]
+    fn payloads_are_skipped_by_position_and_only_when_base64() {
+        let p = policy(json!({"pii": {"email": "mask", "us_ssn": "block"}}));
+        // In payload slots: base64 passes, text is scanned.
+        let b64 = "data:image/png;base64,MTIzLTQ1LTY3ODk=";
+        let mut body = json!({"model": "a@b.io", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": b64}},
+            {"type": "image_url", "image_url": {"url": "data:text/plain,a@b.io"}},
+            {"type": "input_audio", "input_audio": {"data": "MTIzLTQ1LTY3ODk=", "format": "wav"}},
+            {"type": "file", "file": {"file_data": "bob@corp.io", "filename": "x.txt"}}
+        ]}]});
+        let out = apply(&p, &mut body);
+        assert!(!out.blocked);
+        assert_eq!(body["model"], "a@b.io", "the top-level model is routing");
+        let parts = &body["messages"][0]["content"];
+        assert_eq!(parts[0]["image_url"]["url"], b64);
+        assert_eq!(
+            parts[1]["image_url"]["url"],
+            "data:text/plain,[REDACTED:email]"
+        );
+        assert_eq!(parts[3]["file"]["file_data"], "[REDACTED:email]");
+        // Not payload slots: a string starting with data:, keys named data or model anywhere.
+        for body in [
+            json!({"messages": [{"role": "user", "content": "data: ssn 123-45-6789"}]}),
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "data": "123-45-6789"}]}]}),
+            json!({"input": [{"role": "user", "content": [{"type": "input_text", "text": "x", "model": "123-45-6789"}]}]}),
+            json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "ssn 123-45-6789"}}]}]}),
+            json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "data": "123-45-6789"}}]}]}),
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "source": {"type": "base64", "data": "ssn 123-45-6789"}}]}]}),
+        ] {
+            let mut b = body.clone();
+            assert!(apply(&p, &mut b).blocked, "{body}");
+        }
+        let mut anthropic = json!({"messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "YUBiLmlv"}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "YUBiLmlv"}}
+        ]}]});
+        let before = anthropic.clone();
+        assert!(!apply(&p, &mut anthropic).changed);
+        assert_eq!(anthropic, before);
+    }
+
+    #[test]
+    fn values_split_across_parts_are_found_and_masked_in_each() {
+        let p = policy(json!({"pii": {"payment_card": "mask"},
+            "deny": [{"name": "falcon", "pattern": "(?i)project[\\s-]+falcon"}]}));
+        let mut body = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "card 4111 1111"},
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+            {"type": "text", "text": " 1111 1111 ok"}
+        ]}]});
+        let out = apply(&p, &mut body);
+        assert!(out.changed && !out.blocked);
+        let parts = &body["messages"][0]["content"];
+        assert_eq!(parts[0]["text"], "card [REDACTED:payment_card]");
+        assert_eq!(parts[2]["text"], "[REDACTED:payment_card] ok");
+        let mut body = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "proj"}, {"type": "text", "text": "ect-falcon"}]}]});
+        assert!(apply(&p, &mut body).blocked);
+        // Separate inputs (embeddings, completions prompts) are separate texts.
+        let mut body = json!({"input": ["proj", "ect falcon"]});
+        assert!(!apply(&p, &mut body).blocked);
+    }
+
+    #[test]
+    fn invisible_and_look_alike_characters_are_folded() {
+        let p = policy(json!({"pii": {"payment_card": "mask"},
+            "deny": [{"name": "falcon", "pattern": "(?i)project\\s+falcon"},
+                     {"name": "ru", "pattern": "секрет"}]}));
+        for text in [
+            "proj\u{200B}ect falcon",
+            "Project\u{00A0}Falcon",
+            "Prоject Fаlcon",
+            "Ｐｒｏｊｅｃｔ　Ｆａｌｃｏｎ",
+            "p\u{FEFF}roject f\u{2060}alcon",
+            "совсем секрет",
+        ] {
+            let mut body = json!({"input": text});
+            assert!(apply(&p, &mut body).blocked, "{text:?}");
+        }
+        let mut body = json!({"input": "card ４１１１ １１１１ １１１１ １１１１ ok é"});
+        let out = apply(&p, &mut body);
+        assert!(out.changed && !out.blocked);
+        assert_eq!(body["input"], "card [REDACTED:payment_card] ok é");
+        let mut body = json!({"input": "card 4111\u{200B}1111\u{200B}1111\u{200B}1111."});
+        apply(&p, &mut body);
+        assert_eq!(body["input"], "card [REDACTED:payment_card].");
     }
 
     #[test]

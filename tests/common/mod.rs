@@ -16,6 +16,7 @@
 
 #![allow(dead_code)]
 
+pub mod guardrails;
 pub mod pool;
 #[allow(unused_imports)]
 pub use pool::{failover_pool_yaml, failover_pool_yaml_with, PoolYaml};

@@ -33,6 +33,7 @@ use crate::guard::{local, Policy};
 use crate::host::now_ms;
 use crate::host::tokens::{self, TokenLookup};
 use crate::metrics;
+use crate::multipart;
 use crate::routing::{Operation, RoutePlan};
 use crate::usage_record as record;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -74,19 +75,10 @@ impl HttpFilter {
         config.guardrails.as_ref()?.policy(&self.workload).cloned()
     }
 
-    /// The request's JSON body, before routing rewrites it: the local rules. `Ok(Some(body))`
-    /// is the body to send instead (masked, and in any case re-serialised from what was
-    /// checked); `Err` the refusal.
-    pub(super) fn guard_prompt(
-        &mut self,
-        config: &Config,
-        op: Operation,
-        body: &[u8],
-    ) -> Result<Option<Vec<u8>>, FilterError> {
-        let Some(policy) = self.guard_policy(config) else {
-            return Ok(None);
-        };
-        let checks_prompt = policy.checks_prompt();
+    /// Starts the request's guardrail state when a policy applies: the policy, if it checks
+    /// prompts.
+    fn guard_start(&mut self, config: &Config, op: Operation) -> Option<Rc<Policy>> {
+        let policy = self.guard_policy(config)?;
         self.guard = Some(Box::new(GuardState {
             policy: policy.clone(),
             op,
@@ -99,12 +91,31 @@ impl HttpFilter {
             resume: None,
             answer: None,
         }));
-        if !checks_prompt {
+        policy.checks_prompt().then_some(policy)
+    }
+
+    /// The request's JSON body, before routing rewrites it: the local rules. `Ok(Some(body))`
+    /// is the body to send instead (masked, and in any case re-serialised from what was
+    /// checked); `Err` the refusal.
+    pub(super) fn guard_prompt(
+        &mut self,
+        config: &Config,
+        op: Operation,
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, FilterError> {
+        let Some(policy) = self.guard_start(config, op) else {
             return Ok(None);
-        }
+        };
         let mut document: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
             FilterError::bad_request("invalid_json", "request body is not a valid JSON object")
         })?;
+        if prompt::has_token_ids(op, &document) {
+            // No check reads token ids: the prompt would pass every one unread.
+            return Err(FilterError::bad_request(
+                "prompt_not_text",
+                "the content policy of this workload checks prompts: send the prompt as text, not token ids",
+            ));
+        }
         let outcome = local::apply(&policy, &mut document);
         self.guard_found(outcome.findings);
         if outcome.blocked {
@@ -119,6 +130,67 @@ impl HttpFilter {
         serde_json::to_vec(&document).map(Some).map_err(|_| {
             FilterError::internal("rewrite_failed", "could not rewrite the request body")
         })
+    }
+
+    /// A multipart body (transcriptions, translations): its `prompt` field, the only text
+    /// of the form the model reads, under the local rules (masked in place) and, after
+    /// admission, Content Safety. `Ok(Some(body))`: the body to send instead.
+    pub(super) fn guard_form(
+        &mut self,
+        config: &Config,
+        op: Operation,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, FilterError> {
+        let Some(policy) = self.guard_start(config, op) else {
+            return Ok(None);
+        };
+        let fields = multipart::text_fields(content_type, body, "prompt")
+            .map_err(multipart::FormError::to_filter_error)?;
+        let not_text = || {
+            FilterError::bad_request(
+                "prompt_not_text",
+                "the content policy of this workload checks prompts: the form needs at most one `prompt` field, plain UTF-8 text without a file name or Content-Transfer-Encoding",
+            )
+        };
+        let field = match fields.as_slice() {
+            [] => return Ok(None),
+            [one] => one,
+            _ => return Err(not_text()),
+        };
+        let text = field.text.clone().ok_or_else(not_text)?;
+        let mut value = serde_json::Value::String(text);
+        let outcome = local::apply(&policy, &mut value);
+        self.guard_found(outcome.findings);
+        if outcome.blocked {
+            return Err(self.guard_refusal(Direction::Prompt));
+        }
+        let text = value.as_str().unwrap_or_default().to_string();
+        if policy.checks_prompt_with_service() {
+            if let Some(g) = self.guard.as_mut() {
+                g.prompt = Some(PromptText {
+                    user: vec![text.clone()],
+                    documents: Vec::new(),
+                });
+            }
+        }
+        if !outcome.changed {
+            return Ok(None);
+        }
+        let mut masked = Vec::with_capacity(body.len());
+        masked.extend_from_slice(body.get(..field.range.start).unwrap_or_default());
+        masked.extend_from_slice(text.as_bytes());
+        masked.extend_from_slice(body.get(field.range.end..).unwrap_or_default());
+        // The masked form must read the same (a replacement that made a delimiter would not).
+        match multipart::text_fields(content_type, &masked, "prompt") {
+            Ok(again)
+                if again.len() == 1
+                    && again.first().and_then(|f| f.text.as_deref()) == Some(text.as_str()) =>
+            {
+                Ok(Some(masked))
+            }
+            _ => Err(self.guard_refusal(Direction::Prompt)),
+        }
     }
 
     /// Records findings: counted now, listed in the usage record (`azure_llm_guardrail`).

@@ -9,7 +9,10 @@
 //!   while it flows. When a window is flagged, the next chunk is replaced by a terminal error
 //!   event the SDKs raise on (`data: {"error": ...}` for OpenAI's, `event: error` for
 //!   Anthropic's) and nothing more of the stream reaches the caller. The stream's last chunk
-//!   is held until the last window is checked, so a flagged end never passes complete. What
+//!   (the one with its terminal event, `data: [DONE]`, `message_stop`, `response.completed`,
+//!   or its end if none) is held until the last window is checked, so a flagged end never
+//!   passes complete: the SDKs stop reading at the terminal event, and Azure may hold the end
+//!   of the body long after it. What
 //!   may pass before a verdict: the flagged window itself and whatever the model streams
 //!   during its check (README "Guardrails" on the trade-off).
 
@@ -190,11 +193,15 @@ impl HttpFilter {
             Vec::new()
         };
         let mut windows = Vec::new();
+        // The stream's last words: at its terminal event (the caller's SDK reads no further,
+        // so a verdict after it would stop nothing) or at the end of the body.
+        let mut last = end_of_stream;
         if let Some(AnswerWatch::Stream(w)) = self.guard.as_mut().and_then(|g| g.answer.as_mut()) {
             let mut text = String::new();
             w.text.feed(&chunk, &mut text);
             windows.extend(w.windows.push(&text));
-            if end_of_stream {
+            last |= w.text.ended();
+            if last {
                 windows.extend(w.windows.finish());
             }
         }
@@ -204,7 +211,7 @@ impl HttpFilter {
         let in_flight = self.guard.as_ref().is_some_and(|g| !g.in_flight.is_empty());
         let flagged = match self.guard.as_mut().and_then(|g| g.answer.as_mut()) {
             Some(AnswerWatch::Stream(w)) => {
-                if end_of_stream && in_flight && w.ended_by.is_none() {
+                if last && in_flight && w.ended_by.is_none() {
                     w.held_end = Some(size);
                 }
                 w.ended_by.clone()
@@ -216,11 +223,29 @@ impl HttpFilter {
             self.end_stream(size, &event);
             return Action::Continue;
         }
-        if end_of_stream && in_flight {
-            // The last window is being checked: its end waits for the verdict.
+        if last && in_flight {
+            // The last window is being checked: the terminal event (and the rest of the
+            // body, buffered by Envoy) waits for the verdict.
             return Action::Pause;
         }
         Action::Continue
+    }
+
+    /// The stream's end is held for its last check.
+    pub(super) fn guard_holds_stream_end(&self) -> bool {
+        matches!(
+            self.guard.as_ref().and_then(|g| g.answer.as_ref()),
+            Some(AnswerWatch::Stream(w)) if w.held_end.is_some()
+        )
+    }
+
+    /// More of a held stream end: Envoy buffers it with what was held (`body_size` is the
+    /// whole buffer, the terminal event already read), released or replaced with it.
+    pub(super) fn guard_held_stream_end(&mut self, body_size: usize) -> Action {
+        if let Some(AnswerWatch::Stream(w)) = self.guard.as_mut().and_then(|g| g.answer.as_mut()) {
+            w.held_end = Some(body_size);
+        }
+        Action::Pause
     }
 
     /// Sends one window of the stream to Content Safety.

@@ -343,6 +343,11 @@ impl HttpContext for HttpFilter {
         if self.guard_holds_answer() {
             return self.guard_held_body(body_size, end_of_stream);
         }
+        if self.guard_holds_stream_end() {
+            // Past the terminal event: nothing left to meter or check.
+            self.answer_settled(end_of_stream);
+            return self.guard_held_stream_end(body_size);
+        }
         // One read of the chunk for every phase that looks at its bytes.
         let chunk = self.answer_chunk(body_size).unwrap_or_default();
         self.meter_chunk(&chunk);

@@ -254,6 +254,15 @@ impl HttpFilter {
                 ));
             }
         }
+        // The guardrails read the form's `prompt`; a masked one is sent instead.
+        let guarded = {
+            let _phase = phase::enter(Phase::Guard);
+            self.guard_form(config, op, content_type, body)?
+        };
+        if let Some(new_body) = &guarded {
+            self.set_http_request_body(0, body.len(), new_body);
+            self.set_http_request_header("content-length", Some(&new_body.len().to_string()));
+        }
         self.route_without_body(config, op, &model, &Estimate::new(op, body.len(), None))
     }
 }
