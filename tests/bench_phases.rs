@@ -527,7 +527,13 @@ async fn where_the_time_goes_phase_by_phase() {
         );
         return;
     }
-    let scenarios = scenarios(&fx);
+    let mut scenarios = scenarios(&fx);
+    // BENCH_PHASES_ONLY="pool,full path" counts only the scenarios whose name has one of
+    // these (a quicker before/after of one change; the tables then have gaps).
+    if let Ok(only) = std::env::var("BENCH_PHASES_ONLY") {
+        let words: Vec<&str> = only.split(',').filter(|w| !w.is_empty()).collect();
+        scenarios.retain(|s| words.iter().any(|w| s.name.contains(w)));
+    }
     let per = instructions_per_request(&fx, &scenarios).await;
     let (prices_out, prices) = price_table(&per);
     let mut out = ladder_table(&scenarios, &per);

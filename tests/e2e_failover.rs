@@ -389,6 +389,24 @@ mod pools {
         );
         assert_eq!(p[1].outcome_status, 200);
         assert_eq!(data_plane(&payg).len(), 2);
+        // One attempt, on the first target: the listener filter knows it without asking
+        // Envoy (the upstream filter reported nothing).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let logs = envoy.logs();
+            let served_by_ptu = logs
+                .lines()
+                .filter(|l| l.contains("\" 200 ") && l.contains("model=gpt-4o"))
+                .nth(2);
+            if let Some(l) = served_by_ptu {
+                for part in ["backend=ptu", "target=ptu", "attempts=1"] {
+                    assert!(l.contains(part), "{part} in {l}");
+                }
+                break;
+            }
+            assert!(Instant::now() < deadline, "no access log line: {logs}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]

@@ -210,6 +210,15 @@ impl UpstreamFilter {
         }
     }
 
+    /// Tells the listener filter that this attempt on the first target did not serve (an
+    /// attempt on another target named itself in `TARGET_PROPERTY` already): without it, the
+    /// listener filter takes it that one attempt was made, and reads no attempt count.
+    fn report_failure(&self) {
+        if let Some(a) = self.attempt.as_ref().filter(|a| !a.rewrite) {
+            self.set_property(vec![TARGET_PROPERTY], Some(a.backend.as_bytes()));
+        }
+    }
+
     fn count_attempt(&self, outcome: Outcome) {
         self.count_attempt_as(TargetHealth::outcome_label(outcome));
     }
@@ -263,6 +272,7 @@ impl UpstreamFilter {
             &config.failover,
         );
         self.count_attempt(Outcome::Unreachable);
+        self.report_failure();
         // A request without its token is refused, not billed.
         if self.tokenless.is_some() {
             return;
@@ -316,6 +326,16 @@ impl UpstreamFilter {
             error.status
         );
         Action::Continue
+    }
+}
+
+/// A `:status` value's number (0 if it is not three digits).
+fn parse_status(s: &[u8]) -> u32 {
+    match s {
+        [a, b, c] if s.iter().all(u8::is_ascii_digit) => {
+            u32::from(a - b'0') * 100 + u32::from(b - b'0') * 10 + u32::from(c - b'0')
+        }
+        _ => 0,
     }
 }
 
@@ -446,9 +466,9 @@ impl HttpContext for UpstreamFilter {
             self.get_http_response_header_bytes(name)
                 .and_then(|v| String::from_utf8(v).ok())
         };
-        let status = header(":status")
-            .and_then(|s| s.parse::<u32>().ok())
-            .unwrap_or(0);
+        let status = self
+            .get_http_response_header_bytes(":status")
+            .map_or(0, |s| parse_status(&s));
         let wait = if status == 429 {
             failover::retry_after_ms(
                 header("retry-after-ms").as_deref(),
@@ -467,6 +487,7 @@ impl HttpContext for UpstreamFilter {
         pool::record(&attempt.health_key, outcome, now_ms(), &config.failover);
         if outcome != Outcome::Answered {
             self.count_attempt(outcome);
+            self.report_failure();
         }
         Action::Continue
     }
@@ -491,5 +512,21 @@ impl Drop for UpstreamFilter {
         if let Ok(mut s) = self.state.try_borrow_mut() {
             s.forget_context(self.context_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_status;
+
+    #[test]
+    fn status_numbers() {
+        assert_eq!(parse_status(b"200"), 200);
+        assert_eq!(parse_status(b"429"), 429);
+        assert_eq!(parse_status(b"503"), 503);
+        assert_eq!(parse_status(b"20"), 0);
+        assert_eq!(parse_status(b"2000"), 0);
+        assert_eq!(parse_status(b"2a0"), 0);
+        assert_eq!(parse_status(b""), 0);
     }
 }

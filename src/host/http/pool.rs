@@ -29,6 +29,10 @@ pub(super) struct PoolRequest {
     /// there (no upstream filter sees its answer, so its health is recorded here).
     direct: (String, String),
     clean: u8,
+    /// Envoy's count of the request's attempts, once the answer is known: `Some(1)` without
+    /// a host call when the upstream filter reported nothing (`TARGET_PROPERTY` absent: one
+    /// attempt, served by the first target), else read once (`upstream.request_attempt_count`).
+    attempts: Option<Option<u64>>,
 }
 
 impl HttpFilter {
@@ -55,6 +59,7 @@ impl HttpFilter {
                     choice.plan.deployment.to_string(),
                 ),
                 clean: choice.clean,
+                attempts: None,
             });
         }
         Ok(choice.plan)
@@ -90,19 +95,22 @@ impl HttpFilter {
     pub(super) fn pool_answered(&mut self) {
         let Some(p) = &self.pool else { return };
         let config = self.state.borrow().config.clone();
-        // The answer's headers as the meter read them (one host call for all).
-        let headers = self.response_headers.clone();
         let status = self.response_status.unwrap_or(0);
         let now = now_ms();
         let (first_backend, first_deployment) = p.direct.clone();
+        // Whether the upstream filter wrote `TARGET_PROPERTY` (it did for an attempt it
+        // rewrote for another target, or one that did not serve), and then how many attempts.
+        let mut reported = false;
         let (target, outcome) = if p.key.is_some() {
-            // Set by the upstream filter when it rewrote an attempt for another target.
             let target = self
                 .get_property(vec![TARGET_PROPERTY])
                 .and_then(|b| String::from_utf8(b).ok());
+            reported = target.is_some();
             let changed = target.as_deref().is_some_and(|t| t != first_backend);
             (target.unwrap_or(first_backend), changed)
         } else {
+            // The answer's headers as the meter read them (one host call for all).
+            let headers = &self.response_headers;
             let wait =
                 failover::retry_after_ms(headers.get("retry-after-ms"), headers.get("retry-after"));
             let outcome = Outcome::of_status(status, wait);
@@ -120,17 +128,28 @@ impl HttpFilter {
         if Outcome::of_status(status, None) == Outcome::Answered {
             self.count_target(&target, Outcome::Answered);
         }
-        if outcome || p.key.is_some() {
+        // (An upstream filter's value is there already.)
+        if p.key.is_some() && !reported {
             self.property(TARGET_PROPERTY, target.as_bytes());
         }
+        let via_cluster = p.key.is_some();
         if outcome {
             self.property("azure_llm_backend", target.as_bytes());
             if let Some((_, backend)) = &mut self.routed {
                 *backend = target;
             }
         }
+        // Nothing reported: every attempt served and none was rewritten, so there was one.
+        let attempts = if via_cluster && !reported {
+            Some(1)
+        } else {
+            self.attempt_count()
+        };
+        if let Some(p) = self.pool.as_mut() {
+            p.attempts = Some(attempts);
+        }
         if self.access_log_properties {
-            if let Some(n) = self.attempt_count() {
+            if let Some(n) = attempts {
                 self.property("azure_llm_attempts", n.to_string().as_bytes());
             }
         }
@@ -160,7 +179,13 @@ impl HttpFilter {
         if !self.via_pool_cluster() {
             return 0;
         }
-        let Some(last) = self.attempt_count().filter(|n| *n > 1) else {
+        let known = self.pool.as_ref().and_then(|p| p.attempts);
+        let attempts = match known {
+            Some(n) => n,
+            // No answer came (the caller left first): ask Envoy.
+            None => self.attempt_count(),
+        };
+        let Some(last) = attempts.filter(|n| *n > 1) else {
             return 0;
         };
         let Some(lost) = self.get_property(vec![LOST_PROPERTY]) else {
