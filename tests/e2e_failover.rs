@@ -1286,6 +1286,37 @@ mod health {
         assert_eq!(data_plane(&payg)[2].header("host"), Some(PAYG_HOST));
     }
 
+    /// The same when the target whose token fetch is in flight and then fails is the first
+    /// of the pool: the listener filter's request waited for that token, and goes on to the
+    /// pool without it instead of answering 503 (it did before); the upstream filter handles
+    /// the first attempt like a later one, and PAYG serves.
+    #[tokio::test]
+    async fn a_first_targets_token_fetch_that_fails_moves_the_request_on() {
+        let (_ptu, payg, _slow_entra, envoy) = slow_broken_pool(json!([
+            {"backend": "payg-east", "deployment": "gpt-4o-global"},
+            {"backend": "payg", "deployment": "gpt-4o-global"}]))
+        .await;
+        let sent = Instant::now();
+        let resp = chat(&envoy).await;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{body} {}", envoy.logs());
+        let took = sent.elapsed();
+        assert!(
+            took >= Duration::from_millis(1_000),
+            "took {took:?}: no wait"
+        );
+        let g = data_plane(&payg);
+        assert_eq!(g.len(), 2, "payg-east's attempt, then PAYG's");
+        assert_eq!(
+            g[0].header("host"),
+            Some("partner-payg-east.openai.azure.com")
+        );
+        assert_eq!(g[0].header("authorization"), None);
+        assert_eq!(g[1].header("host"), Some(PAYG_HOST));
+        assert_eq!(g[1].outcome_status, 200);
+    }
+
     /// The same when the target without a token is the last one left: the caller gets the
     /// filter's 503 `backend_token_unavailable` with Retry-After, in OpenAI's shape, not the
     /// target's refusal of a request without a token.

@@ -76,6 +76,22 @@ impl Handover {
     }
 }
 
+/// The request's first target cannot get its token (on the current effective context: the
+/// listener filter's request): the hand-over then names no target as rewritten for, so the
+/// upstream filter handles the first attempt like any other (rewrites it, looks for its token
+/// and goes on without it, its target's refusal becoming the 503 that Envoy's router retries
+/// on the next target).
+pub fn hand_over_without_token() {
+    let Ok(Some(bytes)) = proxy_wasm::hostcalls::get_property(vec![HANDOVER_PROPERTY]) else {
+        return;
+    };
+    let Some(mut h) = Handover::decode(&bytes) else {
+        return;
+    };
+    h.rewritten_for = None;
+    let _ = proxy_wasm::hostcalls::set_property(vec![HANDOVER_PROPERTY], Some(&h.encode()));
+}
+
 /// The shared-data key of the health of the pool's target `index`.
 pub fn target_health_key(config: &Config, route: &ModelRoute, index: usize) -> Option<String> {
     let t = route.targets.get(index)?;

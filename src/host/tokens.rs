@@ -161,8 +161,8 @@ pub fn resume_with_token(waiter: &Waiter, token: &str) {
     );
 }
 
-/// Answers a paused request with an error, in its API's shape; an upstream attempt of a
-/// failover pool goes on without a token instead (see [`Waiter::moves_on`]).
+/// Answers a paused request with an error, in its API's shape; a request another target of
+/// a failover pool may serve goes on without a token instead (see [`Waiter::moves_on`]).
 pub fn fail_waiter(state: &mut WorkerState, waiter: &Waiter, error: &FilterError) {
     if hostcalls::set_effective_context(waiter.context_id).is_err() {
         return;
@@ -174,7 +174,13 @@ pub fn fail_waiter(state: &mut WorkerState, waiter: &Waiter, error: &FilterError
         // refuses it, and the upstream filter turns that refusal into this 503, which the
         // router retries on the pool's next target (`retry_on: 5xx`).
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None);
-        state.tokenless.push((waiter.context_id, error.clone()));
+        if state.config.role == crate::failover::Role::Upstream {
+            state.tokenless.push((waiter.context_id, error.clone()));
+        } else {
+            // The listener filter's request waited for its first target's token: the
+            // upstream filter takes that attempt over.
+            super::pool::hand_over_without_token();
+        }
         let resumed = hostcalls::resume_http_request();
         log::debug!(
             "azure-llm-filter: attempt {} goes on without its token ({}, {resumed:?})",

@@ -58,9 +58,11 @@ pub struct Waiter {
     pub deadline_ms: u64,
     /// The error shape of the request's API, for an answer from the root context.
     pub dialect: crate::errors::Dialect,
-    /// An upstream attempt of a failover pool: a token that does not come lets it go on
-    /// without one (`WorkerState::tokenless`) instead of answering it, so that Envoy's
-    /// router can try the next target (it never retries an upstream filter's own answer).
+    /// A request another target of a failover pool may serve: an upstream attempt, or the
+    /// listener filter's request bound for a pool's aggregate cluster. A token that does not
+    /// come lets it go on without one (`tokens::fail_waiter`; the upstream filter turns the
+    /// target's refusal into a 503: `WorkerState::tokenless`) instead of answering it, so
+    /// that Envoy's router can try the next target (it never retries a filter's own answer).
     pub moves_on: bool,
 }
 

@@ -40,9 +40,18 @@ impl HttpFilter {
                     credential,
                     deadline_ms: now + config.token_wait_timeout_ms,
                     dialect: self.dialect,
-                    moves_on: false,
+                    // Another target of the pool may serve it (`tokens::fail_waiter`).
+                    moves_on: self.via_pool_cluster(),
                 });
                 Ok(Action::Pause)
+            }
+            TokenLookup::Unavailable(_) if self.via_pool_cluster() => {
+                // The first target cannot get a token, another of the order may serve: the
+                // upstream filter treats the first attempt like any other and goes on
+                // without a token there (its 503 moves the request on).
+                drop(state);
+                crate::host::pool::hand_over_without_token();
+                Ok(Action::Continue)
             }
             TokenLookup::Unavailable(e) => Err(e),
         }
