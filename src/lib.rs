@@ -2,7 +2,8 @@
 //! behind Envoy. Workloads call it without secrets; it routes each request by model, rewrites
 //! it for Azure and injects a Microsoft Entra ID token it fetches and caches itself.
 //!
-//! `host` is the thin proxy-wasm layer; the other modules decide and are plain Rust.
+//! `host` is the thin proxy-wasm layer; the other modules decide and are plain Rust. `native`
+//! (feature `native`) runs `host` inside Envoy as a dynamic module instead of a Wasm VM.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -33,6 +34,9 @@ pub mod lint;
 pub mod meter;
 pub mod metrics;
 pub mod multipart;
+/// The native build: `src/host` as an Envoy dynamic module (cargo feature `native`).
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+pub mod native;
 pub mod pricing;
 pub mod ratelimit;
 pub mod rls;

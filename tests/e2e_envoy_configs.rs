@@ -19,7 +19,20 @@ const REL_WASM: &str = "target/wasm32-wasip1/release/azure_llm_filter.wasm";
 
 /// Runs `envoy --mode validate -c <config>` from the workspace root; returns (ok, output).
 fn validate(config: &Path) -> (bool, String) {
-    let out = Command::new(common::envoy_binary())
+    let mut command = Command::new(common::envoy_binary());
+    if config.file_name().is_some_and(|n| n == "native.yaml") {
+        // The native build's demo: Envoy loads the dynamic module (`make native`) by name, and
+        // the module reads the demo's secret from Envoy's environment when it checks its
+        // configuration.
+        let module = common::native_module_path();
+        command
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                module.parent().unwrap_or(Path::new(".")),
+            )
+            .env("AZURE_CLIENT_SECRET", "standin-secret");
+    }
+    let out = command
         .args([
             "--mode",
             "validate",

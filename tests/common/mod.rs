@@ -116,6 +116,35 @@ pub fn wasm_path() -> PathBuf {
     }
 }
 
+/// Which build the tests run: `AZURE_LLM_FILTER_BUILD=native` loads the dynamic module
+/// (`make native`, src/native) instead of the `.wasm`, from the same plugin configuration.
+pub fn native_build() -> bool {
+    FORCE_NATIVE.load(Ordering::Relaxed)
+        || std::env::var("AZURE_LLM_FILTER_BUILD").is_ok_and(|v| v == "native")
+}
+
+static FORCE_NATIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Every Envoy this test binary starts loads the native build (tests/e2e_native.rs).
+#[allow(dead_code)]
+pub fn use_native_build() {
+    FORCE_NATIVE.store(true, Ordering::Relaxed);
+}
+
+/// The native build: `$AZURE_LLM_FILTER_NATIVE`, else target/release/libazure_llm_filter.so.
+pub fn native_module_path() -> PathBuf {
+    let p = match std::env::var_os("AZURE_LLM_FILTER_NATIVE").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("target/release/libazure_llm_filter.so"),
+    };
+    assert!(
+        p.is_file(),
+        "native filter {} not found: build it with `make native`",
+        p.display()
+    );
+    fs::canonicalize(&p).unwrap_or(p)
+}
+
 /// An upstream cluster: STATIC 127.0.0.1:`port`, plain HTTP/1.1.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -365,9 +394,23 @@ impl Envoy {
             .arg("--disable-hot-restart")
             .current_dir(workspace_root())
             .envs(opts.host_env.iter().map(|(k, v)| (k, v)))
+            // The native build reads `env_vars` from Envoy's environment (no VM to hold them).
+            .envs(
+                native_build()
+                    .then_some(opts.env_vars.iter())
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
+        if native_build() && opts.with_filter {
+            let module = native_module_path();
+            if let Some(dir) = module.parent() {
+                command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir);
+            }
+        }
         let child = spawn_child(command)
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", envoy_bin.display()));
         Envoy {
@@ -867,7 +910,27 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
             let _ = writeln!(w, "                  {line}");
         }
     }
-    if opts.with_filter {
+    if opts.with_filter && native_build() {
+        // The dynamic module, found by name in ENVOY_DYNAMIC_MODULES_SEARCH_PATH (set by
+        // `Envoy::start`); secrets come from Envoy's own environment (`env_vars` too).
+        let plugin_json =
+            serde_json::to_string(&opts.plugin_config).expect("plugin config serialises");
+        let _ = writeln!(
+            w,
+            "                  - name: envoy.filters.http.dynamic_modules"
+        );
+        let _ = writeln!(w, "                    typed_config:");
+        let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter");
+        let _ = writeln!(w, "                      dynamic_module_config:");
+        let _ = writeln!(w, "                        name: azure_llm_filter");
+        let _ = writeln!(w, "                      filter_name: azure_llm_filter");
+        let _ = writeln!(w, "                      filter_config:");
+        let _ = writeln!(
+            w,
+            "                        \"@type\": type.googleapis.com/google.protobuf.StringValue"
+        );
+        let _ = writeln!(w, "                        value: {}", q(&plugin_json));
+    } else if opts.with_filter {
         let plugin_json =
             serde_json::to_string(&opts.plugin_config).expect("plugin config serialises");
         let _ = writeln!(w, "                  - name: envoy.filters.http.wasm");
