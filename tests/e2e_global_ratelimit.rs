@@ -459,3 +459,42 @@ async fn two_envoys_share_one_cost_budget_in_its_own_domain() {
         "{checks:?} vs {estimate_cost}"
     );
 }
+
+/// Header routing (the model in a header, `allow_on_headers_stop_iteration: true` as shipped)
+/// while the rate limit service thinks: the body Envoy hands over meanwhile is held with the
+/// headers, so nothing reaches Azure before the verdict. Here the verdict, after 700 ms, is
+/// that the service cannot decide (`failure_mode: deny`): the caller gets the 503 and Azure
+/// never sees the request (it got it, released with its body, before the verdict).
+#[tokio::test]
+async fn header_routing_waits_for_the_verdict_though_the_body_flows() {
+    let rls = RlsServer::start(vec![LimitSpec::per_workload(DOMAIN, 1_000_000, 60)])
+        .await
+        .unwrap();
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let mut plugin = plugin_config(&standin, "deny");
+    plugin["routing_mode"] = json!("header");
+    plugin["model_header"] = json!("x-model");
+    plugin["rate_limits"]["global"]["timeout_ms"] = json!(3000);
+    let envoy = envoy_with(plugin, &standin, rls.port()).await;
+    let header_routed = || {
+        client()
+            .post(envoy.url("/v1/chat/completions"))
+            .header("api-key", KEY_A)
+            .header("x-model", "gpt-4o")
+            .json(&ask_body())
+            .send()
+    };
+    // The token is there (and the service admits at once): served.
+    assert_eq!(header_routed().await.unwrap().status(), 200);
+    rls.set_unavailable(true);
+    rls.set_delay(std::time::Duration::from_millis(700));
+    let resp = header_routed().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        standin.count(EndpointKind::DataPlane),
+        1,
+        "nothing reaches Azure before the verdict (caller got {status} {body})"
+    );
+    assert_eq!(status, 503, "{body}");
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use azure_standin::{EndpointKind, StandIn, StandInConfig};
+use azure_standin::{EndpointKind, Fault, StandIn, StandInConfig};
 use common::{client, Cluster, Envoy, EnvoyOptions};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -350,6 +350,69 @@ async fn header_routing_mode_needs_no_body_pause() {
     let (s, b) = post(&envoy, "/v1/chat/completions", json!({"model": "gpt-4o"})).await;
     assert_eq!(s, 400);
     assert_eq!(b["error"]["code"], "missing_model");
+}
+
+/// Header routing with `allow_on_headers_stop_iteration: true` (the shipped setting) while
+/// the token is still being fetched: the headers wait for it, and Envoy then hands the filter
+/// the body. Letting that body through would release the held headers too, so the request
+/// would reach Azure without its bearer (it did: the stand-in's 401). Each request must wait
+/// for the token and arrive with it, with a body and without one.
+#[tokio::test]
+async fn header_routing_waits_for_the_token_though_the_body_flows() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    // Every token request answered after 2 s: Envoy is up long before the first token.
+    standin.push_fault(
+        EndpointKind::Token,
+        Fault::Delay(Duration::from_millis(2_000)),
+        10,
+    );
+    let mut plugin = plugin_config(&standin);
+    plugin["routing_mode"] = json!("header");
+    plugin["model_header"] = json!("x-model");
+    let opts = options(&standin, plugin);
+    assert!(opts.allow_on_headers_stop_iteration);
+    let envoy = Envoy::start(opts).await;
+    let with_body = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .header("x-model", "gpt-4o")
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send();
+    // No body at all (end of stream on the headers), the model named by the path.
+    let without_body = client()
+        .post(envoy.url("/openai/deployments/gpt-4o/chat/completions"))
+        .send();
+    let sent = Instant::now();
+    let (with_body, without_body) = tokio::join!(with_body, without_body);
+    let (with_body, without_body) = (with_body.unwrap(), without_body.unwrap());
+    let took = sent.elapsed();
+    // What reached Azure: (with a body, with a bearer), for both requests.
+    let plane: Vec<(bool, bool)> = standin
+        .requests_of(EndpointKind::DataPlane)
+        .iter()
+        .map(|r| {
+            let bearer = r
+                .header("authorization")
+                .is_some_and(|a| a.starts_with("Bearer "));
+            (!r.body.is_empty(), bearer)
+        })
+        .collect();
+    let statuses = (with_body.status().as_u16(), without_body.status().as_u16());
+    let body: Value = with_body.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        plane.len(),
+        2,
+        "both requests reach Azure: {plane:?} {statuses:?} {body}"
+    );
+    assert!(
+        plane.iter().all(|(_, bearer)| *bearer),
+        "each with its token: (body, bearer) {plane:?}, statuses {statuses:?} {body}"
+    );
+    assert_eq!(statuses.0, 200, "{body}");
+    // The bodyless request reached Azure authenticated: whatever Azure answers it, it is not
+    // the 401 of a request without a token.
+    assert_ne!(statuses.1, 401);
+    // The token came late: else this test shows nothing.
+    assert!(took >= Duration::from_millis(1_000), "took {took:?}");
 }
 
 #[tokio::test]

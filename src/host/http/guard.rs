@@ -67,6 +67,11 @@ impl GuardState {
     pub(super) fn op(&self) -> Operation {
         self.op
     }
+
+    /// The request is paused for Content Safety's verdict on its prompt.
+    pub(super) fn waits_for_service(&self) -> bool {
+        self.resume.is_some()
+    }
 }
 
 impl HttpFilter {

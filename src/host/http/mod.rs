@@ -172,6 +172,18 @@ impl HttpFilter {
         }
     }
 
+    /// The request's headers are paused for something other than its body: its token (the
+    /// root context resumes it), the rate limit service's answer or Content Safety's (this
+    /// context resumes it when they come).
+    fn held(&self) -> bool {
+        self.global_check.is_some()
+            || self.guard.as_ref().is_some_and(|g| g.waits_for_service())
+            || self
+                .state
+                .try_borrow()
+                .map_or(true, |s| s.is_waiting(self.context_id))
+    }
+
     fn count(&self, family: Family, label: &'static str) {
         if let Ok(mut s) = self.state.try_borrow_mut() {
             s.metrics.count_fixed(family, label);
@@ -316,6 +328,13 @@ impl HttpContext for HttpFilter {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.answered {
+            return Action::Pause;
+        }
+        if self.pending.is_none() && self.held() {
+            // Routed in the header phase, and its headers wait: with
+            // `allow_on_headers_stop_iteration: true` Envoy still hands over the body, and
+            // letting it through would send the held headers too, before the token (or the
+            // verdict) is there. The body is buffered until the request is resumed.
             return Action::Pause;
         }
         self.body_arrived(body_size, end_of_stream)
