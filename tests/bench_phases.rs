@@ -16,6 +16,10 @@
 //! 3. **What one host call costs.** Probe filters in WebAssembly text make ten calls of one
 //!    kind per request (bench_phases/probes.rs); their count minus the do-nothing filter's is
 //!    the price of a call. Prices × the calls of 1. give each phase's host-call cost.
+//! 4. **What the guardrails cost** (issue 26; `what_the_guardrails_cost`): the full path with
+//!    no `guardrails` section, the same run twice (the noise), with a policy for other
+//!    workloads only (what a request pays for the guardrails' existence), and a 4 KiB prompt
+//!    without and with the local rules (one string, four parts, non-ASCII prose).
 //!
 //! Nothing here asserts a figure; the tables are printed (and kept in target/bench.txt).
 
@@ -548,6 +552,142 @@ async fn where_the_time_goes_phase_by_phase() {
         "\nThe full path adds {added:.0} instructions per request to bare Envoy; the table above prices its host calls (what is left is the filter's own Wasm code and Envoy's work for the request it changed)."
     );
     out.push_str(&pool_lines(&get));
+    println!("{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. What the guardrails cost (issue 26)
+
+/// A prompt of `bytes` of ordinary prose (nothing a rule finds), as chat content: one string,
+/// or `parts` text parts of one message (their joined text is scanned too).
+fn prose_body(bytes: usize, parts: usize, non_ascii: bool) -> &'static str {
+    let sentence = if non_ascii {
+        "Résumé of the café meeting: the naïve plan needs a cleaner rollout and more tests. "
+    } else {
+        "Summary of the meeting: the current plan needs a cleaner rollout and more tests. "
+    };
+    let mut text = String::new();
+    while text.len() + sentence.len() <= bytes {
+        text.push_str(sentence);
+    }
+    let content = if parts <= 1 {
+        json!(text)
+    } else {
+        let cut = text.len() / parts;
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for i in 0..parts {
+            let mut end = if i + 1 == parts {
+                text.len()
+            } else {
+                (at + cut).min(text.len())
+            };
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            pieces.push(json!({"type": "text", "text": &text[at..end]}));
+            at = end;
+        }
+        json!(pieces)
+    };
+    let body = json!({"model": "gpt-4o", "max_tokens": 16, "messages": [{"role": "user", "content": content}]});
+    Box::leak(body.to_string().into_boxed_str())
+}
+
+/// Every detector masking, two deny patterns blocking (none fires on the prose).
+fn local_rules() -> serde_json::Value {
+    json!({
+        "pii": {"email": "mask", "phone": "mask", "payment_card": "mask", "iban": "mask",
+                "us_ssn": "mask", "ip_address": "mask", "jwt": "mask", "azure_key": "mask"},
+        "deny": [{"name": "falcon", "pattern": "(?i)\\bproject[\\s-]+falcon\\b"},
+                 {"name": "secret", "pattern": "(?i)top\\s+secret|internal\\s+only"}]
+    })
+}
+
+const GR_FULL: &str = "full path, no guardrails section";
+const GR_AGAIN: &str = "full path, no guardrails section (again: the noise)";
+const GR_OFF: &str = "full path, guardrails for other workloads only";
+const GR_4K: &str = "full path, 4 KiB prompt";
+const GR_4K_LOCAL: &str = "full path, 4 KiB prompt, local rules";
+const GR_4K_PARTS: &str = "full path, 4 KiB prompt in 4 parts, local rules";
+const GR_4K_FOLDED: &str = "full path, 4 KiB non-ASCII prompt, local rules";
+
+fn guardrail_scenarios(fx: &Fixture) -> Vec<Scenario> {
+    let full = filter_options(fx, jwt_auth(fx));
+    let mut off = full.clone();
+    off.plugin_config["guardrails"] = json!({"workloads": {"someone-else": local_rules()}});
+    let mut local = full.clone();
+    local.plugin_config["guardrails"] = json!({"default": local_rules()});
+    let with = |name: &str, opts: &EnvoyOptions, body: &'static str| Scenario {
+        body,
+        ..Scenario::json(name, opts.clone())
+    };
+    vec![
+        Scenario::json(GR_FULL, full.clone()),
+        Scenario::json(GR_AGAIN, full.clone()),
+        Scenario::json(GR_OFF, off),
+        with(GR_4K, &full, prose_body(4096, 1, false)),
+        with(GR_4K_LOCAL, &local, prose_body(4096, 1, false)),
+        with(GR_4K_PARTS, &local, prose_body(4096, 4, false)),
+        with(GR_4K_FOLDED, &local, prose_body(4096, 1, true)),
+    ]
+}
+
+/// `make bench`: what a request pays for the guardrails' existence when its workload has no
+/// policy, and what the local rules cost per 4 KiB of prompt, in instructions Envoy executes
+/// per request under callgrind (the same method as the ladder above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with make bench"]
+async fn what_the_guardrails_cost() {
+    if !callgrind::valgrind_present() {
+        println!("bench_phases: valgrind not found (make bench installs it): no guardrail figures");
+        return;
+    }
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let upstream_port = start_upstream();
+    let caller_token = standin.sign_token(caller_claims(&standin, "bench-app", "bench-1"));
+    let fx = Fixture {
+        standin,
+        upstream_port,
+        caller_token,
+    };
+    let scenarios = guardrail_scenarios(&fx);
+    let per = instructions_per_request(&fx, &scenarios).await;
+    let get = |name: &str| per.get(name).copied().unwrap_or(f64::NAN);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nWhat the guardrails cost (callgrind; 1 worker, one connection, {MEASURED} requests per row, after a warm-up)"
+    );
+    let _ = writeln!(out, "| scenario | instructions / request | against |");
+    let _ = writeln!(out, "|---|---:|---|");
+    for (name, base) in [
+        (GR_FULL, None),
+        (GR_AGAIN, Some(GR_FULL)),
+        (GR_OFF, Some(GR_FULL)),
+        (GR_4K, Some(GR_FULL)),
+        (GR_4K_LOCAL, Some(GR_4K)),
+        (GR_4K_PARTS, Some(GR_4K)),
+        (GR_4K_FOLDED, Some(GR_4K)),
+    ] {
+        let against = base.map_or("-".to_string(), |b| {
+            format!("{:+.0} ({b})", get(name) - get(b))
+        });
+        let _ = writeln!(out, "| {name} | {:.0} | {against} |", get(name));
+    }
+    let noise = (get(GR_AGAIN) - get(GR_FULL)).abs();
+    let _ = writeln!(
+        out,
+        "goal: guardrails off (a policy for other workloads only): {:+.0} instructions per request against no guardrails section (the same run twice differs by {noise:.0}); goal: nothing measurable",
+        get(GR_OFF) - get(GR_FULL)
+    );
+    let _ = writeln!(
+        out,
+        "goal: local rules (8 detectors, 2 deny patterns) per 4 KiB of prompt, callgrind: {:+.0} instructions per request (4 parts: {:+.0}, non-ASCII: {:+.0}); reported, no goal",
+        get(GR_4K_LOCAL) - get(GR_4K),
+        get(GR_4K_PARTS) - get(GR_4K),
+        get(GR_4K_FOLDED) - get(GR_4K)
+    );
     println!("{out}");
 }
 

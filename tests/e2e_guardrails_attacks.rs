@@ -509,6 +509,37 @@ async fn a_transcription_prompt_is_checked() {
     assert_eq!(gw.standin.count(EndpointKind::DataPlane), 2);
 }
 
+/// Under Content Safety, the transcription's prompt goes to Prompt Shields like any prompt.
+#[tokio::test]
+async fn a_transcription_prompt_goes_to_prompt_shields() {
+    let gw = gateway(json!({
+        "content_safety": content_safety(json!({"credential": "main"})),
+        "default": {"prompt": {"prompt_shields": "block"}}
+    }))
+    .await;
+    token_ready(&gw).await;
+    let case = "form_jailbreak";
+    let prompt = format!("{case} {JAILBREAK}");
+    let (status, body) = transcribe(
+        &gw,
+        form(&[(FILE, "RIFF...."), (MODEL, "whisper"), (PROMPT, &prompt)]),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("jailbreak"), "{body}");
+    assert!(upstream_of(&gw, case).is_empty(), "{case} reached Azure");
+    assert_eq!(safety_calls(&gw, case).len(), 1, "checked once");
+    let case = "form_words";
+    let prompt = format!("{case} plain words");
+    let (status, body) = transcribe(
+        &gw,
+        form(&[(FILE, "RIFF...."), (MODEL, "whisper"), (PROMPT, &prompt)]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    one_upstream(&gw, case);
+}
+
 /// A flagged answer whose text fits one window is checked at the stream's terminal event, not
 /// at the end of the body: Azure's front door may hold that end long after `data: [DONE]`,
 /// and the SDKs stop reading at the terminal event, so a verdict after it would stop nothing.

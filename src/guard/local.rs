@@ -14,8 +14,8 @@
 //!   scanned like any other.
 //! - **Split a value across content parts** (`"proj"` + `"ect falcon"`, a card number over two
 //!   parts): the text parts of one content array (chat parts, Responses `input_text`,
-//!   Anthropic `text` blocks) are also scanned joined; a `mask` match across parts is masked
-//!   in each part it covers.
+//!   Anthropic `text` blocks) are scanned joined, as one text (each byte once); a `mask`
+//!   match across parts is masked in each part it covers.
 //! - **Invisible or look-alike characters** (`proj\u{200B}ect`, Cyrillic `а` for `a`,
 //!   full-width digits): a text with any is also scanned folded (format characters removed,
 //!   common Latin look-alikes and full-width forms mapped to ASCII), the spans found mapped
@@ -245,16 +245,22 @@ impl Scan<'_, '_> {
             }
             Value::Array(items) => {
                 for item in items.iter_mut() {
-                    self.value(item, Place::Inside);
+                    // A text part's text is scanned once, joined with the others'.
+                    let part = text_part(item).is_some();
+                    match item {
+                        Value::Object(map) if part => self.object(map, Place::Inside, true),
+                        _ => self.value(item, Place::Inside),
+                    }
                 }
                 self.joined_parts(items);
             }
-            Value::Object(map) => self.object(map, place),
+            Value::Object(map) => self.object(map, place, false),
             _ => {}
         }
     }
 
-    fn object(&mut self, map: &mut Map<String, Value>, place: Place<'_>) {
+    /// `text_part`: the object is a content part whose `text` is scanned by `joined_parts`.
+    fn object(&mut self, map: &mut Map<String, Value>, place: Place<'_>, text_part: bool) {
         let slot = payload_slot(map, place);
         let own_type = map.get("type").and_then(Value::as_str).map(str::to_owned);
         let keys: Vec<String> = map.keys().cloned().collect();
@@ -265,7 +271,7 @@ impl Scan<'_, '_> {
             };
             let skipped = match (slot, &v) {
                 (Some((key, kind)), Value::String(s)) => key == k && is_payload(s, kind),
-                _ => false,
+                _ => text_part && k == "text",
             };
             if !skipped {
                 let field = Place::Field {
@@ -341,13 +347,14 @@ impl Scan<'_, '_> {
         Some(masked)
     }
 
-    /// The text parts of one content array, joined (what the model reads as one text): a
-    /// value split across parts is found there, and masked in each part it covers.
+    /// The text parts of one content array, joined (what the model reads as one text): each
+    /// part's text is scanned here, once, so a value split across parts is found too, and
+    /// masked in each part it covers.
     fn joined_parts(&mut self, items: &mut [Value]) {
         let parts: Vec<usize> = (0..items.len())
             .filter(|&i| items.get(i).and_then(text_part).is_some())
             .collect();
-        if parts.len() < 2 {
+        if parts.is_empty() {
             return;
         }
         let (joined, bounds) = join(items, &parts);
@@ -402,26 +409,24 @@ struct Folded {
 }
 
 impl Folded {
-    /// `None` when folding changes nothing (every ASCII text: no cost on the common path).
+    /// `None` when folding changes nothing (ASCII text: no cost on the common path).
     fn of(text: &str) -> Option<Folded> {
-        if text.is_ascii() {
+        // Most text has nothing to fold: no map is built for it.
+        if text.is_ascii() || text.chars().all(|c| fold(c) == Some(c)) {
             return None;
         }
         let mut out = Folded {
             text: String::with_capacity(text.len()),
             from: Vec::with_capacity(text.len() + 1),
         };
-        let mut changed = false;
         for (at, c) in text.char_indices() {
-            let folded = fold(c);
-            changed |= folded != Some(c);
-            if let Some(f) = folded {
+            if let Some(f) = fold(c) {
                 out.text.push(f);
                 out.from.extend(std::iter::repeat_n(at, f.len_utf8()));
             }
         }
         out.from.push(text.len());
-        changed.then_some(out)
+        Some(out)
     }
 
     /// A span of the folded text in the original's bytes.
