@@ -4,7 +4,9 @@
 //! - text where the APIs carry binary payloads (a `data:` string, a `data` / `model` key
 //!   nested in a content part, text in an image or audio slot);
 //! - a denied value split across content parts or Anthropic text blocks, or by invisible and
-//!   look-alike characters;
+//!   look-alike characters, combining marks or accents;
+//! - JSON escapes (`\u0040`, `\u0020`) inside the JSON of a tool call's `arguments` or a
+//!   tool's output;
 //! - Anthropic `document` blocks (local rules and Prompt Shields' documents);
 //! - completions and embeddings prompts as token ids;
 //! - the `prompt` field of a multipart transcription;
@@ -18,8 +20,9 @@ mod common;
 use azure_llm_filter::metrics;
 use azure_standin::{EndpointKind, StandInConfig};
 use common::guardrails::*;
-use common::sdk::ok;
+use common::sdk::{ok, raised};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 /// A 1x1 PNG, as callers send images.
 const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
@@ -590,5 +593,92 @@ async fn a_flagged_stream_is_ended_before_its_terminal_event() {
         )
         .await,
         3
+    );
+}
+
+/// The SDK case was refused with Azure's content-filter 400 naming `rule`, and nothing of it
+/// reached Azure.
+fn sdk_refused(gw: &Gateway, r: &HashMap<String, Value>, case: &str, rule: &str) {
+    let (class, status, body) = raised(r, case);
+    assert_eq!((class, status), ("BadRequestError", 400), "{case}: {body}");
+    assert!(
+        body.to_string().contains(rule),
+        "{case}: {rule} not named in {body}"
+    );
+    assert!(upstream_of(gw, case).is_empty(), "{case} reached Azure");
+}
+
+/// A JSON document held in a string (what `arguments` is, what a tool's output usually is)
+/// is read decoded: `\u0020` between a card's groups, `\u0040` for an e-mail's `@`, `\u002d`
+/// in an SSN hide nothing from the rules, and what is masked is still valid JSON (a card
+/// given as a JSON number becomes a string). OpenAI chat and Responses, Anthropic tool
+/// results, all from the official SDKs.
+#[tokio::test]
+async fn escapes_inside_a_tool_calls_json_hide_nothing() {
+    let gw = gateway(local_rules()).await;
+    let cases = [
+        "args_escaped_pii",
+        "args_escaped_ssn",
+        "args_escaped_deny",
+        "responses_escaped_pii",
+        "claude_tool_result_escaped",
+    ];
+    let r = run(&gw, &cases).await;
+    assert_eq!(ok(&r, "args_escaped_pii")["content"], ANSWER);
+    let sent: Value = serde_json::from_str(&one_upstream(&gw, "args_escaped_pii")).unwrap();
+    let arguments = sent["messages"][1]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap_or_default();
+    let arguments: Value = serde_json::from_str(arguments)
+        .unwrap_or_else(|e| panic!("arguments are no longer JSON ({e}): {arguments}"));
+    assert_eq!(
+        arguments,
+        json!({"card": "[REDACTED:payment_card]", "to": "[REDACTED:email]",
+               "card_no": "[REDACTED:payment_card]"})
+    );
+
+    assert!(ok(&r, "responses_escaped_pii")["text"].is_string());
+    let sent: Value = serde_json::from_str(&one_upstream(&gw, "responses_escaped_pii")).unwrap();
+    let field = |i: usize, key: &str| -> Value {
+        serde_json::from_str(sent["input"][i][key].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("input[{i}].{key} is no longer JSON ({e}): {sent}"))
+    };
+    assert_eq!(field(1, "arguments"), json!({"to": "[REDACTED:email]"}));
+    assert_eq!(
+        field(2, "output"),
+        json!({"card": "[REDACTED:payment_card]"})
+    );
+
+    sdk_refused(&gw, &r, "args_escaped_ssn", "us_ssn");
+    sdk_refused(&gw, &r, "args_escaped_deny", "project-falcon");
+    let (class, status, body) = raised(&r, "claude_tool_result_escaped");
+    assert_eq!((class, status), ("BadRequestError", 400), "{body}");
+    assert!(body.to_string().contains("us_ssn"), "{body}");
+    assert!(upstream_of(&gw, "claude_tool_result_escaped").is_empty());
+}
+
+/// Combining marks put on letters or digits (`Pro\u{301}ject`, `4\u{20E3}111`) and accented
+/// letters (`Prōject Fälcon`) do not hide a denied word or a card number.
+#[tokio::test]
+async fn combining_marks_and_accents_hide_nothing() {
+    let gw = gateway(local_rules()).await;
+    let cases = [
+        "combining_deny",
+        "accented_deny",
+        "combining_card",
+        "claude_combining_deny",
+    ];
+    let r = run(&gw, &cases).await;
+    sdk_refused(&gw, &r, "combining_deny", "project-falcon");
+    sdk_refused(&gw, &r, "accented_deny", "project-falcon");
+    let (class, status, body) = raised(&r, "claude_combining_deny");
+    assert_eq!((class, status), ("BadRequestError", 400), "{body}");
+    assert!(body.to_string().contains("project-falcon"), "{body}");
+    assert!(upstream_of(&gw, "claude_combining_deny").is_empty());
+    assert_eq!(ok(&r, "combining_card")["content"], ANSWER);
+    let sent: Value = serde_json::from_str(&one_upstream(&gw, "combining_card")).unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "combining_card card [REDACTED:payment_card] thanks"
     );
 }

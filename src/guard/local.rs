@@ -16,16 +16,19 @@
 //!   parts): the text parts of one content array (chat parts, Responses `input_text`,
 //!   Anthropic `text` blocks) are scanned joined, as one text (each byte once); a `mask`
 //!   match across parts is masked in each part it covers.
-//! - **Invisible or look-alike characters** (`proj\u{200B}ect`, Cyrillic `а` for `a`,
-//!   full-width digits): a text with any is also scanned folded (format characters removed,
-//!   common Latin look-alikes and full-width forms mapped to ASCII), the spans found mapped
-//!   back to the original.
+//! - **Hide a value behind JSON escapes** (`"jane\u0040example.com"` in a tool call's
+//!   `arguments`, a JSON document inside a JSON string): a string that is a JSON document is
+//!   also scanned parsed (`embedded`), and serialised again when masked, so it stays JSON.
+//! - **Invisible or look-alike characters** (`proj\u{200B}ect`, `pro\u{301}ject`, Cyrillic
+//!   `а` for `a`, `Prōject`, full-width digits): a text with any is also scanned folded
+//!   (`super::fold`), the spans found mapped back to the original.
 //!
 //! A masked text is scanned again: if a rule still matches (its pattern matches the
 //! replacement itself), the prompt is blocked instead, so what leaves never matches a `mask`
 //! or `block` rule.
 
 use super::config::{LocalAction, Policy};
+use super::fold::Folded;
 use super::pii::PiiKind;
 use super::verdict::{Check, Decision, Direction, Finding};
 use serde_json::{Map, Value};
@@ -80,6 +83,7 @@ pub fn apply(policy: &Policy, body: &mut Value) -> LocalOutcome {
         rules: &rules,
         fired: vec![None; rules.len()],
         changed: false,
+        depth: 0,
     };
     scan.value(body, Place::Top);
     let mut out = LocalOutcome {
@@ -214,6 +218,22 @@ struct Scan<'r, 'p> {
     /// Per rule: what it did (the strongest: blocked over masked over logged).
     fired: Vec<Option<Decision>>,
     changed: bool,
+    /// How many JSON documents held in strings the scan is inside (`embedded`).
+    depth: u8,
+}
+
+/// JSON documents in strings in JSON documents in strings ... are decoded this deep (a
+/// tool's `arguments` is one level; a JSON string inside them two). The bound keeps the
+/// recursion (and the Wasm stack) bounded; deeper ones are scanned as text.
+const MAX_DOCUMENT_DEPTH: u8 = 3;
+
+/// Whether `s` might be a JSON document (an object or an array), before parsing it.
+fn looks_like_document(s: &str) -> bool {
+    matches!(s.trim_start().as_bytes().first(), Some(b'{' | b'['))
+}
+
+fn is_json(s: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
 }
 
 fn rank(d: Decision) -> u8 {
@@ -239,8 +259,18 @@ impl Scan<'_, '_> {
     fn value(&mut self, v: &mut Value, place: Place<'_>) {
         match v {
             Value::String(s) => {
-                if let Some(masked) = self.text(s) {
+                let document = self.embedded(s);
+                if let Some((masked, spans)) = self.masked(s) {
+                    self.keep_document(document, &masked, &spans);
                     *s = masked;
+                }
+            }
+            // Numbers are prose's digits only inside an embedded document (`{"card":
+            // 4111111111111111}` in a tool's arguments); masked, one becomes a string.
+            Value::Number(n) if self.depth > 0 => {
+                let digits = n.to_string();
+                if let Some(masked) = self.text(&digits) {
+                    *v = Value::String(masked);
                 }
             }
             Value::Array(items) => {
@@ -281,6 +311,42 @@ impl Scan<'_, '_> {
                 self.value(&mut v, field);
             }
             map.insert(renamed.unwrap_or(k), v);
+        }
+    }
+
+    /// A string holding a JSON document (a tool call's `arguments`, a tool's output, JSON
+    /// pasted as text): its strings and keys are scanned decoded, so `\u0040` or `\u0020`
+    /// escapes hide nothing, and its numbers as digits. When a `mask` rule fired in it, the
+    /// document is serialised again: it stays valid JSON. Whether `s` was one.
+    fn embedded(&mut self, s: &mut String) -> bool {
+        if self.depth >= MAX_DOCUMENT_DEPTH || !looks_like_document(s) {
+            return false;
+        }
+        let Ok(mut doc) = serde_json::from_str::<Value>(s) else {
+            return false;
+        };
+        let outer = std::mem::replace(&mut self.changed, false);
+        self.depth += 1;
+        self.value(&mut doc, Place::Inside);
+        self.depth -= 1;
+        if self.changed {
+            if let Ok(text) = serde_json::to_string(&doc) {
+                *s = text;
+            }
+        }
+        self.changed |= outer;
+        true
+    }
+
+    /// A document's text masked as text (a pattern across its structure, a number too long
+    /// for a JSON number) may no longer be JSON: the prompt is blocked instead of sending a
+    /// tool call Azure would refuse or misread. `spans`: what was masked, by which rules.
+    fn keep_document(&mut self, document: bool, masked: &str, spans: &[Span]) {
+        if !document || is_json(masked) {
+            return;
+        }
+        for &(_, _, rule) in spans {
+            self.fire(rule, Decision::Blocked);
         }
     }
 
@@ -336,6 +402,11 @@ impl Scan<'_, '_> {
 
     /// Scans one text: `Some(masked)` when a `mask` rule changed it.
     fn text(&mut self, text: &str) -> Option<String> {
+        self.masked(text).map(|(masked, _)| masked)
+    }
+
+    /// `text`, with the spans it masked.
+    fn masked(&mut self, text: &str) -> Option<(String, Vec<Span>)> {
         let found = self.find(text);
         let mut spans = self.record(found);
         if spans.is_empty() {
@@ -344,7 +415,7 @@ impl Scan<'_, '_> {
         let masked = mask(text, &mut spans, self.rules);
         self.recheck(&masked);
         self.changed = true;
-        Some(masked)
+        Some((masked, spans))
     }
 
     /// The text parts of one content array, joined (what the model reads as one text): each
@@ -357,6 +428,15 @@ impl Scan<'_, '_> {
         if parts.is_empty() {
             return;
         }
+        let documents: Vec<bool> = parts
+            .iter()
+            .map(|&i| {
+                items
+                    .get_mut(i)
+                    .and_then(text_part_mut)
+                    .is_some_and(|t| self.embedded(t))
+            })
+            .collect();
         let (joined, bounds) = join(items, &parts);
         let found = self.find(&joined);
         let spans = self.record(found);
@@ -381,6 +461,8 @@ impl Scan<'_, '_> {
                 continue;
             };
             *text = mask(text, &mut own, self.rules);
+            let document = documents.get(k).copied().unwrap_or(false);
+            self.keep_document(document, text, &own);
         }
         self.changed = true;
         let (joined, _) = join(items, &parts);
@@ -398,107 +480,6 @@ fn join(items: &[Value], parts: &[usize]) -> (String, Vec<(usize, usize)>) {
         bounds.push((start, joined.len()));
     }
     (joined, bounds)
-}
-
-/// A text with format characters removed and look-alikes mapped to ASCII, and where each of
-/// its bytes came from.
-struct Folded {
-    text: String,
-    /// For each byte of `text` (and its end), the byte of the original it came from.
-    from: Vec<usize>,
-}
-
-impl Folded {
-    /// `None` when folding changes nothing (ASCII text: no cost on the common path).
-    fn of(text: &str) -> Option<Folded> {
-        // Most text has nothing to fold: no map is built for it.
-        if text.is_ascii() || text.chars().all(|c| fold(c) == Some(c)) {
-            return None;
-        }
-        let mut out = Folded {
-            text: String::with_capacity(text.len()),
-            from: Vec::with_capacity(text.len() + 1),
-        };
-        for (at, c) in text.char_indices() {
-            if let Some(f) = fold(c) {
-                out.text.push(f);
-                out.from.extend(std::iter::repeat_n(at, f.len_utf8()));
-            }
-        }
-        out.from.push(text.len());
-        Some(out)
-    }
-
-    /// A span of the folded text in the original's bytes.
-    fn original(&self, (a, b): (usize, usize)) -> (usize, usize) {
-        let at = |i: usize| self.from.get(i).copied().unwrap_or(usize::MAX);
-        let end = *self.from.last().unwrap_or(&0);
-        (at(a).min(end), at(b).min(end))
-    }
-}
-
-/// A character as the rules see it: `None` for the invisible ones.
-fn fold(c: char) -> Option<char> {
-    let folded = match c {
-        // Zero-width and other format characters a word can be split with.
-        '\u{00AD}'
-        | '\u{034F}'
-        | '\u{061C}'
-        | '\u{115F}'
-        | '\u{1160}'
-        | '\u{17B4}'
-        | '\u{17B5}'
-        | '\u{180B}'..='\u{180F}'
-        | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}'
-        | '\u{3164}'
-        | '\u{FE00}'..='\u{FE0F}'
-        | '\u{FEFF}'
-        | '\u{FFA0}'
-        | '\u{E0000}'..='\u{E007F}' => return None,
-        // Full-width ASCII.
-        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
-        // Other spaces.
-        '\u{00A0}'
-        | '\u{1680}'
-        | '\u{2000}'..='\u{200A}'
-        | '\u{202F}'
-        | '\u{205F}'
-        | '\u{3000}' => ' ',
-        // Hyphens and dashes.
-        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE63}' => '-',
-        // Cyrillic and Greek letters drawn like Latin ones.
-        'а' => 'a',
-        'А' | 'Α' => 'A',
-        'В' | 'Β' => 'B',
-        'с' | 'ϲ' => 'c',
-        'С' | 'Ϲ' => 'C',
-        'е' | 'ё' => 'e',
-        'Е' | 'Ε' => 'E',
-        'Н' | 'Η' => 'H',
-        'і' | 'ι' => 'i',
-        'І' | 'Ι' => 'I',
-        'ј' => 'j',
-        'Ј' => 'J',
-        'К' | 'Κ' => 'K',
-        'М' | 'Μ' => 'M',
-        'Ν' => 'N',
-        'о' | 'ο' => 'o',
-        'О' | 'Ο' => 'O',
-        'р' | 'ρ' => 'p',
-        'Р' | 'Ρ' => 'P',
-        'ѕ' => 's',
-        'Ѕ' => 'S',
-        'Т' | 'Τ' => 'T',
-        'х' | 'χ' => 'x',
-        'Х' | 'Χ' => 'X',
-        'у' => 'y',
-        'У' | 'Υ' => 'Y',
-        'Ζ' => 'Z',
-        other => other,
-    };
-    Some(folded)
 }
 
 /// Replaces the spans (merged where they overlap; the first rule names a merged span).
@@ -659,6 +640,97 @@ mod tests {
         let before = anthropic.clone();
         assert!(!apply(&p, &mut anthropic).changed);
         assert_eq!(anthropic, before);
+    }
+
+    #[test]
+    fn json_documents_in_strings_are_scanned_decoded_and_stay_json() {
+        let p = policy(
+            json!({"pii": {"email": "mask", "payment_card": "mask", "us_ssn": "block"},
+            "deny": [{"name": "falcon", "pattern": "(?i)project[\\s-]+falcon"}]}),
+        );
+        let call = |arguments: &str| {
+            json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "f", "arguments": arguments}}]}]})
+        };
+        let arguments = |body: &Value| -> Value {
+            let a = body["messages"][0]["tool_calls"][0]["function"]["arguments"].as_str();
+            serde_json::from_str(a.unwrap()).unwrap()
+        };
+        // Escapes decoded: `\u0020` between the card's groups, `\u0040` for the `@`.
+        let mut body = call(
+            r#"{"card": "4111\u00201111\u00201111\u00201111", "to": "jane\u0040example.com", "n": 3}"#,
+        );
+        let out = apply(&p, &mut body);
+        assert!(out.changed && !out.blocked, "{out:?}");
+        assert_eq!(
+            arguments(&body),
+            json!({"card": "[REDACTED:payment_card]", "to": "[REDACTED:email]", "n": 3})
+        );
+        let mut body = call(r#"{"ssn": "123\u002d45\u002d6789"}"#);
+        assert!(apply(&p, &mut body).blocked);
+        let mut body = call(r#"{"q": "project\u0020falcon"}"#);
+        assert!(apply(&p, &mut body).blocked);
+        // A key is text too, and a number holds digits.
+        let mut body = call(r#"{"jane\u0040example.com": 1, "card": 4111111111111111}"#);
+        assert!(!apply(&p, &mut body).blocked);
+        assert_eq!(
+            arguments(&body),
+            json!({"[REDACTED:email]": 1, "card": "[REDACTED:payment_card]"})
+        );
+        // Nested: a JSON string inside the arguments, and a text part holding JSON.
+        let inner = serde_json::to_string(&json!({"to": "jane\u{0040}example.com"})).unwrap();
+        let escaped = inner.replace('@', "\\u0040");
+        let mut body = call(&serde_json::to_string(&json!({"payload": escaped})).unwrap());
+        apply(&p, &mut body);
+        let payload = arguments(&body)["payload"].as_str().unwrap().to_string();
+        assert_eq!(
+            serde_json::from_str::<Value>(&payload).unwrap(),
+            json!({"to": "[REDACTED:email]"})
+        );
+        let mut body = json!({"messages": [{"role": "tool", "content": [
+            {"type": "text", "text": r#"{"mail": "jane\u0040example.com"}"#}]}]});
+        apply(&p, &mut body);
+        let text = body["messages"][0]["content"][0]["text"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(text).unwrap(),
+            json!({"mail": "[REDACTED:email]"})
+        );
+        // Text that only looks like JSON is scanned as text.
+        let mut body =
+            json!({"messages": [{"role": "user", "content": "{not json jane@example.com"}]});
+        apply(&p, &mut body);
+        assert_eq!(body["messages"][0]["content"], "{not json [REDACTED:email]");
+    }
+
+    #[test]
+    fn a_mask_that_would_break_a_document_blocks() {
+        // A number too long for a JSON number keeps its digits only in the text, where the
+        // mask would leave `{"n": [REDACTED...]}`: blocked, not sent broken.
+        let p = policy(json!({"deny": [{"name": "long", "pattern": "9{25}", "action": "mask"}]}));
+        let mut body = json!({"input": [format!("{{\"n\": {}}}", "9".repeat(25))]});
+        assert!(apply(&p, &mut body).blocked);
+        // A pattern across the structure, masked: no longer JSON either.
+        let p =
+            policy(json!({"deny": [{"name": "pair", "pattern": "\"a\": \"b", "action": "mask"}]}));
+        let mut body = json!({"input": ["{\"a\": \"b\"}"]});
+        assert!(apply(&p, &mut body).blocked);
+        // The same mask on plain text is a mask.
+        let mut body = json!({"input": ["say \"a\": \"b\" please"]});
+        let out = apply(&p, &mut body);
+        assert!(out.changed && !out.blocked);
+    }
+
+    #[test]
+    fn documents_nest_only_so_deep() {
+        let p = policy(json!({"pii": {"email": "mask"}}));
+        let mut doc = json!({"to": "jane\u{0040}example.com"});
+        for _ in 0..10 {
+            doc = json!([serde_json::to_string(&doc).unwrap()]);
+        }
+        let mut body = json!({"input": [serde_json::to_string(&doc).unwrap()]});
+        let out = apply(&p, &mut body);
+        // Scanned as text past MAX_DOCUMENT_DEPTH: the raw text still holds the address.
+        assert!(out.changed);
     }
 
     #[test]

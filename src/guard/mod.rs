@@ -2,7 +2,7 @@
 //!
 //! - `config`: the `guardrails` section (the Content Safety resource, policies by workload);
 //! - `pii`, `pattern`, `local`: the local rules (PII and secret detectors, deny patterns) that
-//!   block, mask or log without any service;
+//!   block, mask or log without any service; `fold`: the text they read, disguises folded away;
 //! - `prompt`: the prompt's text for every API, as Prompt Shields reads it (user prompt and
 //!   documents);
 //! - `answer`: an answer's text (JSON, or a stream's deltas in windows) and the terminal error
@@ -16,6 +16,7 @@
 
 pub mod answer;
 pub mod config;
+pub mod fold;
 /// Fuzz targets (native only; registered in `crate::fuzzing`).
 #[cfg(not(target_arch = "wasm32"))]
 #[doc(hidden)]

@@ -366,6 +366,113 @@ def ans_fail_closed_stream():
 
 
 # ----------------------------------------------------------------------------------------------
+# Attacks (tests/e2e_guardrails_attacks.rs): JSON escapes inside tool calls' JSON, combining
+# marks and accents. The SDKs send these strings as given: the escapes reach the gateway.
+
+
+def tool_round(name, arguments, output):
+    """A chat whose earlier tool call carries `arguments` and its result `output`, as sent."""
+    r = openai_client().chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            {"role": "user", "content": f"{name} look it up"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": output},
+        ],
+    )
+    return {"content": r.choices[0].message.content}
+
+
+@case
+def args_escaped_pii():
+    # The model reads `4111 1111 1111 1111` and `jane.doe@example.com`; so would a pattern,
+    # once the escapes are decoded. The card as a JSON number too.
+    return tool_round(
+        "args_escaped_pii",
+        r'{"card": "4111\u00201111\u00201111\u00201111", "to": "jane.doe\u0040example.com", "card_no": 4111111111111111}',
+        '{"ok": true}',
+    )
+
+
+@case
+def args_escaped_ssn():
+    return tool_round("args_escaped_ssn", '{"q": "x"}', r'{"ssn": "123\u002d45\u002d6789"}')
+
+
+@case
+def args_escaped_deny():
+    return tool_round("args_escaped_deny", r'{"topic": "Project\u0020Falcon"}', "{}")
+
+
+@case
+def responses_escaped_pii():
+    r = openai_client().responses.create(
+        model="gpt-4o",
+        input=[
+            {"role": "user", "content": "responses_escaped_pii go on"},
+            {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": r'{"to": "jane.doe\u0040example.com"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": r'{"card": "4111\u002d1111\u002d1111\u002d1111"}'},
+        ],
+    )
+    return {"text": r.output_text}
+
+
+@case
+def claude_tool_result_escaped():
+    r = anthropic_client().messages.create(
+        model="claude-opus-4-5",
+        max_tokens=32,
+        messages=[
+            {"role": "user", "content": "claude_tool_result_escaped look it up"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup", "input": {"q": "x"}}]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [{"type": "text", "text": r'{"ssn": "123\u002d45\u002d6789"}'}],
+                    }
+                ],
+            },
+        ],
+    )
+    return {"text": r.content[0].text}
+
+
+@case
+def combining_deny():
+    return chat("combining_deny", "about Pro\u0301ject Fa\u0300\u0308lcon")
+
+
+@case
+def accented_deny():
+    return chat("accented_deny", "about Prōject Fälcon")
+
+
+@case
+def combining_card():
+    return chat("combining_card", "card 4\u20e3111 1\u0301111 1111 1111 thanks")
+
+
+@case
+def claude_combining_deny():
+    r = anthropic_client().messages.create(
+        model="claude-opus-4-5",
+        max_tokens=32,
+        system="claude_combining_deny about Proj\u0301ect Falco\u0327n",
+        messages=[{"role": "user", "content": "claude_combining_deny hello"}],
+    )
+    return {"text": r.content[0].text}
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def error_of(e):
