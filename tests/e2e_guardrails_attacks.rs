@@ -50,12 +50,7 @@ async fn post(gw: &Gateway, path: &str, key: &str, body: &Value) -> (u16, Value)
         .send()
         .await
         .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    status_and_body(resp).await
 }
 
 fn chat(content: Value) -> Value {
@@ -431,12 +426,7 @@ async fn transcribe(gw: &Gateway, body: Vec<u8>) -> (u16, Value) {
         .send()
         .await
         .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    status_and_body(resp).await
 }
 
 /// The `prompt` field of a transcription (the text the model reads with the audio): masked in

@@ -104,6 +104,16 @@ pub async fn run(gw: &Gateway, cases: &[&str]) -> HashMap<String, Value> {
     super::sdk::run(&script, cases, &env).await
 }
 
+/// A gateway's answer sent as raw HTTP: (status, its JSON body, or the text when not JSON).
+pub async fn status_and_body(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 /// The data-plane requests whose body names the case (its prompt's first word).
 pub fn upstream_of(gw: &Gateway, case: &str) -> Vec<RecordedRequest> {
     let needle = format!("{case} ");
