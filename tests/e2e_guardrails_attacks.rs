@@ -672,3 +672,30 @@ async fn combining_marks_and_accents_hide_nothing() {
         "combining_card card [REDACTED:payment_card] thanks"
     );
 }
+
+/// Prompt Shields reads a tool call's JSON as the model does, escapes decoded: an attack
+/// spelled in `\uXXXX` escapes in a tool's output (a document) or in the call's arguments
+/// (the user prompt) is detected; escaped harmless words pass.
+#[tokio::test]
+async fn escaped_attacks_in_tool_calls_reach_prompt_shields_decoded() {
+    let gw = gateway(json!({
+        "content_safety": content_safety(json!({"credential": "main"})),
+        "default": {"prompt": {"prompt_shields": "block"}}
+    }))
+    .await;
+    token_ready(&gw).await;
+    let cases = [
+        "cs_escaped_tool_output",
+        "cs_escaped_arguments",
+        "cs_escaped_clean",
+    ];
+    let r = run(&gw, &cases).await;
+    sdk_refused(&gw, &r, "cs_escaped_tool_output", "indirect_attack");
+    sdk_refused(&gw, &r, "cs_escaped_arguments", "jailbreak");
+    assert_eq!(ok(&r, "cs_escaped_clean")["content"], ANSWER);
+    let sent = one_upstream(&gw, "cs_escaped_clean");
+    assert!(
+        sent.contains(r"\\u0077"),
+        "the arguments leave as sent: {sent}"
+    );
+}

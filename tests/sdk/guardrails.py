@@ -446,6 +446,27 @@ def claude_tool_result_escaped():
     return {"text": r.content[0].text}
 
 
+def escaped(text):
+    """Every character of `text` as a JSON `\\uXXXX` escape."""
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+@case
+def cs_escaped_tool_output():
+    # The model reads the tool's JSON output decoded: an indirect attack spelled in escapes.
+    return tool_round("cs_escaped_tool_output", '{"q": "news"}', '{"page": "' + escaped(JAILBREAK) + '"}')
+
+
+@case
+def cs_escaped_arguments():
+    return tool_round("cs_escaped_arguments", '{"q": "' + escaped(JAILBREAK) + '"}', '{"ok": true}')
+
+
+@case
+def cs_escaped_clean():
+    return tool_round("cs_escaped_clean", '{"q": "' + escaped("weather in Paris") + '"}', '{"ok": true}')
+
+
 @case
 def combining_deny():
     return chat("combining_deny", "about Pro\u0301ject Fa\u0300\u0308lcon")
