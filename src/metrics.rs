@@ -405,6 +405,131 @@ pub fn time_per_output_token_ms(duration_ms: u64, ttft_ms: u64, output_tokens: u
     Some(duration_ms.saturating_sub(ttft_ms) / after_first)
 }
 
+/// What kind of Envoy stat a family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric family: a base name and its label names, in the order the name builders above
+/// write them. The native build (src/native/metrics.rs) defines each as a labelled Envoy stat
+/// when the filter configuration loads, because Envoy's dynamic-module ABI refuses new stats
+/// after that (the Wasm build defines every stat name on first use and needs no list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub kind: Kind,
+    pub base: &'static str,
+    pub labels: Vec<&'static str>,
+}
+
+/// Every family the builders above can make (a unit test checks each builder's names against
+/// it). The GenAI histograms come with and without `workload`
+/// (`gen_ai_histograms_per_workload`); only the token histogram has `gen_ai_token_type`.
+pub fn families() -> Vec<Family> {
+    let f = |kind, base, labels: &[&'static str]| Family {
+        kind,
+        base,
+        labels: labels.to_vec(),
+    };
+    let mut out = vec![
+        f(Kind::Counter, "azure_llm.requests", &["outcome"]),
+        f(
+            Kind::Counter,
+            "azure_llm.tokens",
+            &["workload", "model", "backend", "kind"],
+        ),
+        f(
+            Kind::Counter,
+            "azure_llm.token_fetches",
+            &["credential", "result"],
+        ),
+        f(
+            Kind::Gauge,
+            "azure_llm.token_expires_in_seconds",
+            &["credential"],
+        ),
+        f(Kind::Counter, "azure_llm.auth_rejections", &["reason"]),
+        f(Kind::Counter, "azure_llm.ratelimit", &["decision"]),
+        f(
+            Kind::Counter,
+            "azure_llm.target_attempts",
+            &["backend", "outcome"],
+        ),
+        f(
+            Kind::Counter,
+            "azure_llm.cost_micros",
+            &["workload", "model", "currency"],
+        ),
+        f(
+            Kind::Counter,
+            "azure_llm.guardrail",
+            &["direction", "check", "category", "action"],
+        ),
+        f(
+            Kind::Histogram,
+            "azure_llm.guardrail_callout_milliseconds",
+            &["api", "result"],
+        ),
+    ];
+    for h in Histogram::ALL {
+        for per_workload in [false, true] {
+            let mut labels = vec![
+                "gen_ai_operation_name",
+                "gen_ai_provider_name",
+                "gen_ai_request_model",
+                "backend",
+            ];
+            if per_workload {
+                labels.push("workload");
+            }
+            if h == Histogram::TokenUsage {
+                labels.push("gen_ai_token_type");
+            }
+            out.push(Family {
+                kind: Kind::Histogram,
+                base: h.metric(),
+                labels,
+            });
+        }
+    }
+    out
+}
+
+/// A stat name the builders made, taken apart: its base and its `(label, value)` pairs. `None`
+/// for a name of another shape. Values end at their space (none holds one: [`value`]).
+pub fn split(name: &str) -> Option<(&str, Vec<(&str, &str)>)> {
+    let first = name.find(END)?;
+    // The base is the head of the first pair's segment before `.<label>.`; labels are words
+    // (no dots), values may hold dots, so the base is found among the known families.
+    let head = &name[..first];
+    let base = families()
+        .into_iter()
+        .map(|f| f.base)
+        .filter(|b| head.len() > b.len() && head.starts_with(b) && head[b.len()..].starts_with('.'))
+        .max_by_key(|b| b.len())?;
+    let mut rest = &name[base.len()..];
+    let mut pairs = Vec::new();
+    while !rest.is_empty() {
+        let pair = rest.strip_prefix('.')?;
+        let dot = pair.find('.')?;
+        let label = &pair[..dot];
+        let after = &pair[dot + 1..];
+        let end = after.find(END)?;
+        if label.is_empty()
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return None;
+        }
+        pairs.push((label, &after[..end]));
+        rest = &after[end + 1..];
+    }
+    Some((base, pairs))
+}
+
 /// The shared-data key of the workload-series registry: the workloads that have their own
 /// series, one per line, in the order they were named. One for the whole Envoy, so a
 /// workload is named on every worker or on none.
@@ -493,6 +618,82 @@ fn seconds(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every builder's name is one of [`families`], and taking it apart gives back the values:
+    /// the native build defines exactly these at load and increments them by these values.
+    #[test]
+    fn every_name_is_a_known_family_and_splits_back() {
+        let fams = families();
+        let check = |name: String, kind: Kind, values: &[&str]| {
+            let (base, pairs) = split(&name).unwrap_or_else(|| panic!("{name:?} does not split"));
+            let labels: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+            let got: Vec<&str> = pairs.iter().map(|p| p.1).collect();
+            assert!(
+                fams.iter()
+                    .any(|f| f.kind == kind && f.base == base && f.labels == labels),
+                "{name:?}: no family {base} {labels:?}"
+            );
+            assert_eq!(got, values, "{name:?}");
+        };
+        check(requests("routed"), Kind::Counter, &["routed"]);
+        check(
+            tokens("app.a/1", "gpt-4.1", "aoai", "prompt"),
+            Kind::Counter,
+            &["app.a/1", "gpt-4.1", "aoai", "prompt"],
+        );
+        check(
+            tokens(OTHER, "m", "b", "completion"),
+            Kind::Counter,
+            &["", "m", "b", "completion"],
+        );
+        check(token_fetches("mi", "ok"), Kind::Counter, &["mi", "ok"]);
+        check(token_expires_in("mi"), Kind::Gauge, &["mi"]);
+        check(jwt_rejections("expired"), Kind::Counter, &["expired"]);
+        check(ratelimit("allowed"), Kind::Counter, &["allowed"]);
+        check(
+            target_attempts("ptu", "throttled"),
+            Kind::Counter,
+            &["ptu", "throttled"],
+        );
+        check(
+            cost("w.model.x", "gpt-4.1", "USD"),
+            Kind::Counter,
+            &["w.model.x", "gpt-4.1", "USD"],
+        );
+        check(
+            guardrail("prompt", "pii", "email", "masked"),
+            Kind::Counter,
+            &["prompt", "pii", "email", "masked"],
+        );
+        check(
+            guardrail_callout("analyze_text", "ok"),
+            Kind::Histogram,
+            &["analyze_text", "ok"],
+        );
+        for workload in [None, Some("team.a")] {
+            let labels = GenAiLabels {
+                operation: "chat",
+                provider: PROVIDER_AZURE_OPENAI,
+                model: "gpt-4.1",
+                backend: "aoai",
+                workload,
+            };
+            for h in Histogram::ALL {
+                let t = (h == Histogram::TokenUsage).then_some(TokenType::Input);
+                let mut values = vec!["chat", "azure.ai.openai", "gpt-4.1", "aoai"];
+                values.extend(workload);
+                values.extend(t.map(TokenType::name));
+                check(histogram(h, &labels, t), Kind::Histogram, &values);
+            }
+        }
+        assert_eq!(split("azure_llm.unknown.x.y "), None);
+        assert_eq!(split("azure_llm.requests"), None);
+        assert_eq!(
+            split("azure_llm.requests.outcome.routed"),
+            None,
+            "a value ends at its space"
+        );
+    }
 
     #[test]
     fn names_carry_the_values_as_they_are() {

@@ -313,3 +313,119 @@ async fn what_the_native_build_cannot_do_is_refused_at_load_naming_the_field() {
     let logs = Envoy::start_expect_failure(options(&standin, plugin)).await;
     assert!(logs.contains("models.gpt-4o"), "{logs}");
 }
+
+/// The line of a Prometheus scrape for `metric` whose labels include every one of `labels`.
+fn prometheus_value(scrape: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (name, rest) = series.split_once('{').unwrap_or((series, ""));
+        (name == metric && labels.iter().all(|p| rest.contains(p)))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+/// The native build's metrics are the Wasm build's: the same labels and values (counters, the
+/// token-expiry gauge, the GenAI histograms with the convention's buckets); in /stats the same
+/// names less the space that ends each label value; in Prometheus the names carry Envoy's
+/// `envoy_wasmcustom_` prefix (only a Wasm filter registers `wasmcustom` as a namespace Envoy
+/// strips; README "Choosing a build" gives the relabel rule). Stats are defined
+/// as labelled families when the configuration loads (src/native/metrics.rs); before that the
+/// native build exported none, and this test failed at its first read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_filters_counters_gauge_and_histograms_are_envoy_stats() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let mut o = options(&standin, plugin_config(&standin, json!({})));
+    o.concurrency = 2;
+    let envoy = Envoy::start(o).await;
+    for _ in 0..3 {
+        let r = chat(&envoy, &[("api-key", KEY.into())], hello()).await;
+        assert_eq!(r.status(), 200, "{}", envoy.logs());
+        r.bytes().await.unwrap();
+    }
+    let r = chat(&envoy, &[("api-key", "wrong".into())], hello()).await;
+    assert_eq!(r.status(), 401);
+
+    // /stats, through the harness's reader (the Wasm names, spaces dropped for this build).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let routed = loop {
+        let routed = envoy
+            .stat(&format!(
+                "wasmcustom.{}",
+                azure_llm_filter::metrics::requests("routed")
+            ))
+            .await;
+        if routed == Some(3) || Instant::now() > deadline {
+            break routed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(routed, Some(3), "{}", envoy.logs());
+    assert_eq!(
+        envoy
+            .stat("wasmcustom.azure_llm.token_fetches.credential.main .result.ok ")
+            .await,
+        Some(1),
+        "a root context's counter (its token fetch) is counted too"
+    );
+    let expires = envoy
+        .stat("wasmcustom.azure_llm.token_expires_in_seconds.credential.main ")
+        .await
+        .expect("the token-expiry gauge");
+    assert!(expires > 60, "{expires}");
+
+    // Prometheus: the Wasm build's names and labels, histograms with their buckets.
+    let scrape = client()
+        .get(envoy.admin_url("/stats/prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v = |metric: &str, labels: &[&str]| {
+        let metric = format!("envoy_wasmcustom_{metric}");
+        prometheus_value(&scrape, &metric, labels)
+            .unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{scrape}"))
+    };
+    assert_eq!(v("azure_llm_requests", &[r#"outcome="routed""#]), 3.0);
+    assert_eq!(
+        v(
+            "azure_llm_auth_rejections",
+            &[r#"reason="invalid_api_key""#]
+        ),
+        1.0
+    );
+    let prompt = v(
+        "azure_llm_tokens",
+        &[
+            r#"workload="agents""#,
+            r#"model="gpt-4o""#,
+            r#"backend="aoai""#,
+            r#"kind="prompt""#,
+        ],
+    );
+    assert!(prompt > 0.0, "{prompt}");
+    let input = [
+        r#"gen_ai_operation_name="chat""#,
+        r#"gen_ai_provider_name="azure.ai.openai""#,
+        r#"gen_ai_request_model="gpt-4o""#,
+        r#"backend="aoai""#,
+        r#"gen_ai_token_type="input""#,
+    ];
+    assert_eq!(v("gen_ai_client_token_usage_count", &input), 3.0);
+    let mut le_64 = input.to_vec();
+    le_64.push(r#"le="64""#);
+    assert_eq!(
+        v("gen_ai_client_token_usage_bucket", &le_64),
+        3.0,
+        "the convention's boundaries (histogram_bucket_settings match the native names)"
+    );
+    assert_eq!(
+        v(
+            "gen_ai_server_request_duration_milliseconds_count",
+            &input[..4]
+        ),
+        3.0
+    );
+}

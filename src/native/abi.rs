@@ -156,6 +156,11 @@ pub const ATTR_UPSTREAM_ADDRESS: AttributeId = 41;
 pub const ATTR_UPSTREAM_LOCAL_ADDRESS: AttributeId = 51;
 pub const ATTR_UPSTREAM_REQUEST_ATTEMPT_COUNT: AttributeId = 53;
 
+/// `envoy_dynamic_module_type_metrics_result`: `Success` is 0 (then `MetricNotFound`,
+/// `InvalidLabels`, `Frozen`).
+pub type MetricsResult = u32;
+pub const METRICS_SUCCESS: MetricsResult = 0;
+
 extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: LogLevel, message: ModuleBuffer);
     pub fn envoy_dynamic_module_callback_log_enabled(level: LogLevel) -> bool;
@@ -269,6 +274,68 @@ extern "C" {
         body: ModuleBuffer,
         timeout_milliseconds: u64,
     ) -> CalloutInitResult;
+
+    // Metrics. Envoy 1.40 merged the `_vec` variants into these: a definition takes its label
+    // names (none: null and 0), an update the values of as many labels. Definitions are
+    // refused (`Frozen`) once `on_http_filter_config_new` has returned; updates go through a
+    // stream (`filter`), whose configuration holds the definitions. Stat names are
+    // `<metrics_namespace>.<name>.<label>.<value>...`, the labels Envoy tags (no regex).
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: FilterConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        id_out: *mut usize,
+    ) -> MetricsResult;
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: FilterConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        id_out: *mut usize,
+    ) -> MetricsResult;
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config: FilterConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        id_out: *mut usize,
+    ) -> MetricsResult;
+    pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> MetricsResult;
+    pub fn envoy_dynamic_module_callback_http_filter_increment_gauge(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> MetricsResult;
+    pub fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> MetricsResult;
+    pub fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> MetricsResult;
+    pub fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> MetricsResult;
 
     pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter: FilterEnvoyPtr);
 

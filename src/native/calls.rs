@@ -6,7 +6,9 @@
 
 use super::abi::{self, ModuleBuffer};
 use super::host::{deserialize_map, effective_stream, give, input, with, Deferred, PendingCallout};
+use super::metrics::{self, Update};
 use super::shared;
+use crate::metrics::Kind;
 use proxy_wasm::types::{MetricType, Status, StreamType};
 use std::ptr::null_mut;
 
@@ -311,23 +313,32 @@ pub unsafe extern "C" fn proxy_done() -> Status {
     Status::Ok
 }
 
-/// Metrics: the ABI defines metrics on the filter configuration at load, on the main thread;
-/// proxy-wasm defines them lazily from the workers. The native build keeps the ids and
-/// drops the values (README: what each build supports).
+/// Metrics (`native::metrics`): a name becomes a series of a family Envoy defined at load;
+/// updates go through the stream whose event is being handled.
 #[no_mangle]
 pub unsafe extern "C" fn proxy_define_metric(
-    _metric_type: MetricType,
-    _name_data: *const u8,
-    _name_size: usize,
+    metric_type: MetricType,
+    name_data: *const u8,
+    name_size: usize,
     return_id: *mut u32,
 ) -> Status {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let kind = match metric_type {
+        MetricType::Counter => Some(Kind::Counter),
+        MetricType::Gauge => Some(Kind::Gauge),
+        MetricType::Histogram => Some(Kind::Histogram),
+        _ => None,
+    };
+    let id = match (kind, std::str::from_utf8(input(name_data, name_size))) {
+        (Some(kind), Ok(name)) => metrics::define(kind, name),
+        _ => 0,
+    };
     if !return_id.is_null() {
-        *return_id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *return_id = id;
     }
     Status::Ok
 }
 
+/// Envoy's stat values are not readable through the ABI; the filter reads none.
 #[no_mangle]
 pub unsafe extern "C" fn proxy_get_metric(_metric_id: u32, return_value: *mut u64) -> Status {
     if !return_value.is_null() {
@@ -336,12 +347,26 @@ pub unsafe extern "C" fn proxy_get_metric(_metric_id: u32, return_value: *mut u6
     Status::Ok
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn proxy_record_metric(_metric_id: u32, _value: u64) -> Status {
+fn update_metric(id: u32, update: Update) -> Status {
+    let (current, config) = with(|w| (w.current, w.config));
+    if let (Some(filter), Some((config_id, _))) = (current, config) {
+        // SAFETY: `current` is the stream whose hook is running (module::run).
+        unsafe { metrics::update(filter, config_id, id, update) };
+    }
     Status::Ok
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn proxy_increment_metric(_metric_id: u32, _offset: i64) -> Status {
-    Status::Ok
+pub unsafe extern "C" fn proxy_record_metric(metric_id: u32, value: u64) -> Status {
+    update_metric(metric_id, Update::Record(value))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status {
+    let update = if offset >= 0 {
+        Update::Add(offset.unsigned_abs())
+    } else {
+        Update::Subtract(offset.unsigned_abs())
+    };
+    update_metric(metric_id, update)
 }

@@ -8,6 +8,7 @@
 //! - `calls`: the other host functions (shared data, resume, local replies, callouts).
 //! - `callouts`: the root contexts' callouts, sent by the main thread, answered to the worker.
 //! - `stream`: the per-stream event hooks; `unused`: the hooks the filter has no use for.
+//! - `metrics`: the filter's stats, defined as labelled families when the configuration loads.
 //! - `shared`: Envoy's shared data as process memory, shared by the worker threads.
 //! - `ticker`: the root contexts' ticks: a thread that wakes a worker through a paused stream.
 
@@ -15,6 +16,7 @@ pub mod abi;
 pub mod callouts;
 pub mod calls;
 pub mod host;
+pub mod metrics;
 pub mod module;
 pub mod shared;
 pub mod stream;

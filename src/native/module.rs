@@ -141,11 +141,17 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             return std::ptr::null();
         }
     }
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    // Envoy refuses stat definitions once this hook has returned (`native::metrics`).
+    if let Err(e) = unsafe { super::metrics::define_all(id, config_envoy) } {
+        log(4, &format!("azure-llm-filter: {e}"));
+        return std::ptr::null();
+    }
     let scheduler = unsafe {
         abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(config_envoy)
     };
     let config = Box::new(ModuleConfig {
-        id: NEXT.fetch_add(1, Ordering::Relaxed),
+        id,
         plugin,
         scheduler: scheduler as usize,
     });
@@ -157,6 +163,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr: Filter
     if !ptr.is_null() {
         // SAFETY: made by Box::into_raw in config_new; Envoy destroys it once.
         let config = unsafe { Box::from_raw(ptr.cast_mut().cast::<ModuleConfig>()) };
+        super::metrics::forget(config.id);
         if config.scheduler != 0 {
             unsafe {
                 abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(

@@ -565,8 +565,17 @@ impl Envoy {
         self.config.clone()
     }
 
-    /// Reads one admin `/stats` counter or gauge (exact name), if present.
+    /// Reads one admin `/stats` counter or gauge (exact name), if present. The native build's
+    /// stats are the Wasm names without the space that ends each label value
+    /// (src/native/metrics.rs): the name asked for is read that way there.
     pub async fn stat(&self, name: &str) -> Option<u64> {
+        let native;
+        let name = if native_build() && name.starts_with("wasmcustom.") {
+            native = name.replace(' ', "");
+            native.as_str()
+        } else {
+            name
+        };
         let body = client()
             .get(self.admin_url(&format!("/stats?filter=^{}$", regex_escape(name))))
             .send()
@@ -923,6 +932,8 @@ pub fn render_config(opts: &EnvoyOptions, listener_port: u16, admin_port: u16) -
         let _ = writeln!(w, "                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter");
         let _ = writeln!(w, "                      dynamic_module_config:");
         let _ = writeln!(w, "                        name: azure_llm_filter");
+        // The Wasm build's stat namespace: the same Prometheus names (src/native/metrics.rs).
+        let _ = writeln!(w, "                        metrics_namespace: wasmcustom");
         let _ = writeln!(w, "                      filter_name: azure_llm_filter");
         let _ = writeln!(w, "                      filter_config:");
         let _ = writeln!(
