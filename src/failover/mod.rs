@@ -236,10 +236,34 @@ impl TargetHealth {
         }
     }
 
-    /// Recording a healthy answer would change nothing (no failure to clear): the upstream
-    /// filter spares the shared-data write, and the read, when the listener saw this.
-    pub fn is_clean(&self) -> bool {
-        self.failures == 0
+    /// Nothing in it can change what the filter does with the target from `now_ms` on: no
+    /// failure in a row, and any throttle or ejection over (later records start from the
+    /// same place as from a healthy target's: horizons are maxed with times after `now_ms`).
+    pub fn is_settled(&self, now_ms: u64) -> bool {
+        self.failures == 0 && self.closed_until(now_ms).is_none()
+    }
+
+    /// The shared-data value to write after an attempt with `outcome` at `now_ms`, given the
+    /// `stored` value (empty when the key is missing), or `None` when it stays as it is.
+    ///
+    /// A settled health is stored empty: reading an empty value costs a pool request no more
+    /// than a missing key (Envoy copies nothing into the VM, ~11k instructions saved per
+    /// target), so a target that failed once and recovered costs every later request what a
+    /// target that never failed does. The listener filter marks such a target clean in the
+    /// hand-over, and a healthy answer of a clean target spares the write, and its read.
+    pub fn next_stored(
+        stored: &[u8],
+        outcome: Outcome,
+        now_ms: u64,
+        policy: &FailoverPolicy,
+    ) -> Option<Vec<u8>> {
+        let after = TargetHealth::decode(stored).record(outcome, now_ms, policy);
+        let next = if after.is_settled(now_ms) {
+            Vec::new()
+        } else {
+            after.encode()
+        };
+        (next != stored).then_some(next)
     }
 
     /// Label of an outcome for the `target_attempts` metric.
@@ -376,7 +400,7 @@ mod tests {
         );
         // An answer clears the probation.
         let healed = h.record(Outcome::Answered, reopened, &p);
-        assert!(healed.is_clean());
+        assert!(healed.is_settled(reopened));
         let once = healed.record(Outcome::Failed, reopened, &p);
         assert_eq!(once.closed_until(reopened), None);
     }
@@ -394,12 +418,57 @@ mod tests {
                 &p,
             );
         }
-        assert!(h.is_clean());
+        assert_eq!(h.failures, 0);
+        assert!(!h.is_settled(NOW) && h.is_settled(NOW + 1));
         assert_eq!(h.ejected_until_ms, 0);
         assert_eq!(
             TargetHealth::outcome_label(Outcome::Unreachable),
             "unreachable"
         );
+    }
+
+    #[test]
+    fn a_settled_health_is_stored_empty() {
+        let p = FailoverPolicy::default();
+        let answered = Outcome::Answered;
+        let throttled = Outcome::Throttled {
+            retry_after_ms: Some(1_000),
+        };
+        // A healthy answer of a target never recorded writes nothing.
+        assert_eq!(TargetHealth::next_stored(b"", answered, NOW, &p), None);
+        // One failure is kept; the answer after it empties the value again.
+        let failed = TargetHealth::next_stored(b"", Outcome::Failed, NOW, &p).unwrap();
+        assert_eq!(TargetHealth::decode(&failed).failures, 1);
+        assert_eq!(
+            TargetHealth::next_stored(&failed, answered, NOW, &p),
+            Some(Vec::new())
+        );
+        // A throttle is kept while it lasts, even through answers (another worker's request
+        // may have been admitted before it), and emptied by the first record after it.
+        let t = TargetHealth::next_stored(b"", throttled, NOW, &p).unwrap();
+        assert_eq!(TargetHealth::next_stored(&t, answered, NOW + 999, &p), None);
+        assert_eq!(
+            TargetHealth::next_stored(&t, answered, NOW + 1_000, &p),
+            Some(Vec::new())
+        );
+        // The old form of a settled health ("0,0,0", or horizons past) is rewritten empty.
+        assert_eq!(
+            TargetHealth::next_stored(b"0,0,0", answered, NOW, &p),
+            Some(Vec::new())
+        );
+        // What the filter does from a settled value is what it does from an empty one.
+        let past = format!("{},0,{}", NOW - 5, NOW - 1).into_bytes();
+        for outcome in [answered, throttled, Outcome::Failed, Outcome::Unreachable] {
+            // (Past horizons may stay in the value; what they close is the same.)
+            let seen = |h: TargetHealth| (h.failures, h.closed_until(NOW));
+            let after = |stored: &[u8]| {
+                TargetHealth::next_stored(stored, outcome, NOW, &p).map_or_else(
+                    || TargetHealth::decode(stored),
+                    |v| TargetHealth::decode(&v),
+                )
+            };
+            assert_eq!(seen(after(&past)), seen(after(b"")), "{outcome:?}");
+        }
     }
 
     #[test]

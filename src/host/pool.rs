@@ -33,8 +33,9 @@ pub struct Handover {
     /// sends there needs nothing more. `None` in header routing mode when the body's `model`
     /// could not be rewritten.
     pub rewritten_for: Option<usize>,
-    /// Targets (bit i: the pool's target i) with no failure counted when the request started:
-    /// a healthy answer of theirs has nothing to clear in shared data.
+    /// Targets (bit i: the pool's target i) with nothing stored for their health when the
+    /// request started (never failed, or settled): a healthy answer of theirs has nothing to
+    /// clear in shared data.
     pub clean: u8,
 }
 
@@ -99,14 +100,15 @@ pub fn target_health_key(config: &Config, route: &ModelRoute, index: usize) -> O
     Some(failover::health_key(&b.name, &t.deployment))
 }
 
-/// The health of every target of `route`, in order.
-fn healths(config: &Config, route: &ModelRoute) -> Vec<TargetHealth> {
+/// The health of every target of `route`, in order; `None` for a target with nothing stored
+/// (a missing key, or the empty value of a settled health: [`TargetHealth::next_stored`]).
+fn healths(config: &Config, route: &ModelRoute) -> Vec<Option<TargetHealth>> {
     (0..route.targets.len())
         .map(|i| {
             target_health_key(config, route, i)
                 .and_then(|k| shared::read(&k).0)
+                .filter(|b| !b.is_empty())
                 .map(|b| TargetHealth::decode(&b))
-                .unwrap_or_default()
         })
         .collect()
 }
@@ -118,7 +120,7 @@ pub fn smallest_wait_ms(config: &Config, route: &ModelRoute, now_ms: u64) -> Opt
         .map(|h| TargetState {
             priority: 0,
             weight: 1,
-            closed_until: h.closed_until(now_ms),
+            closed_until: h.as_ref().and_then(|h| h.closed_until(now_ms)),
             token_ok: true,
         })
         .collect();
@@ -180,9 +182,10 @@ pub fn choose<'c>(
     let mut clean = 0u8;
     let mut states = Vec::with_capacity(route.targets.len());
     for (i, (t, h)) in route.targets.iter().zip(&healths).enumerate() {
-        if h.is_clean() && i < 8 {
+        if h.is_none() && i < 8 {
             clean |= 1 << i;
         }
+        let h = h.unwrap_or_default();
         let credential = config.backends.get(t.backend).map(|b| b.credential);
         states.push(TargetState {
             priority: t.priority,
@@ -231,13 +234,11 @@ pub fn all_throttled(model: &str, retry_after_s: u64) -> FilterError {
 }
 
 /// Records what an attempt says about its target (CAS, so concurrent workers never lose a
-/// 429's horizon or a failure).
+/// 429's horizon or a failure); a settled health is stored empty (see
+/// [`TargetHealth::next_stored`]).
 pub fn record(key: &str, outcome: Outcome, now_ms: u64, p: &FailoverPolicy) {
-    // Healthy answers from a healthy target change nothing: spare the write.
-    shared::update(key, &TargetHealth::default().encode(), |bytes| {
-        let before = TargetHealth::decode(bytes);
-        let after = before.record(outcome, now_ms, p);
-        (after != before).then(|| after.encode())
+    shared::update(key, b"", |stored| {
+        TargetHealth::next_stored(stored, outcome, now_ms, p)
     });
 }
 

@@ -33,9 +33,25 @@ pub fn micros_since_epoch() -> u64 {
 
 pub type UpBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
+/// The fast upstream answers its next request 500 (then clears this): a target that fails
+/// once (bench_phases' recovered pool).
+pub static FAIL_NEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub async fn upstream(
     req: Request<Incoming>,
 ) -> Result<Response<UpBody>, std::convert::Infallible> {
+    if FAIL_NEXT.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Response::builder()
+            .status(500)
+            .header("content-type", "application/json")
+            .body(
+                Full::new(Bytes::from_static(
+                    br#"{"error":{"code":"InternalServerError"}}"#,
+                ))
+                .boxed(),
+            )
+            .unwrap_or_default());
+    }
     let body = req
         .into_body()
         .collect()
@@ -185,22 +201,28 @@ pub fn filter_options_with(fx: &Fixture, auth: Option<Value>, limits: bool) -> E
 /// runs the filter once more as upstream filter for the one attempt. What the per-attempt
 /// design costs when nothing fails over.
 pub fn pool_options(fx: &Fixture) -> EnvoyOptions {
+    pool_options_named(fx, "ptu", "payg")
+}
+
+/// [`pool_options`] with targets (backends and their clusters) of other names: their health
+/// in shared data is their own, so pools with different histories share one Envoy.
+pub fn pool_options_named(fx: &Fixture, first: &str, second: &str) -> EnvoyOptions {
     let mut o = filter_options(fx, jwt_auth(fx));
     let backend = o.plugin_config["backends"]["aoai"].clone();
-    o.plugin_config["backends"]["ptu"] = backend.clone();
-    o.plugin_config["backends"]["payg"] = backend;
+    o.plugin_config["backends"][first] = backend.clone();
+    o.plugin_config["backends"][second] = backend;
     o.plugin_config["models"]["gpt-4o"] = json!({"targets": [
-        {"backend": "ptu", "deployment": "gpt-4o-prod"},
-        {"backend": "payg", "deployment": "gpt-4o-prod"}
+        {"backend": first, "deployment": "gpt-4o-prod"},
+        {"backend": second, "deployment": "gpt-4o-prod"}
     ]});
     let (clusters, routes) = common::failover_pool_yaml(
         &o.plugin_config,
         common::DEFAULT_ROUTING_HEADER,
-        &[("ptu", fx.upstream_port), ("payg", fx.upstream_port)],
+        &[(first, fx.upstream_port), (second, fx.upstream_port)],
     );
     o.extra_clusters_yaml = Some(clusters);
     o.extra_routes_yaml = Some(routes);
-    o.backend_routes.push("payg".into());
+    o.backend_routes.push(second.into());
     o
 }
 
